@@ -1,0 +1,443 @@
+//! Checkpoint configuration: both InternVL layouts parsed into one [`ModelConfig`].
+//!
+//! - Hugging Face layout (`InternVLForConditionalGeneration`, the `-hf` checkpoints):
+//!   `vision_config` + `text_config`, tiling settings in `preprocessor_config.json`.
+//! - OpenGVLab's original layout (`InternVLChatModel`): `vision_config` + `llm_config`,
+//!   `select_layer`, `downsample_ratio`, `ps_version`, tiling settings in `config.json`.
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::image::TilingConfig;
+
+/// Which tensor naming / config convention a checkpoint uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Layout {
+    /// `InternVLForConditionalGeneration` (transformers' native InternVL).
+    HuggingFace,
+    /// `InternVLChatModel` (OpenGVLab's remote-code checkpoints).
+    OpenGvLab,
+}
+
+/// Normalisation layer used in the vision tower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormKind {
+    /// LayerNorm with weight and bias (InternViT-300M).
+    LayerNorm,
+    /// RMSNorm with weight only (InternViT-6B).
+    RmsNorm,
+}
+
+/// InternViT hyper-parameters.
+#[derive(Debug, Clone)]
+pub struct VisionConfig {
+    /// Embedding width.
+    pub hidden_size: usize,
+    /// Number of encoder blocks.
+    pub num_layers: usize,
+    /// Attention heads.
+    pub num_heads: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Side of the square image the position embeddings were trained for.
+    pub image_size: usize,
+    /// Side of a square patch.
+    pub patch_size: usize,
+    /// Whether q/k/v projections carry a bias.
+    pub qkv_bias: bool,
+    /// RMSNorm over the full width on q and k (InternViT-6B).
+    pub qk_norm: bool,
+    /// Block normalisation kind.
+    pub norm: NormKind,
+    /// Block normalisation epsilon.
+    pub norm_eps: f64,
+    /// HF layout with `use_mean_pooling = false`: a final LayerNorm on the last hidden state.
+    pub final_layernorm: bool,
+}
+
+/// Qwen2 decoder hyper-parameters.
+#[derive(Debug, Clone)]
+pub struct TextConfig {
+    /// Residual width.
+    pub hidden_size: usize,
+    /// Decoder blocks.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads (GQA when fewer than query heads).
+    pub num_kv_heads: usize,
+    /// Per-head width.
+    pub head_dim: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Rows of the embedding / output head.
+    pub vocab_size: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// Rotary base.
+    pub rope_theta: f64,
+    /// Longest sequence the model supports.
+    pub max_position_embeddings: usize,
+    /// Whether the output head reuses the input embedding when the checkpoint has no head.
+    pub tie_word_embeddings: bool,
+}
+
+/// Everything needed to build the model and its preprocessing, whatever the layout.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    /// Checkpoint layout.
+    pub layout: Layout,
+    /// Vision tower.
+    pub vision: VisionConfig,
+    /// Language model.
+    pub text: TextConfig,
+    /// Pixel-shuffle ratio (0.5: 2x2 patches become one token).
+    pub downsample_ratio: f64,
+    /// Index into the vision tower's hidden states (-1: last block).
+    pub feature_layer: i64,
+    /// Image tiling (tile side is the model's input size).
+    pub tiling: TilingConfig,
+    /// `image_token_id` from the HF config, checked against the tokenizer.
+    pub image_token_id: Option<u32>,
+}
+
+impl ModelConfig {
+    /// Parses `config.json` (and, for the HF layout, the optional `preprocessor_config.json`).
+    pub fn parse(config_json: &str, preprocessor_json: Option<&str>) -> Result<Self> {
+        let root: Value = serde_json::from_str(config_json)
+            .map_err(|e| Error::Checkpoint(format!("config.json is not valid JSON: {e}")))?;
+        let arch = root["architectures"][0].as_str().unwrap_or("");
+        let model_type = root["model_type"].as_str().unwrap_or("");
+        if arch == "InternVLChatModel" || model_type == "internvl_chat" {
+            Self::parse_opengvlab(&root)
+        } else if arch == "InternVLForConditionalGeneration" || model_type == "internvl" {
+            let pre = match preprocessor_json {
+                Some(text) => Some(serde_json::from_str::<Value>(text).map_err(|e| {
+                    Error::Checkpoint(format!("preprocessor_config.json is not valid JSON: {e}"))
+                })?),
+                None => None,
+            };
+            Self::parse_hf(&root, pre.as_ref())
+        } else {
+            Err(Error::Checkpoint(format!(
+                "config.json: unsupported architecture {arch:?} (model_type {model_type:?}); \
+                 expected InternVLForConditionalGeneration or InternVLChatModel"
+            )))
+        }
+    }
+
+    /// Image-context tokens one tile turns into.
+    pub fn tokens_per_tile(&self) -> usize {
+        let grid = self.tiling.image_size as usize / self.vision.patch_size;
+        let side = (grid as f64 * self.downsample_ratio).round() as usize;
+        side * side
+    }
+
+    fn parse_hf(root: &Value, pre: Option<&Value>) -> Result<Self> {
+        let v = &root["vision_config"];
+        let t = &root["text_config"];
+        let text_type = t["model_type"].as_str().unwrap_or("qwen2");
+        if text_type != "qwen2" {
+            return Err(unsupported_llm(text_type));
+        }
+        let vision = VisionConfig {
+            hidden_size: req_usize(v, "vision_config.hidden_size")?,
+            num_layers: req_usize(v, "vision_config.num_hidden_layers")?,
+            num_heads: req_usize(v, "vision_config.num_attention_heads")?,
+            intermediate_size: req_usize(v, "vision_config.intermediate_size")?,
+            image_size: side(&v["image_size"]).unwrap_or(448),
+            patch_size: side(&v["patch_size"]).unwrap_or(14),
+            qkv_bias: v["attention_bias"].as_bool().unwrap_or(false),
+            qk_norm: v["use_qk_norm"].as_bool().unwrap_or(false),
+            norm: norm_kind(v["norm_type"].as_str())?,
+            norm_eps: v["layer_norm_eps"].as_f64().unwrap_or(1e-6),
+            final_layernorm: !v["use_mean_pooling"].as_bool().unwrap_or(true),
+        };
+        check_activation(v["hidden_act"].as_str(), "gelu", "vision_config.hidden_act")?;
+        check_activation(root["projector_hidden_act"].as_str(), "gelu", "projector_hidden_act")?;
+        let text = parse_qwen2(t, "text_config", root["tie_word_embeddings"].as_bool())?;
+        let feature_layer = match &root["vision_feature_layer"] {
+            Value::Null => -1,
+            v => v.as_i64().ok_or_else(|| {
+                Error::Checkpoint("vision_feature_layer: only a single layer index is supported".into())
+            })?,
+        };
+        if let Some(s) = root["vision_feature_select_strategy"].as_str() {
+            if s != "default" {
+                return Err(Error::Checkpoint(format!(
+                    "vision_feature_select_strategy {s:?} is not supported (only \"default\")"
+                )));
+            }
+        }
+        let mut tiling = TilingConfig {
+            image_size: vision.image_size as u32,
+            ..TilingConfig::default()
+        };
+        if let Some(p) = pre {
+            if let Some(s) = p["size"]["height"].as_u64() {
+                tiling.image_size = s as u32;
+            }
+            if let Some(n) = p["min_patches"].as_u64() {
+                tiling.min_tiles = n as usize;
+            }
+            if let Some(n) = p["max_patches"].as_u64() {
+                tiling.max_tiles = n as usize;
+            }
+            if p["crop_to_patches"].as_bool() == Some(false) {
+                tiling.max_tiles = 1;
+                tiling.min_tiles = 1;
+            }
+            read_triplet(&p["image_mean"], &mut tiling.mean);
+            read_triplet(&p["image_std"], &mut tiling.std);
+        }
+        let cfg = ModelConfig {
+            layout: Layout::HuggingFace,
+            vision,
+            text,
+            downsample_ratio: root["downsample_ratio"].as_f64().unwrap_or(0.5),
+            feature_layer,
+            tiling,
+            image_token_id: root["image_token_id"].as_u64().map(|x| x as u32),
+        };
+        cfg.validate()
+    }
+
+    fn parse_opengvlab(root: &Value) -> Result<Self> {
+        let v = &root["vision_config"];
+        let t = &root["llm_config"];
+        let arch = t["architectures"][0].as_str().unwrap_or("");
+        let text_type = t["model_type"].as_str().unwrap_or("");
+        if !(arch == "Qwen2ForCausalLM" || text_type == "qwen2") {
+            return Err(unsupported_llm(if arch.is_empty() { text_type } else { arch }));
+        }
+        if let Some(ps) = root["ps_version"].as_str() {
+            if ps != "v2" {
+                return Err(Error::Checkpoint(format!(
+                    "ps_version {ps:?} is not supported (only \"v2\", what every released InternVL2+ uses)"
+                )));
+            }
+        }
+        let vision = VisionConfig {
+            hidden_size: req_usize(v, "vision_config.hidden_size")?,
+            num_layers: req_usize(v, "vision_config.num_hidden_layers")?,
+            num_heads: req_usize(v, "vision_config.num_attention_heads")?,
+            intermediate_size: req_usize(v, "vision_config.intermediate_size")?,
+            image_size: side(&v["image_size"]).unwrap_or(448),
+            patch_size: side(&v["patch_size"]).unwrap_or(14),
+            qkv_bias: v["qkv_bias"].as_bool().unwrap_or(true),
+            qk_norm: v["qk_normalization"].as_bool().unwrap_or(false),
+            norm: norm_kind(v["norm_type"].as_str())?,
+            norm_eps: v["layer_norm_eps"].as_f64().unwrap_or(1e-6),
+            final_layernorm: false,
+        };
+        check_activation(v["hidden_act"].as_str(), "gelu", "vision_config.hidden_act")?;
+        let text = parse_qwen2(t, "llm_config", None)?;
+        let image_size = root["force_image_size"]
+            .as_u64()
+            .map(|x| x as usize)
+            .unwrap_or(vision.image_size);
+        let dynamic = root["dynamic_image_size"].as_bool().unwrap_or(true);
+        let tiling = TilingConfig {
+            image_size: image_size as u32,
+            min_tiles: if dynamic {
+                root["min_dynamic_patch"].as_u64().unwrap_or(1) as usize
+            } else {
+                1
+            },
+            max_tiles: if dynamic {
+                root["max_dynamic_patch"].as_u64().unwrap_or(12) as usize
+            } else {
+                1
+            },
+            use_thumbnail: root["use_thumbnail"].as_bool().unwrap_or(true),
+            ..TilingConfig::default()
+        };
+        let cfg = ModelConfig {
+            layout: Layout::OpenGvLab,
+            vision,
+            text,
+            downsample_ratio: root["downsample_ratio"].as_f64().unwrap_or(0.5),
+            feature_layer: root["select_layer"].as_i64().unwrap_or(-1),
+            tiling,
+            image_token_id: None,
+        };
+        cfg.validate()
+    }
+
+    fn validate(self) -> Result<Self> {
+        let v = &self.vision;
+        let t = &self.text;
+        let fail = |m: String| Err(Error::Checkpoint(m));
+        if v.num_heads == 0 || v.hidden_size % v.num_heads != 0 {
+            return fail(format!(
+                "vision hidden_size {} is not divisible by num_attention_heads {}",
+                v.hidden_size, v.num_heads
+            ));
+        }
+        if t.num_kv_heads == 0 || t.num_heads % t.num_kv_heads != 0 {
+            return fail(format!(
+                "text num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                t.num_heads, t.num_kv_heads
+            ));
+        }
+        if t.head_dim % 2 != 0 {
+            return fail(format!("text head_dim {} must be even for rotary embeddings", t.head_dim));
+        }
+        let tile = self.tiling.image_size as usize;
+        if v.patch_size == 0 || tile % v.patch_size != 0 {
+            return fail(format!("image size {tile} is not a multiple of patch size {}", v.patch_size));
+        }
+        let inv = 1.0 / self.downsample_ratio;
+        let grid = tile / v.patch_size;
+        if !(inv >= 1.0 && (inv - inv.round()).abs() < 1e-9 && grid % (inv.round() as usize) == 0) {
+            return fail(format!(
+                "downsample_ratio {} must be 1/k with k dividing the {grid}x{grid} patch grid",
+                self.downsample_ratio
+            ));
+        }
+        let layers = v.num_layers as i64;
+        if self.feature_layer < -(layers + 1) || self.feature_layer > layers {
+            return fail(format!(
+                "vision feature layer {} is outside the {} hidden states",
+                self.feature_layer,
+                layers + 1
+            ));
+        }
+        if self.tiling.min_tiles == 0 || self.tiling.min_tiles > self.tiling.max_tiles {
+            return fail(format!(
+                "tiling: min tiles {} / max tiles {} are inconsistent",
+                self.tiling.min_tiles, self.tiling.max_tiles
+            ));
+        }
+        Ok(self)
+    }
+}
+
+fn parse_qwen2(t: &Value, section: &str, tie_default: Option<bool>) -> Result<TextConfig> {
+    let hidden_size = req_usize(t, &format!("{section}.hidden_size"))?;
+    let num_heads = req_usize(t, &format!("{section}.num_attention_heads"))?;
+    if let Some(scaling) = t.get("rope_scaling").filter(|s| !s.is_null()) {
+        let kind = scaling["rope_type"].as_str().or(scaling["type"].as_str());
+        if !matches!(kind, None | Some("default")) {
+            return Err(Error::Checkpoint(format!(
+                "{section}.rope_scaling {kind:?} is not supported"
+            )));
+        }
+    }
+    let rope_params = &t["rope_parameters"];
+    if let Some(kind) = rope_params["rope_type"].as_str() {
+        if kind != "default" {
+            return Err(Error::Checkpoint(format!(
+                "{section}.rope_parameters.rope_type {kind:?} is not supported"
+            )));
+        }
+    }
+    let rope_theta = t["rope_theta"]
+        .as_f64()
+        .or(rope_params["rope_theta"].as_f64())
+        .unwrap_or(10_000.0);
+    if t["use_sliding_window"].as_bool() == Some(true) {
+        return Err(Error::Checkpoint(format!(
+            "{section}.use_sliding_window is not supported"
+        )));
+    }
+    check_activation(t["hidden_act"].as_str(), "silu", &format!("{section}.hidden_act"))?;
+    Ok(TextConfig {
+        hidden_size,
+        num_layers: req_usize(t, &format!("{section}.num_hidden_layers"))?,
+        num_heads,
+        num_kv_heads: t["num_key_value_heads"]
+            .as_u64()
+            .map(|x| x as usize)
+            .unwrap_or(num_heads),
+        head_dim: t["head_dim"]
+            .as_u64()
+            .map(|x| x as usize)
+            .unwrap_or(hidden_size / num_heads.max(1)),
+        intermediate_size: req_usize(t, &format!("{section}.intermediate_size"))?,
+        vocab_size: req_usize(t, &format!("{section}.vocab_size"))?,
+        rms_norm_eps: t["rms_norm_eps"].as_f64().unwrap_or(1e-6),
+        rope_theta,
+        max_position_embeddings: t["max_position_embeddings"].as_u64().unwrap_or(32_768) as usize,
+        tie_word_embeddings: t["tie_word_embeddings"]
+            .as_bool()
+            .or(tie_default)
+            .unwrap_or(false),
+    })
+}
+
+fn unsupported_llm(name: &str) -> Error {
+    Error::Checkpoint(format!(
+        "language model {name:?} is not supported yet (supported: Qwen2 / Qwen2.5)"
+    ))
+}
+
+fn req_usize(v: &Value, name: &str) -> Result<usize> {
+    let key = name.rsplit('.').next().unwrap_or(name);
+    v[key]
+        .as_u64()
+        .map(|x| x as usize)
+        .ok_or_else(|| Error::Checkpoint(format!("config.json: missing or non-integer {name}")))
+}
+
+/// `448` or `[448, 448]`; non-square values are rejected by returning `None`.
+fn side(v: &Value) -> Option<usize> {
+    match v {
+        Value::Number(n) => n.as_u64().map(|x| x as usize),
+        Value::Array(a) if a.len() == 2 && a[0] == a[1] => a[0].as_u64().map(|x| x as usize),
+        _ => None,
+    }
+}
+
+fn norm_kind(s: Option<&str>) -> Result<NormKind> {
+    match s {
+        None | Some("layer_norm") => Ok(NormKind::LayerNorm),
+        Some("rms_norm") => Ok(NormKind::RmsNorm),
+        Some(other) => Err(Error::Checkpoint(format!("unknown vision norm_type {other:?}"))),
+    }
+}
+
+fn check_activation(found: Option<&str>, expected: &str, name: &str) -> Result<()> {
+    match found {
+        None => Ok(()),
+        Some(a) if a == expected => Ok(()),
+        Some(a) => Err(Error::Checkpoint(format!(
+            "{name} {a:?} is not supported (expected {expected:?})"
+        ))),
+    }
+}
+
+fn read_triplet(v: &Value, out: &mut [f32; 3]) {
+    if let Some(a) = v.as_array().filter(|a| a.len() == 3) {
+        for (o, x) in out.iter_mut().zip(a) {
+            if let Some(x) = x.as_f64() {
+                *o = x as f32;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_unknown_architecture() {
+        let err = ModelConfig::parse(r#"{"architectures":["LlamaForCausalLM"]}"#, None).unwrap_err();
+        assert!(err.to_string().contains("unsupported architecture"), "{err}");
+    }
+
+    #[test]
+    fn rejects_internlm2_with_clear_message() {
+        let cfg = r#"{"architectures":["InternVLChatModel"],"llm_config":{"architectures":["InternLM2ForCausalLM"]},"vision_config":{}}"#;
+        let err = ModelConfig::parse(cfg, None).unwrap_err();
+        assert!(err.to_string().contains("InternLM2ForCausalLM"), "{err}");
+    }
+
+    #[test]
+    fn names_missing_field() {
+        let cfg = r#"{"architectures":["InternVLForConditionalGeneration"],"vision_config":{"hidden_size":8},"text_config":{}}"#;
+        let err = ModelConfig::parse(cfg, None).unwrap_err();
+        assert!(err.to_string().contains("vision_config.num_hidden_layers"), "{err}");
+    }
+}

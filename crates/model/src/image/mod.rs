@@ -1,0 +1,119 @@
+//! Image preprocessing: bytes in, normalised InternVL tiles out.
+//!
+//! Two steps, each a plain function:
+//!
+//! 1. [`decode`]: an [`ImageInput`] (PNG/JPEG/WebP bytes, or raw RGB8) becomes an
+//!    [`RgbImage`]. The declared dimensions are checked against [`DecodeLimits`] *before* any
+//!    pixel buffer is allocated, EXIF orientation is applied, alpha is flattened on white and
+//!    grayscale is replicated to RGB, all the way Pillow does it (see [`decode`] for the exact
+//!    rules).
+//! 2. [`tile_image`] (still images) or [`frame_tile`] (video frames): InternVL's
+//!    `dynamic_preprocess` + `build_transform`. The image is resized with a Pillow-identical
+//!    bicubic filter to a grid of `image_size` tiles chosen by [`select_grid`], cut row-major,
+//!    optionally followed by a whole-image thumbnail, and normalised to `(x/255 - mean) / std`
+//!    in `f32`, laid out as `(num_tiles, 3, S, S)`.
+//!
+//! Parity with the Python reference (Pillow 13 + torchvision) was measured, not assumed:
+//! the bicubic resize, alpha flattening, grayscale/16-bit conversion and grid choice are
+//! bit-exact; JPEG decoding (zune-jpeg vs libjpeg-turbo) is not, see [`decode`].
+
+mod decode;
+mod pyorder;
+mod tiling;
+
+#[cfg(test)]
+mod tests;
+
+pub use ::image::RgbImage;
+pub use decode::decode;
+pub use tiling::{
+    frame_tile, max_tiles_for, resize_bicubic, select_grid, target_ratios, tile_image,
+};
+
+/// One image as the caller sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageInput {
+    /// An encoded PNG, JPEG or WebP file; the format is sniffed from the content.
+    Encoded(Vec<u8>),
+    /// Raw interleaved 8-bit RGB pixels, row-major, `data.len() == width * height * 3`.
+    Rgb8 {
+        /// Width in pixels (nonzero).
+        width: u32,
+        /// Height in pixels (nonzero).
+        height: u32,
+        /// `width * height * 3` bytes: R, G, B for each pixel, rows top to bottom.
+        data: Vec<u8>,
+    },
+}
+
+/// Limits applied while decoding untrusted images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest accepted `width * height`; larger images fail with
+    /// [`Error::ImageTooLarge`](crate::Error::ImageTooLarge) before their pixels are decoded.
+    pub max_pixels: u64,
+}
+
+impl DecodeLimits {
+    /// The default pixel limit: 40 megapixels.
+    pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_pixels: Self::DEFAULT_MAX_PIXELS,
+        }
+    }
+}
+
+/// InternVL dynamic-resolution settings (`dynamic_preprocess` + `build_transform`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TilingConfig {
+    /// Tile side `S` in pixels (InternVL: 448).
+    pub image_size: u32,
+    /// Fewest tiles a grid may have (`min_num`).
+    pub min_tiles: usize,
+    /// Most tiles a grid may have (`max_num`), not counting the thumbnail.
+    pub max_tiles: usize,
+    /// Append a whole-image `S x S` thumbnail when the grid has more than one tile.
+    pub use_thumbnail: bool,
+    /// Per-channel mean subtracted after scaling to `[0, 1]`.
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation divided by after subtracting the mean.
+    pub std: [f32; 3],
+}
+
+impl TilingConfig {
+    /// ImageNet mean, as used by InternVL.
+    pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+    /// ImageNet standard deviation, as used by InternVL.
+    pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+}
+
+impl Default for TilingConfig {
+    /// 448-pixel tiles, 1 to 12 tiles, thumbnail on, ImageNet normalisation.
+    fn default() -> Self {
+        Self {
+            image_size: 448,
+            min_tiles: 1,
+            max_tiles: 12,
+            use_thumbnail: true,
+            mean: Self::IMAGENET_MEAN,
+            std: Self::IMAGENET_STD,
+        }
+    }
+}
+
+/// The model-ready tiles of one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TiledImage {
+    /// Grid as `(cols, rows)`; the grid tiles are `cols * rows` of the `num_tiles`.
+    pub grid: (u32, u32),
+    /// True when the last tile is a whole-image thumbnail.
+    pub thumbnail: bool,
+    /// Number of `S x S` tiles in `pixels` (grid tiles plus the thumbnail, if any).
+    pub num_tiles: usize,
+    /// Normalised pixels, `(num_tiles, 3, S, S)` row-major (tile, channel, y, x).
+    pub pixels: Vec<f32>,
+}

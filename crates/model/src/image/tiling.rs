@@ -1,0 +1,203 @@
+//! InternVL dynamic tiling (`dynamic_preprocess`) and normalisation (`build_transform`).
+
+use fast_image_resize::images::{Image as FrImage, ImageRef as FrImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::RgbImage;
+
+use super::pyorder::python_target_ratios;
+use super::{TiledImage, TilingConfig};
+use crate::{Error, Result};
+
+/// The candidate grids `(cols, rows)` in the order InternVL's Python code tries them:
+/// every `(i, j)` with `min_tiles <= i * j <= max_tiles`, sorted by `i * j`, ties in CPython's
+/// set iteration order (see the `pyorder` module; it matters only when `min_tiles > 1`).
+/// Empty when `min_tiles > max_tiles`.
+pub fn target_ratios(cfg: &TilingConfig) -> Vec<(u32, u32)> {
+    python_target_ratios(cfg.min_tiles, cfg.max_tiles)
+        .into_iter()
+        .filter_map(|(i, j)| Some((u32::try_from(i).ok()?, u32::try_from(j).ok()?)))
+        .collect()
+}
+
+/// The grid `(cols, rows)` InternVL picks for a `width x height` image
+/// (`find_closest_aspect_ratio`).
+///
+/// Walks [`target_ratios`] and keeps the grid whose aspect ratio `cols / rows` is closest to
+/// `width / height`; on an exact tie a later grid wins only if the image area exceeds half the
+/// grid's pixel area (`w*h > 0.5 * S * S * cols * rows`). All arithmetic is `f64` in Python's
+/// operation order, so the float comparisons are identical. Falls back to `(1, 1)` when no
+/// grid qualifies (e.g. `min_tiles > max_tiles`), as the Python code does.
+pub fn select_grid(width: u32, height: u32, cfg: &TilingConfig) -> (u32, u32) {
+    let aspect = f64::from(width) / f64::from(height);
+    // Exact below 2^53 pixels, like Python's int-vs-float comparison.
+    let area = (u64::from(width) * u64::from(height)) as f64;
+    let s = f64::from(cfg.image_size);
+    let mut best_diff = f64::INFINITY;
+    let mut best = (1, 1);
+    for (i, j) in target_ratios(cfg) {
+        let diff = (aspect - f64::from(i) / f64::from(j)).abs();
+        if diff < best_diff {
+            best_diff = diff;
+            best = (i, j);
+        } else if diff == best_diff && area > 0.5 * s * s * f64::from(i) * f64::from(j) {
+            best = (i, j);
+        }
+    }
+    best
+}
+
+/// The most tiles one image can produce with `cfg`: the largest grid plus the thumbnail.
+pub fn max_tiles_for(cfg: &TilingConfig) -> usize {
+    let largest = if cfg.max_tiles >= cfg.min_tiles.max(1) {
+        cfg.max_tiles
+    } else {
+        1 // no grid qualifies: Python falls back to (1, 1)
+    };
+    largest + usize::from(cfg.use_thumbnail && largest != 1)
+}
+
+/// Tile a still image the InternVL way.
+///
+/// Resizes the whole image to `(S * cols, S * rows)` for the [`select_grid`] grid, cuts it
+/// into `S x S` tiles row-major (tile `k` at `x = (k % cols) * S`, `y = (k / cols) * S`), and,
+/// if `use_thumbnail` and the grid has more than one tile, appends the whole image resized to
+/// `S x S`. Every tile is then normalised (see [`TiledImage::pixels`]).
+///
+/// Resizing is Pillow's `Image.resize(size, BICUBIC)` (fast_image_resize's convolution with
+/// the Catmull-Rom kernel is a port of Pillow's resampler; measured byte-identical), and like
+/// Pillow a resize to the same size is a copy.
+pub fn tile_image(img: &RgbImage, cfg: &TilingConfig) -> Result<TiledImage> {
+    check_image(img)?;
+    check_config(cfg)?;
+    let s = cfg.image_size;
+    let (cols, rows) = select_grid(img.width(), img.height(), cfg);
+    let too_big = || Error::InvalidInput(format!("tile grid {cols}x{rows} of {s}px is too large"));
+    let target_w = s.checked_mul(cols).ok_or_else(too_big)?;
+    let target_h = s.checked_mul(rows).ok_or_else(too_big)?;
+    let blocks = cols as usize * rows as usize;
+    let thumbnail = cfg.use_thumbnail && blocks != 1;
+    let num_tiles = blocks + usize::from(thumbnail);
+
+    let resized = resize_bicubic(img, target_w, target_h)?;
+    let norm = NormTable::new(cfg);
+    let mut pixels = alloc_pixels(num_tiles, s)?;
+    for k in 0..blocks {
+        let x0 = (k % cols as usize) * s as usize;
+        let y0 = (k / cols as usize) * s as usize;
+        norm.write_tile(&resized, x0, y0, s as usize, &mut pixels);
+    }
+    if thumbnail {
+        let thumb = resize_bicubic(img, s, s)?;
+        norm.write_tile(&thumb, 0, 0, s as usize, &mut pixels);
+    }
+    Ok(TiledImage {
+        grid: (cols, rows),
+        thumbnail,
+        num_tiles,
+        pixels,
+    })
+}
+
+/// Turn one video frame into exactly one tile: resize to `S x S` (bicubic, as in
+/// [`tile_image`]), no grid search, no thumbnail; `grid` is `(1, 1)`.
+///
+/// This is InternVL's `load_video` path (`dynamic_preprocess(max_num=1)`, whose only grid is
+/// `(1, 1)` and which never adds a thumbnail to a single tile).
+pub fn frame_tile(img: &RgbImage, cfg: &TilingConfig) -> Result<TiledImage> {
+    check_image(img)?;
+    check_config(cfg)?;
+    let s = cfg.image_size;
+    let resized = resize_bicubic(img, s, s)?;
+    let mut pixels = alloc_pixels(1, s)?;
+    NormTable::new(cfg).write_tile(&resized, 0, 0, s as usize, &mut pixels);
+    Ok(TiledImage {
+        grid: (1, 1),
+        thumbnail: false,
+        num_tiles: 1,
+        pixels,
+    })
+}
+
+/// Refuse empty images.
+fn check_image(img: &RgbImage) -> Result<()> {
+    if img.width() == 0 || img.height() == 0 {
+        return Err(Error::InvalidImage(format!(
+            "image has zero size ({}x{})",
+            img.width(),
+            img.height()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuse configurations that cannot produce tiles.
+fn check_config(cfg: &TilingConfig) -> Result<()> {
+    if cfg.image_size == 0 {
+        return Err(Error::InvalidInput("tiling image_size must be > 0".into()));
+    }
+    Ok(())
+}
+
+/// A zeroed `(num_tiles, 3, S, S)` buffer; tiles are appended in order by `write_tile`.
+fn alloc_pixels(num_tiles: usize, s: u32) -> Result<Vec<f32>> {
+    let len = (s as usize)
+        .checked_mul(s as usize)
+        .and_then(|n| n.checked_mul(3 * num_tiles))
+        .ok_or_else(|| Error::InvalidInput(format!("{num_tiles} tiles of {s}px overflow")))?;
+    Ok(Vec::with_capacity(len))
+}
+
+/// Pillow-identical `Image.resize((width, height), BICUBIC)` of an RGB8 image.
+///
+/// fast_image_resize's Catmull-Rom convolution (Pillow's resampler ported, same fixed-point
+/// arithmetic). Resizing to the current size returns a copy, like Pillow.
+pub fn resize_bicubic(img: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
+    if img.dimensions() == (width, height) {
+        return Ok(img.clone()); // Pillow returns a copy: no resampling at all
+    }
+    let resize_err = |e: &dyn std::fmt::Display| Error::InvalidImage(format!("resize failed: {e}"));
+    let src = FrImageRef::new(img.width(), img.height(), img.as_raw(), PixelType::U8x3)
+        .map_err(|e| resize_err(&e))?;
+    let mut dst = FrImage::new(width, height, PixelType::U8x3);
+    let options =
+        ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
+    Resizer::new()
+        .resize(&src, &mut dst, &options)
+        .map_err(|e| resize_err(&e))?;
+    RgbImage::from_raw(width, height, dst.into_vec())
+        .ok_or_else(|| Error::InvalidImage("resize produced a short buffer".into()))
+}
+
+/// Per-channel lookup of torchvision's `Normalize(mean, std)(ToTensor()(v))` for every byte.
+struct NormTable([[f32; 256]; 3]);
+
+impl NormTable {
+    /// `((v as f32) / 255 - mean[c]) / std[c]`, each step rounded to `f32` as torch does.
+    fn new(cfg: &TilingConfig) -> Self {
+        let mut t = [[0f32; 256]; 3];
+        for (c, row) in t.iter_mut().enumerate() {
+            for (v, out) in row.iter_mut().enumerate() {
+                *out = normalize(v as u8, cfg.mean[c], cfg.std[c]);
+            }
+        }
+        Self(t)
+    }
+
+    /// Append the `s x s` tile at `(x0, y0)` of `img` as planar CHW to `out`.
+    fn write_tile(&self, img: &RgbImage, x0: usize, y0: usize, s: usize, out: &mut Vec<f32>) {
+        let raw = img.as_raw();
+        let stride = img.width() as usize * 3;
+        for (c, table) in self.0.iter().enumerate() {
+            for y in y0..y0 + s {
+                let row = &raw[y * stride + x0 * 3..y * stride + (x0 + s) * 3];
+                out.extend(row.chunks_exact(3).map(|px| table[px[c] as usize]));
+            }
+        }
+    }
+}
+
+/// torchvision `ToTensor` + `Normalize` for one byte, in `f32`.
+#[inline]
+pub(crate) fn normalize(v: u8, mean: f32, std: f32) -> f32 {
+    (f32::from(v) / 255.0 - mean) / std
+}

@@ -1,0 +1,38 @@
+//! # rewarddance-model
+//!
+//! The RewardDance generative reward model on candle: an InternVL vision-language model reads
+//! `[instruction, reference image?, candidate image or video frames, prompt]` and the reward is
+//! the probability of the answer token "yes" at the last position of one prefill pass.
+//!
+//! Pure compute: no async, no RPC, no batching policy. Layout of the crate, in the order a
+//! request flows through it:
+//! - [`checkpoint`]: find and read a checkpoint (directory, hub cache, bundled default)
+//! - [`config`]: both InternVL config layouts parsed into one [`ModelConfig`]
+//! - [`image`]: decode, EXIF, alpha, InternVL dynamic tiling, normalisation
+//! - [`prompt`]: instructions, chat template, image-token expansion, tokenisation
+//! - [`vision`] + [`projector`]: InternViT, pixel shuffle, `mlp1`
+//! - [`language`]: Qwen2 decoder over packed variable-length sequences
+//! - [`scorer`]: [`RewardModel`], tying it together into [`Score`]s
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod image;
+pub mod item;
+pub mod language;
+pub mod layers;
+pub mod projector;
+pub mod prompt;
+pub mod scorer;
+pub mod vision;
+
+pub use checkpoint::{Checkpoint, BUNDLED_MODEL_ID};
+pub use config::{Layout, ModelConfig};
+pub use error::{Error, Result};
+pub use image::ImageInput;
+pub use item::{Candidate, Mode, Score, ScoreItem};
+pub use prompt::AnswerTokens;
+pub use scorer::{ImageLayout, LoadOptions, PreparedItem, RewardModel};
+
+/// Re-exported so callers can pick devices and dtypes without depending on candle directly.
+pub use candle_core::{DType, Device};

@@ -1,0 +1,295 @@
+//! From an item to token ids: RewardDance instructions, the checkpoint's chat template, image
+//! placeholder expansion (`<img>` + N x `<IMG_CONTEXT>` + `</img>`), tokenisation.
+
+use minijinja::{context, Environment};
+use tokenizers::Tokenizer;
+
+use crate::error::{Error, Result};
+use crate::item::{Candidate, Mode, ScoreItem};
+
+/// Placeholder for one image in the user message, replaced after the template is rendered.
+pub const IMAGE_PLACEHOLDER: &str = "<image>";
+/// Token that marks where image features are spliced in.
+pub const IMAGE_CONTEXT_TOKEN: &str = "<IMG_CONTEXT>";
+const IMAGE_START: &str = "<img>";
+const IMAGE_END: &str = "</img>";
+
+/// Default pointwise instruction for images (`{prompt}` is replaced by the item's prompt).
+pub const POINTWISE_IMAGE_INSTRUCTION: &str = "Please evaluate the image generated from the prompt: '{prompt}'. Does the image match the prompt and have high visual quality? Please answer \"yes\" or \"no\".";
+/// Default pointwise instruction for videos.
+pub const POINTWISE_VIDEO_INSTRUCTION: &str = "Please evaluate the video generated from the prompt: '{prompt}'. Does the video match the prompt and have high visual quality? Please answer \"yes\" or \"no\".";
+/// Default pairwise instruction (Image 1 = reference, Image 2 = candidate).
+pub const PAIRWISE_INSTRUCTION: &str = "Please evaluate two images generated from the prompt: '{prompt}'. Is image 2 better than image 1? Please answer \"yes\" or \"no\".";
+
+/// InternVL's `internvl2_5` conversation template (OpenGVLab `conversation.py`), used when the
+/// checkpoint ships no chat template.
+const INTERNVL2_5_TEMPLATE: &str = "<|im_start|>system\n{{ system_message }}<|im_end|>\n{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+const INTERNVL_SYSTEM_MESSAGE: &str = "你是书生·万象，英文名是InternVL，由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。";
+
+/// Answer tokens whose probability is the reward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnswerTokens {
+    /// The positive answer (default `yes`).
+    pub yes: String,
+    /// The negative answer (default `no`).
+    pub no: String,
+}
+
+impl Default for AnswerTokens {
+    fn default() -> Self {
+        AnswerTokens {
+            yes: "yes".into(),
+            no: "no".into(),
+        }
+    }
+}
+
+/// Where the chat template came from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TemplateSource {
+    /// `chat_template.jinja` or `tokenizer_config.json`'s `chat_template`.
+    Checkpoint,
+    /// The built-in `internvl2_5` template.
+    InternVl25,
+}
+
+/// Turns items into token ids for one checkpoint.
+pub struct PromptBuilder {
+    tokenizer: Tokenizer,
+    env: Environment<'static>,
+    template_source: TemplateSource,
+    bos_token: String,
+    eos_token: String,
+    /// Strings that must not appear in user text (special tokens and the image placeholder).
+    reserved: Vec<String>,
+    image_context_id: u32,
+    yes_id: u32,
+    no_id: u32,
+}
+
+impl PromptBuilder {
+    /// Builds from `tokenizer.json` bytes, an optional chat template and `tokenizer_config.json`.
+    pub fn new(
+        tokenizer_json: &[u8],
+        chat_template: Option<&str>,
+        tokenizer_config_json: Option<&str>,
+        answers: &AnswerTokens,
+    ) -> Result<Self> {
+        let tokenizer = Tokenizer::from_bytes(tokenizer_json)
+            .map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
+        let config: serde_json::Value = match tokenizer_config_json {
+            Some(text) => serde_json::from_str(text)
+                .map_err(|e| Error::Tokenizer(format!("tokenizer_config.json: {e}")))?,
+            None => serde_json::Value::Null,
+        };
+        let template = chat_template
+            .map(str::to_string)
+            .or_else(|| template_from_config(&config["chat_template"]));
+        let (template, template_source) = match template {
+            Some(t) => (t, TemplateSource::Checkpoint),
+            None => (INTERNVL2_5_TEMPLATE.to_string(), TemplateSource::InternVl25),
+        };
+        let mut env = Environment::new();
+        // transformers renders chat templates with trim_blocks and lstrip_blocks on.
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template_owned("chat", template)
+            .map_err(|e| Error::Template(format!("cannot parse chat template: {e}")))?;
+
+        let token_text = |v: &serde_json::Value| -> String {
+            v.as_str()
+                .or_else(|| v["content"].as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let mut reserved: Vec<String> = tokenizer
+            .get_added_tokens_decoder()
+            .values()
+            .filter(|t| t.special)
+            .map(|t| t.content.clone())
+            .collect();
+        reserved.push(IMAGE_PLACEHOLDER.to_string());
+        reserved.sort();
+        reserved.dedup();
+
+        let single = |text: &str, what: &str| -> Result<u32> {
+            let enc = tokenizer
+                .encode(text, false)
+                .map_err(|e| Error::Tokenizer(format!("encoding {what} {text:?}: {e}")))?;
+            match enc.get_ids() {
+                [id] => Ok(*id),
+                ids => Err(Error::Tokenizer(format!(
+                    "{what} {text:?} must be a single token, but the tokenizer gives {} tokens {ids:?}",
+                    ids.len()
+                ))),
+            }
+        };
+        let image_context_id = tokenizer.token_to_id(IMAGE_CONTEXT_TOKEN).ok_or_else(|| {
+            Error::Tokenizer(format!("the tokenizer has no {IMAGE_CONTEXT_TOKEN} token"))
+        })?;
+        for t in [IMAGE_START, IMAGE_END] {
+            if tokenizer.token_to_id(t).is_none() {
+                return Err(Error::Tokenizer(format!("the tokenizer has no {t} token")));
+            }
+        }
+        Ok(PromptBuilder {
+            yes_id: single(&answers.yes, "answer token")?,
+            no_id: single(&answers.no, "answer token")?,
+            bos_token: token_text(&config["bos_token"]),
+            eos_token: token_text(&config["eos_token"]),
+            tokenizer,
+            env,
+            template_source,
+            reserved,
+            image_context_id,
+        })
+    }
+
+    /// Id of the image-context token.
+    pub fn image_context_id(&self) -> u32 {
+        self.image_context_id
+    }
+
+    /// Ids of the (yes, no) answer tokens.
+    pub fn answer_ids(&self) -> (u32, u32) {
+        (self.yes_id, self.no_id)
+    }
+
+    /// Which chat template is in use.
+    pub fn template_source(&self) -> &TemplateSource {
+        &self.template_source
+    }
+
+    /// The default instruction for `mode` and candidate kind.
+    pub fn default_instruction(mode: Mode, video: bool) -> &'static str {
+        match (mode, video) {
+            (Mode::Pairwise, _) => PAIRWISE_INSTRUCTION,
+            (Mode::Pointwise, false) => POINTWISE_IMAGE_INSTRUCTION,
+            (Mode::Pointwise, true) => POINTWISE_VIDEO_INSTRUCTION,
+        }
+    }
+
+    /// The user message with one [`IMAGE_PLACEHOLDER`] per image, in the order the images are
+    /// fed to the model (pairwise: reference first; video: frames in order).
+    pub fn user_content(&self, item: &ScoreItem) -> Result<String> {
+        let video_frames = match &item.candidate {
+            Candidate::Image(_) => None,
+            Candidate::Video(frames) => Some(frames.len()),
+        };
+        let instruction = item
+            .instruction
+            .as_deref()
+            .unwrap_or_else(|| Self::default_instruction(item.mode, video_frames.is_some()));
+        if instruction.trim().is_empty() {
+            return Err(Error::InvalidInput("instruction is empty".into()));
+        }
+        if instruction.contains("{prompt}") && item.prompt.trim().is_empty() {
+            return Err(Error::InvalidInput(
+                "prompt is empty, but the instruction needs one ({prompt})".into(),
+            ));
+        }
+        for (what, text) in [("prompt", item.prompt.as_str()), ("instruction", instruction)] {
+            if let Some(tok) = self.reserved.iter().find(|t| text.contains(t.as_str())) {
+                return Err(Error::InvalidInput(format!(
+                    "{what} contains the reserved token {tok:?}; remove it (it would inject a \
+                     control token into the model's input)"
+                )));
+            }
+        }
+        let instruction = instruction.replace("{prompt}", &item.prompt);
+        let images = match (item.mode, video_frames, item.reference.is_some()) {
+            (Mode::Pointwise, _, true) => {
+                return Err(Error::InvalidInput(
+                    "a reference image was given in pointwise mode; use pairwise mode to compare \
+                     against a reference"
+                        .into(),
+                ))
+            }
+            (Mode::Pairwise, _, false) => {
+                return Err(Error::InvalidInput(
+                    "pairwise mode needs a reference image (Image 1)".into(),
+                ))
+            }
+            (Mode::Pairwise, Some(_), true) => {
+                return Err(Error::InvalidInput(
+                    "pairwise mode compares two images; score video candidates pointwise".into(),
+                ))
+            }
+            (Mode::Pointwise, Some(0), _) => {
+                return Err(Error::InvalidInput("video has no frames".into()))
+            }
+            (Mode::Pointwise, Some(n), false) => (1..=n)
+                .map(|k| format!("Frame{k}: {IMAGE_PLACEHOLDER}\n"))
+                .collect::<String>(),
+            (Mode::Pointwise, None, false) => format!("{IMAGE_PLACEHOLDER}\n"),
+            (Mode::Pairwise, None, true) => {
+                format!("Image 1: {IMAGE_PLACEHOLDER}\nImage 2: {IMAGE_PLACEHOLDER}\n")
+            }
+        };
+        Ok(images + &instruction)
+    }
+
+    /// Renders the chat template around one user message, ready for the assistant's answer.
+    pub fn render(&self, user_content: &str) -> Result<String> {
+        let template = self
+            .env
+            .get_template("chat")
+            .map_err(|e| Error::Template(e.to_string()))?;
+        template
+            .render(context! {
+                messages => vec![context! { role => "user", content => user_content }],
+                add_generation_prompt => true,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+                system_message => INTERNVL_SYSTEM_MESSAGE,
+            })
+            .map_err(|e| Error::Template(format!("rendering: {e}")))
+    }
+
+    /// Replaces the k-th placeholder by `<img>` + `tokens[k]` x `<IMG_CONTEXT>` + `</img>` and
+    /// tokenises the result.
+    pub fn tokenize(&self, rendered: &str, image_tokens: &[usize]) -> Result<Vec<u32>> {
+        let pieces: Vec<&str> = rendered.split(IMAGE_PLACEHOLDER).collect();
+        if pieces.len() != image_tokens.len() + 1 {
+            return Err(Error::Template(format!(
+                "the rendered prompt has {} image placeholders for {} images; the chat template \
+                 must keep the user content verbatim",
+                pieces.len() - 1,
+                image_tokens.len()
+            )));
+        }
+        let mut text = String::with_capacity(rendered.len() + 16 * image_tokens.iter().sum::<usize>());
+        for (k, piece) in pieces.iter().enumerate() {
+            text.push_str(piece);
+            if let Some(&n) = image_tokens.get(k) {
+                text.push_str(IMAGE_START);
+                for _ in 0..n {
+                    text.push_str(IMAGE_CONTEXT_TOKEN);
+                }
+                text.push_str(IMAGE_END);
+            }
+        }
+        let enc = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| Error::Tokenizer(format!("encoding the prompt: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+}
+
+/// `chat_template` as a string, or the `default` entry of a list of named templates.
+fn template_from_config(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(list) => list
+            .iter()
+            .find(|t| t["name"] == "default")
+            .and_then(|t| t["template"].as_str().map(String::from)),
+        _ => None,
+    }
+}

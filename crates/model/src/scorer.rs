@@ -1,0 +1,416 @@
+//! The reward model end to end: items -> prompt + tiles -> packed batch -> P(yes).
+//!
+//! Scoring is split in two so callers can parallelise the CPU-heavy half:
+//! [`RewardModel::prepare`] (decode, tile, render, tokenise; `&self`, thread-safe) and
+//! [`RewardModel::score_prepared`] (one packed forward pass on the device).
+
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+
+use crate::checkpoint::Checkpoint;
+use crate::config::{Layout, ModelConfig};
+use crate::error::{candle_message, Error, Result};
+use crate::image::{decode, frame_tile, tile_image, DecodeLimits, ImageInput, TiledImage};
+use crate::item::{Candidate, ScoreItem, Score};
+use crate::language::{LanguageModel, Packing};
+use crate::layers::logsumexp_last;
+use crate::projector::Projector;
+use crate::prompt::{AnswerTokens, PromptBuilder};
+use crate::vision::VisionTower;
+
+/// How to load a model and which per-item limits to enforce.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Where to run.
+    pub device: Device,
+    /// Weight/activation dtype; `None` picks f32 on CPU (candle widens bf16 there anyway) and
+    /// bf16 on CUDA.
+    pub dtype: Option<DType>,
+    /// Answer tokens (each must be a single token).
+    pub answers: AnswerTokens,
+    /// Largest accepted image, in pixels.
+    pub max_image_pixels: u64,
+    /// Most tiles (all images and frames together) one item may use.
+    pub max_tiles_per_item: usize,
+    /// Longest accepted prompt in tokens; `None` means the model's context length.
+    pub max_tokens_per_item: Option<usize>,
+    /// Tiles per vision-tower call (bounds activation memory).
+    pub vision_batch_tiles: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            device: Device::Cpu,
+            dtype: None,
+            answers: AnswerTokens::default(),
+            max_image_pixels: DecodeLimits::DEFAULT_MAX_PIXELS,
+            max_tiles_per_item: 64,
+            max_tokens_per_item: None,
+            vision_batch_tiles: 32,
+        }
+    }
+}
+
+/// How one image of an item was tiled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageLayout {
+    /// Size after EXIF orientation, (width, height).
+    pub size: (u32, u32),
+    /// Tile grid, (columns, rows).
+    pub grid: (u32, u32),
+    /// Whether a thumbnail tile was appended.
+    pub thumbnail: bool,
+    /// Tiles fed to the vision tower for this image.
+    pub num_tiles: usize,
+}
+
+/// An item ready for the device: token ids and normalised tiles.
+#[derive(Debug, Clone)]
+pub struct PreparedItem {
+    /// The user message with image placeholders.
+    pub user_content: String,
+    /// The chat template's output with image placeholders (before expansion).
+    pub rendered_prompt: String,
+    /// Token ids fed to the language model, image-context tokens included.
+    pub input_ids: Vec<u32>,
+    /// Per image, in prompt order.
+    pub images: Vec<ImageLayout>,
+    pixels: Vec<f32>,
+}
+
+impl PreparedItem {
+    /// Tokens in the sequence.
+    pub fn num_tokens(&self) -> usize {
+        self.input_ids.len()
+    }
+
+    /// Tiles across all images.
+    pub fn num_tiles(&self) -> usize {
+        self.images.iter().map(|i| i.num_tiles).sum()
+    }
+
+    /// The normalised pixels, (num_tiles, 3, S, S) row-major.
+    pub fn pixels(&self) -> &[f32] {
+        &self.pixels
+    }
+
+    /// Replaces the pixels (e.g. with a reference implementation's), keeping the layout.
+    pub fn with_pixels(mut self, pixels: Vec<f32>) -> Result<Self> {
+        if pixels.len() != self.pixels.len() {
+            return Err(Error::InvalidInput(format!(
+                "expected {} pixel values, got {}",
+                self.pixels.len(),
+                pixels.len()
+            )));
+        }
+        self.pixels = pixels;
+        Ok(self)
+    }
+}
+
+/// An InternVL generative reward model loaded on one device.
+pub struct RewardModel {
+    id: String,
+    config: ModelConfig,
+    prompt: PromptBuilder,
+    vision: VisionTower,
+    projector: Projector,
+    language: LanguageModel,
+    device: Device,
+    dtype: DType,
+    options: LoadOptions,
+}
+
+impl RewardModel {
+    /// Loads `checkpoint` onto `options.device`.
+    pub fn load(checkpoint: &Checkpoint, options: LoadOptions) -> Result<Self> {
+        let config = ModelConfig::parse(
+            &checkpoint.config_json,
+            checkpoint.preprocessor_config_json.as_deref(),
+        )?;
+        let prompt = PromptBuilder::new(
+            &checkpoint.tokenizer_json,
+            checkpoint.chat_template.as_deref(),
+            checkpoint.tokenizer_config_json.as_deref(),
+            &options.answers,
+        )?;
+        if let Some(id) = config.image_token_id {
+            if id != prompt.image_context_id() {
+                return Err(Error::Checkpoint(format!(
+                    "config image_token_id {id} differs from the tokenizer's <IMG_CONTEXT> id {}",
+                    prompt.image_context_id()
+                )));
+            }
+        }
+        let dtype = options.dtype.unwrap_or(if options.device.is_cpu() { DType::F32 } else { DType::BF16 });
+        let vb = checkpoint.var_builder(dtype, &options.device)?;
+        let named = |e: candle_core::Error| {
+            Error::Checkpoint(format!("{}: {}", checkpoint.id, candle_message(&e)))
+        };
+        let (vision_vb, projector_vb, text_vb, head_vb) = match config.layout {
+            // transformers >= 4.52 in memory (and some saves): `model.*` + `lm_head`.
+            Layout::HuggingFace if vb.contains_tensor("model.vision_tower.embeddings.cls_token") => (
+                vb.pp("model.vision_tower"),
+                vb.pp("model.multi_modal_projector"),
+                vb.pp("model.language_model"),
+                vb.pp("lm_head"),
+            ),
+            // The published `-hf` checkpoints (and transformers 5 `save_pretrained`).
+            Layout::HuggingFace => (
+                vb.pp("vision_tower"),
+                vb.pp("multi_modal_projector"),
+                vb.pp("language_model.model"),
+                vb.pp("language_model.lm_head"),
+            ),
+            Layout::OpenGvLab => (
+                vb.pp("vision_model"),
+                vb.pp("mlp1"),
+                vb.pp("language_model.model"),
+                vb.pp("language_model.lm_head"),
+            ),
+        };
+        let tile = config.tiling.image_size as usize;
+        let vision = VisionTower::load(&config.vision, config.layout, tile, config.feature_layer, vision_vb)
+            .map_err(named)?;
+        let factor = (1.0 / config.downsample_ratio).round() as usize;
+        let projector = Projector::load(
+            config.layout,
+            config.vision.hidden_size,
+            config.text.hidden_size,
+            factor,
+            projector_vb,
+        )
+        .map_err(named)?;
+        let language = LanguageModel::load(&config.text, text_vb, head_vb).map_err(named)?;
+        let (yes, no) = prompt.answer_ids();
+        let vocab = config.text.vocab_size as u32;
+        if yes >= vocab || no >= vocab {
+            return Err(Error::Checkpoint(format!(
+                "answer token ids ({yes}, {no}) are outside the model's vocabulary of {vocab}"
+            )));
+        }
+        Ok(RewardModel {
+            id: checkpoint.id.clone(),
+            device: options.device.clone(),
+            config,
+            prompt,
+            vision,
+            projector,
+            language,
+            dtype,
+            options,
+        })
+    }
+
+    /// Checkpoint id (directory, hub id or the bundled model's id).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Parsed configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Prompt construction for this checkpoint.
+    pub fn prompt_builder(&self) -> &PromptBuilder {
+        &self.prompt
+    }
+
+    /// Options the model was loaded with.
+    pub fn options(&self) -> &LoadOptions {
+        &self.options
+    }
+
+    /// Weight dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Largest prompt accepted, in tokens.
+    pub fn max_tokens_per_item(&self) -> usize {
+        let ctx = self.config.text.max_position_embeddings;
+        self.options.max_tokens_per_item.map_or(ctx, |m| m.min(ctx))
+    }
+
+    /// CPU half of scoring: decode and tile images, render and tokenise the prompt, check limits.
+    pub fn prepare(&self, item: &ScoreItem) -> Result<PreparedItem> {
+        let user_content = self.prompt.user_content(item)?;
+        let limits = DecodeLimits {
+            max_pixels: self.options.max_image_pixels,
+        };
+        let tiling = &self.config.tiling;
+        let max_tiles = self.options.max_tiles_per_item;
+        let tile_one = |input: &ImageInput, frame: bool| -> Result<(ImageLayout, TiledImage)> {
+            let img = decode(input, &limits)?;
+            let tiled = if frame { frame_tile(&img, tiling)? } else { tile_image(&img, tiling)? };
+            let layout = ImageLayout {
+                size: img.dimensions(),
+                grid: tiled.grid,
+                thumbnail: tiled.thumbnail,
+                num_tiles: tiled.num_tiles,
+            };
+            Ok((layout, tiled))
+        };
+        let mut tiled = Vec::new();
+        if let Some(reference) = &item.reference {
+            tiled.push(tile_one(reference, false)?);
+        }
+        match &item.candidate {
+            Candidate::Image(img) => tiled.push(tile_one(img, false)?),
+            Candidate::Video(frames) => {
+                if frames.len() > max_tiles {
+                    return Err(Error::TooManyTiles {
+                        tiles: frames.len(),
+                        limit: max_tiles,
+                    });
+                }
+                for f in frames {
+                    tiled.push(tile_one(f, true)?);
+                }
+            }
+        }
+        let total_tiles: usize = tiled.iter().map(|(l, _)| l.num_tiles).sum();
+        if total_tiles > max_tiles {
+            return Err(Error::TooManyTiles {
+                tiles: total_tiles,
+                limit: max_tiles,
+            });
+        }
+        let per_tile = self.config.tokens_per_tile();
+        let image_tokens: Vec<usize> = tiled.iter().map(|(l, _)| l.num_tiles * per_tile).collect();
+        let rendered_prompt = self.prompt.render(&user_content)?;
+        let input_ids = self.prompt.tokenize(&rendered_prompt, &image_tokens)?;
+        let limit = self.max_tokens_per_item();
+        if input_ids.len() > limit {
+            return Err(Error::TooManyTokens {
+                tokens: input_ids.len(),
+                limit,
+            });
+        }
+        let mut pixels = Vec::with_capacity(tiled.iter().map(|(_, t)| t.pixels.len()).sum());
+        let mut images = Vec::with_capacity(tiled.len());
+        for (layout, t) in tiled {
+            pixels.extend_from_slice(&t.pixels);
+            images.push(layout);
+        }
+        Ok(PreparedItem {
+            user_content,
+            rendered_prompt,
+            input_ids,
+            images,
+            pixels,
+        })
+    }
+
+    /// Device half of scoring: one packed forward pass over `batch`, scores in order.
+    pub fn score_prepared(&self, batch: &[&PreparedItem]) -> Result<Vec<Score>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let s = self.config.tiling.image_size as usize;
+        let tiles: usize = batch.iter().map(|i| i.num_tiles()).sum();
+        let features = if tiles > 0 {
+            let mut pixels = Vec::with_capacity(tiles * 3 * s * s);
+            for item in batch {
+                pixels.extend_from_slice(&item.pixels);
+            }
+            let pixels = Tensor::from_vec(pixels, (tiles, 3, s, s), &self.device)?.to_dtype(self.dtype)?;
+            Some(self.image_features(&pixels)?)
+        } else {
+            None
+        };
+
+        let ids: Vec<u32> = batch.iter().flat_map(|i| i.input_ids.iter().copied()).collect();
+        let total = ids.len();
+        let ctx_id = self.prompt.image_context_id();
+        // Splice: token t reads row t of the text embeddings, or row total+k of the image
+        // features for the k-th image-context token.
+        let mut next_feature = 0u32;
+        let gather: Vec<u32> = ids
+            .iter()
+            .enumerate()
+            .map(|(t, &id)| {
+                if id == ctx_id {
+                    next_feature += 1;
+                    total as u32 + next_feature - 1
+                } else {
+                    t as u32
+                }
+            })
+            .collect();
+        let feature_rows = features.as_ref().map_or(Ok(0), |f| f.dim(0))?;
+        if next_feature as usize != feature_rows {
+            return Err(Error::InvalidInput(format!(
+                "{next_feature} image-context tokens for {feature_rows} image feature rows"
+            )));
+        }
+        let ids_t = Tensor::new(ids, &self.device)?;
+        let text = self.language.embed(&ids_t)?;
+        let table = match &features {
+            Some(f) => Tensor::cat(&[&text, f], 0)?,
+            None => text,
+        };
+        let embeds = table.index_select(&Tensor::new(gather, &self.device)?, 0)?;
+        let packing = Packing {
+            seq_lens: batch.iter().map(|i| i.input_ids.len()).collect(),
+        };
+        let hidden = self.language.forward_last(&embeds, &packing)?;
+        let logits = self.language.logits(&hidden)?;
+        let lse = logsumexp_last(&logits)?.to_vec1::<f32>()?;
+        let (yes, no) = self.prompt.answer_ids();
+        let answers = logits
+            .index_select(&Tensor::new(&[yes, no], &self.device)?, 1)?
+            .to_vec2::<f32>()?;
+        Ok(answers
+            .iter()
+            .zip(lse)
+            .map(|(yn, lse)| Score::from_logits(yn[0], yn[1], lse))
+            .collect())
+    }
+
+    /// Prepares and scores `items` as one batch; a bad item gets its own error and the rest
+    /// are still scored.
+    pub fn score(&self, items: &[ScoreItem]) -> Vec<Result<Score>> {
+        let prepared: Vec<Result<PreparedItem>> = items.iter().map(|i| self.prepare(i)).collect();
+        let ok: Vec<&PreparedItem> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+        let mut scores = match self.score_prepared(&ok) {
+            Ok(s) => s.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => {
+                let msg = e.to_string();
+                ok.iter().map(|_| Err(Error::Compute(candle_core::Error::Msg(msg.clone())))).collect()
+            }
+        }
+        .into_iter();
+        prepared
+            .into_iter()
+            .map(|p| match p {
+                Ok(_) => scores.next().unwrap_or_else(|| Err(Error::InvalidInput("missing score".into()))),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
+
+    /// Projected image features for (tiles, 3, S, S) pixels: (tiles * tokens_per_tile, H).
+    fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
+        let n = pixels.dim(0)?;
+        let chunk = self.options.vision_batch_tiles.max(1);
+        let mut parts = Vec::with_capacity(n.div_ceil(chunk));
+        let mut start = 0;
+        while start < n {
+            let len = chunk.min(n - start);
+            let feats = self.vision.forward(&pixels.narrow(0, start, len)?)?;
+            parts.push(self.projector.forward(&feats, self.vision.grid())?);
+            start += len;
+        }
+        let all = Tensor::cat(&parts, 0)?;
+        let (t, k, h) = all.dims3()?;
+        Ok(all.reshape((t * k, h))?)
+    }
+}
