@@ -1,0 +1,106 @@
+//! `rewarddance score`: score images (or one video) in-process, one JSON object per item.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use rewarddance_model::{Candidate, ImageInput, Mode, PreparedItem, ScoreItem};
+use serde_json::json;
+
+use crate::model_args::ModelArgs;
+
+/// Arguments of `rewarddance score`.
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The generation prompt the images were made from.
+    #[arg(long)]
+    prompt: String,
+    /// Candidate image file(s); each is one item. Conflicts with --frame.
+    #[arg(long = "image", required_unless_present = "frames", conflicts_with = "frames")]
+    images: Vec<PathBuf>,
+    /// Video frames in order (one item: a video scored pointwise).
+    #[arg(long = "frame", id = "frames")]
+    frames: Vec<PathBuf>,
+    /// Reference image (Image 1): switches to pairwise mode.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// Mode: pointwise or pairwise. Default: pairwise when --reference is given.
+    #[arg(long)]
+    mode: Option<String>,
+    /// Instruction template overriding the default; `{prompt}` is replaced by the prompt.
+    #[arg(long)]
+    instruction: Option<String>,
+    /// Print compact JSON lines (default: pretty JSON).
+    #[arg(long)]
+    json: bool,
+    /// Add what the model saw: rendered prompt, input_ids, tile grids.
+    #[arg(long)]
+    explain: bool,
+}
+
+/// Runs the subcommand; exits 1 when any item failed.
+pub fn run(args: ScoreArgs) -> Result<ExitCode> {
+    let model = args.model.load()?;
+    let mode = match &args.mode {
+        Some(m) => m.parse::<Mode>()?,
+        None if args.reference.is_some() => Mode::Pairwise,
+        None => Mode::Pointwise,
+    };
+    let read = |p: &PathBuf| -> Result<ImageInput> {
+        Ok(ImageInput::Encoded(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?))
+    };
+    let reference = args.reference.as_ref().map(read).transpose()?;
+    let item = |candidate: Candidate| ScoreItem {
+        prompt: args.prompt.clone(),
+        candidate,
+        reference: reference.clone(),
+        instruction: args.instruction.clone(),
+        mode,
+    };
+    let (labels, items): (Vec<String>, Vec<ScoreItem>) = if args.frames.is_empty() {
+        let mut out = (Vec::new(), Vec::new());
+        for p in &args.images {
+            out.0.push(p.display().to_string());
+            out.1.push(item(Candidate::Image(read(p)?)));
+        }
+        out
+    } else {
+        let frames = args.frames.iter().map(read).collect::<Result<Vec<_>>>()?;
+        (vec![format!("{} frames", frames.len())], vec![item(Candidate::Video(frames))])
+    };
+
+    let prepared: Vec<_> = items.iter().map(|i| model.prepare(i)).collect();
+    let ok: Vec<&PreparedItem> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+    let mut scores = model.score_prepared(&ok)?.into_iter();
+    let mut failed = false;
+    for (label, p) in labels.iter().zip(&prepared) {
+        let mut out = json!({ "input": label, "model": model.id() });
+        match p {
+            Ok(p) => {
+                let s = scores.next().context("missing score")?;
+                out["p_yes"] = json!(s.p_yes);
+                out["p_yes_vocab"] = json!(s.p_yes_vocab);
+                out["logit_yes"] = json!(s.logit_yes);
+                out["logit_no"] = json!(s.logit_no);
+                if args.explain {
+                    out["explain"] = json!({
+                        "rendered_prompt": p.rendered_prompt,
+                        "input_ids": p.input_ids,
+                        "num_tokens": p.num_tokens(),
+                        "images": p.images,
+                    });
+                }
+            }
+            Err(e) => {
+                failed = true;
+                out["error"] = json!(e.to_string());
+            }
+        }
+        let text = if args.json { serde_json::to_string(&out)? } else { serde_json::to_string_pretty(&out)? };
+        println!("{text}");
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
