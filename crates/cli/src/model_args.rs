@@ -26,7 +26,11 @@ pub struct ModelArgs {
     #[arg(long, env = "REWARDDANCE_ANSWER_NO", default_value = "no")]
     pub answer_no: String,
     /// Largest accepted image in pixels (decompression-bomb guard).
-    #[arg(long, env = "REWARDDANCE_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
+    #[arg(
+        long,
+        env = "REWARDDANCE_MAX_IMAGE_PIXELS",
+        default_value_t = 40_000_000
+    )]
     pub max_image_pixels: u64,
     /// Most image tiles (all images and frames together) per item.
     #[arg(long, env = "REWARDDANCE_MAX_TILES", default_value_t = 64)]
@@ -80,7 +84,11 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     match spec {
         "cpu" => Ok(Device::Cpu),
         s if s == "cuda" || s.starts_with("cuda:") => {
-            let ordinal: usize = s.strip_prefix("cuda:").unwrap_or("0").parse().context("cuda device ordinal")?;
+            let ordinal: usize = s
+                .strip_prefix("cuda:")
+                .unwrap_or("0")
+                .parse()
+                .context("cuda device ordinal")?;
             Device::new_cuda(ordinal).with_context(|| {
                 format!("cannot open {s} (was the binary built with --features cuda?)")
             })

@@ -19,7 +19,11 @@ pub struct ScoreArgs {
     #[arg(long)]
     prompt: String,
     /// Candidate image file(s); each is one item. Conflicts with --frame.
-    #[arg(long = "image", required_unless_present = "frames", conflicts_with = "frames")]
+    #[arg(
+        long = "image",
+        required_unless_present = "frames",
+        conflicts_with = "frames"
+    )]
     images: Vec<PathBuf>,
     /// Video frames in order (one item: a video scored pointwise).
     #[arg(long = "frame", id = "frames")]
@@ -50,7 +54,9 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
         None => Mode::Pointwise,
     };
     let read = |p: &PathBuf| -> Result<ImageInput> {
-        Ok(ImageInput::Encoded(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?))
+        Ok(ImageInput::Encoded(
+            std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+        ))
     };
     let reference = args.reference.as_ref().map(read).transpose()?;
     let item = |candidate: Candidate| ScoreItem {
@@ -69,7 +75,10 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
         out
     } else {
         let frames = args.frames.iter().map(read).collect::<Result<Vec<_>>>()?;
-        (vec![format!("{} frames", frames.len())], vec![item(Candidate::Video(frames))])
+        (
+            vec![format!("{} frames", frames.len())],
+            vec![item(Candidate::Video(frames))],
+        )
     };
 
     let prepared: Vec<_> = items.iter().map(|i| model.prepare(i)).collect();
@@ -99,8 +108,16 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
                 out["error"] = json!(e.to_string());
             }
         }
-        let text = if args.json { serde_json::to_string(&out)? } else { serde_json::to_string_pretty(&out)? };
+        let text = if args.json {
+            serde_json::to_string(&out)?
+        } else {
+            serde_json::to_string_pretty(&out)?
+        };
         println!("{text}");
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

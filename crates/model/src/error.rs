@@ -15,7 +15,9 @@ pub enum Error {
     #[error("invalid image: {0}")]
     InvalidImage(String),
     /// The image is larger than the configured pixel limit (decompression-bomb guard).
-    #[error("image too large: {width}x{height} = {pixels} pixels exceeds the limit of {limit} pixels")]
+    #[error(
+        "image too large: {width}x{height} = {pixels} pixels exceeds the limit of {limit} pixels"
+    )]
     ImageTooLarge {
         /// Declared width in pixels.
         width: u64,
@@ -76,8 +78,12 @@ impl Error {
 pub fn candle_message(err: &candle_core::Error) -> String {
     match err {
         candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
-        candle_core::Error::Context { inner, context } => format!("{context}: {}", candle_message(inner)),
-        candle_core::Error::WithPath { inner, path } => format!("{}: {}", path.display(), candle_message(inner)),
+        candle_core::Error::Context { inner, context } => {
+            format!("{context}: {}", candle_message(inner))
+        }
+        candle_core::Error::WithPath { inner, path } => {
+            format!("{}: {}", path.display(), candle_message(inner))
+        }
         other => other.to_string(),
     }
 }

@@ -11,7 +11,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::{Layout, ModelConfig};
 use crate::error::{candle_message, Error, Result};
 use crate::image::{decode, frame_tile, tile_image, DecodeLimits, ImageInput, TiledImage};
-use crate::item::{Candidate, ScoreItem, Score};
+use crate::item::{Candidate, Score, ScoreItem};
 use crate::language::{LanguageModel, Packing};
 use crate::layers::logsumexp_last;
 use crate::projector::Projector;
@@ -143,19 +143,27 @@ impl RewardModel {
                 )));
             }
         }
-        let dtype = options.dtype.unwrap_or(if options.device.is_cpu() { DType::F32 } else { DType::BF16 });
+        let dtype = options.dtype.unwrap_or(if options.device.is_cpu() {
+            DType::F32
+        } else {
+            DType::BF16
+        });
         let vb = checkpoint.var_builder(dtype, &options.device)?;
         let named = |e: candle_core::Error| {
             Error::Checkpoint(format!("{}: {}", checkpoint.id, candle_message(&e)))
         };
         let (vision_vb, projector_vb, text_vb, head_vb) = match config.layout {
             // transformers >= 4.52 in memory (and some saves): `model.*` + `lm_head`.
-            Layout::HuggingFace if vb.contains_tensor("model.vision_tower.embeddings.cls_token") => (
-                vb.pp("model.vision_tower"),
-                vb.pp("model.multi_modal_projector"),
-                vb.pp("model.language_model"),
-                vb.pp("lm_head"),
-            ),
+            Layout::HuggingFace
+                if vb.contains_tensor("model.vision_tower.embeddings.cls_token") =>
+            {
+                (
+                    vb.pp("model.vision_tower"),
+                    vb.pp("model.multi_modal_projector"),
+                    vb.pp("model.language_model"),
+                    vb.pp("lm_head"),
+                )
+            }
             // The published `-hf` checkpoints (and transformers 5 `save_pretrained`).
             Layout::HuggingFace => (
                 vb.pp("vision_tower"),
@@ -171,8 +179,14 @@ impl RewardModel {
             ),
         };
         let tile = config.tiling.image_size as usize;
-        let vision = VisionTower::load(&config.vision, config.layout, tile, config.feature_layer, vision_vb)
-            .map_err(named)?;
+        let vision = VisionTower::load(
+            &config.vision,
+            config.layout,
+            tile,
+            config.feature_layer,
+            vision_vb,
+        )
+        .map_err(named)?;
         let factor = (1.0 / config.downsample_ratio).round() as usize;
         let projector = Projector::load(
             config.layout,
@@ -249,7 +263,11 @@ impl RewardModel {
         let max_tiles = self.options.max_tiles_per_item;
         let tile_one = |input: &ImageInput, frame: bool| -> Result<(ImageLayout, TiledImage)> {
             let img = decode(input, &limits)?;
-            let tiled = if frame { frame_tile(&img, tiling)? } else { tile_image(&img, tiling)? };
+            let tiled = if frame {
+                frame_tile(&img, tiling)?
+            } else {
+                tile_image(&img, tiling)?
+            };
             let layout = ImageLayout {
                 size: img.dimensions(),
                 grid: tiled.grid,
@@ -321,13 +339,17 @@ impl RewardModel {
             for item in batch {
                 pixels.extend_from_slice(&item.pixels);
             }
-            let pixels = Tensor::from_vec(pixels, (tiles, 3, s, s), &self.device)?.to_dtype(self.dtype)?;
+            let pixels =
+                Tensor::from_vec(pixels, (tiles, 3, s, s), &self.device)?.to_dtype(self.dtype)?;
             Some(self.image_features(&pixels)?)
         } else {
             None
         };
 
-        let ids: Vec<u32> = batch.iter().flat_map(|i| i.input_ids.iter().copied()).collect();
+        let ids: Vec<u32> = batch
+            .iter()
+            .flat_map(|i| i.input_ids.iter().copied())
+            .collect();
         let total = ids.len();
         let ctx_id = self.prompt.image_context_id();
         // Splice: token t reads row t of the text embeddings, or row total+k of the image
@@ -384,14 +406,18 @@ impl RewardModel {
             Ok(s) => s.into_iter().map(Ok).collect::<Vec<_>>(),
             Err(e) => {
                 let msg = e.to_string();
-                ok.iter().map(|_| Err(Error::Compute(candle_core::Error::Msg(msg.clone())))).collect()
+                ok.iter()
+                    .map(|_| Err(Error::Compute(candle_core::Error::Msg(msg.clone()))))
+                    .collect()
             }
         }
         .into_iter();
         prepared
             .into_iter()
             .map(|p| match p {
-                Ok(_) => scores.next().unwrap_or_else(|| Err(Error::InvalidInput("missing score".into()))),
+                Ok(_) => scores
+                    .next()
+                    .unwrap_or_else(|| Err(Error::InvalidInput("missing score".into()))),
                 Err(e) => Err(e),
             })
             .collect()

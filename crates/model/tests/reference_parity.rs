@@ -16,7 +16,10 @@ const PNG_PIXEL_TOL: f32 = 1e-6;
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -28,7 +31,11 @@ fn prompts_token_ids_and_tile_grids_match_the_reference() {
             let id = item["id"].as_str().unwrap_or("?");
             let prepared = model.prepare(&score_item(item)).expect("prepare");
             let expected = &item["expected"];
-            assert_eq!(prepared.user_content, expected["user_content"].as_str().unwrap(), "{name}/{id}");
+            assert_eq!(
+                prepared.user_content,
+                expected["user_content"].as_str().unwrap(),
+                "{name}/{id}"
+            );
             assert_eq!(
                 prepared.rendered_prompt,
                 expected["rendered_prompt"].as_str().unwrap(),
@@ -39,11 +46,21 @@ fn prompts_token_ids_and_tile_grids_match_the_reference() {
             let images = expected["images"].as_array().unwrap();
             assert_eq!(prepared.images.len(), images.len(), "{name}/{id}");
             for (got, want) in prepared.images.iter().zip(images) {
-                let pair = |v: &serde_json::Value| (v[0].as_u64().unwrap() as u32, v[1].as_u64().unwrap() as u32);
+                let pair = |v: &serde_json::Value| {
+                    (v[0].as_u64().unwrap() as u32, v[1].as_u64().unwrap() as u32)
+                };
                 assert_eq!(got.size, pair(&want["size"]), "{name}/{id}: size");
                 assert_eq!(got.grid, pair(&want["grid"]), "{name}/{id}: grid");
-                assert_eq!(got.thumbnail, want["thumbnail"].as_bool().unwrap(), "{name}/{id}");
-                assert_eq!(got.num_tiles as u64, want["num_tiles"].as_u64().unwrap(), "{name}/{id}");
+                assert_eq!(
+                    got.thumbnail,
+                    want["thumbnail"].as_bool().unwrap(),
+                    "{name}/{id}"
+                );
+                assert_eq!(
+                    got.num_tiles as u64,
+                    want["num_tiles"].as_u64().unwrap(),
+                    "{name}/{id}"
+                );
             }
         }
     }
@@ -63,7 +80,9 @@ fn pixel_values_match_pillow() {
     }
 }
 
-fn prepared_with_reference_pixels(name: &str) -> (rewarddance_model::RewardModel, Reference, Vec<PreparedItem>) {
+fn prepared_with_reference_pixels(
+    name: &str,
+) -> (rewarddance_model::RewardModel, Reference, Vec<PreparedItem>) {
     let model = load_model(name);
     let reference = Reference::load(name);
     let prepared = reference
@@ -88,13 +107,28 @@ fn logits_and_p_yes_match_transformers() {
             let e = &item["expected"];
             let s = model.score_prepared(&[p]).expect("score")[0];
             let checks = [
-                ("logit_yes", s.logit_yes as f64, e["logit_yes"].as_f64().unwrap()),
-                ("logit_no", s.logit_no as f64, e["logit_no"].as_f64().unwrap()),
+                (
+                    "logit_yes",
+                    s.logit_yes as f64,
+                    e["logit_yes"].as_f64().unwrap(),
+                ),
+                (
+                    "logit_no",
+                    s.logit_no as f64,
+                    e["logit_no"].as_f64().unwrap(),
+                ),
                 ("p_yes", s.p_yes, e["p_yes"].as_f64().unwrap()),
-                ("p_yes_vocab", s.p_yes_vocab, e["p_yes_vocab"].as_f64().unwrap()),
+                (
+                    "p_yes_vocab",
+                    s.p_yes_vocab,
+                    e["p_yes_vocab"].as_f64().unwrap(),
+                ),
             ];
             for (what, got, want) in checks {
-                assert!((got - want).abs() < LOGIT_TOL, "{name}/{id}: {what} {got} vs {want}");
+                assert!(
+                    (got - want).abs() < LOGIT_TOL,
+                    "{name}/{id}: {what} {got} vs {want}"
+                );
             }
         }
     }
@@ -104,7 +138,10 @@ fn logits_and_p_yes_match_transformers() {
 fn packed_batch_equals_items_one_by_one() {
     for name in MODELS {
         let (model, _, prepared) = prepared_with_reference_pixels(name);
-        let alone: Vec<_> = prepared.iter().map(|p| model.score_prepared(&[p]).expect("score")[0]).collect();
+        let alone: Vec<_> = prepared
+            .iter()
+            .map(|p| model.score_prepared(&[p]).expect("score")[0])
+            .collect();
         // Mixed lengths, in two different orders.
         let refs: Vec<&PreparedItem> = prepared.iter().collect();
         let reversed: Vec<&PreparedItem> = prepared.iter().rev().collect();
@@ -113,9 +150,18 @@ fn packed_batch_equals_items_one_by_one() {
         backward.reverse();
         for ((a, f), b) in alone.iter().zip(&forward).zip(&backward) {
             for (x, y) in [(a, f), (a, b)] {
-                assert!((x.logit_yes - y.logit_yes).abs() as f64 <= BATCH_TOL, "{name}: {x:?} vs {y:?}");
-                assert!((x.logit_no - y.logit_no).abs() as f64 <= BATCH_TOL, "{name}: {x:?} vs {y:?}");
-                assert!((x.p_yes - y.p_yes).abs() <= BATCH_TOL, "{name}: {x:?} vs {y:?}");
+                assert!(
+                    (x.logit_yes - y.logit_yes).abs() as f64 <= BATCH_TOL,
+                    "{name}: {x:?} vs {y:?}"
+                );
+                assert!(
+                    (x.logit_no - y.logit_no).abs() as f64 <= BATCH_TOL,
+                    "{name}: {x:?} vs {y:?}"
+                );
+                assert!(
+                    (x.p_yes - y.p_yes).abs() <= BATCH_TOL,
+                    "{name}: {x:?} vs {y:?}"
+                );
             }
         }
     }
@@ -131,7 +177,12 @@ fn end_to_end_from_png_files_matches_transformers() {
         for (item, s) in items.iter().zip(scores) {
             let s = s.expect("scored");
             let want = item["expected"]["p_yes"].as_f64().unwrap();
-            assert!((s.p_yes - want).abs() < LOGIT_TOL, "{name}/{}: {} vs {want}", item["id"], s.p_yes);
+            assert!(
+                (s.p_yes - want).abs() < LOGIT_TOL,
+                "{name}/{}: {} vs {want}",
+                item["id"],
+                s.p_yes
+            );
         }
     }
 }

@@ -27,7 +27,8 @@ pub struct Reference {
 impl Reference {
     pub fn load(model: &str) -> Reference {
         let dir = repo_root().join("fixtures/reference");
-        let text = std::fs::read_to_string(dir.join(format!("{model}.json"))).expect("reference json");
+        let text =
+            std::fs::read_to_string(dir.join(format!("{model}.json"))).expect("reference json");
         let pixels = candle_core::safetensors::load(
             dir.join(format!("{model}.pixel_values.safetensors")),
             &Device::Cpu,
@@ -46,12 +47,16 @@ impl Reference {
     /// Reference pixel values of an item, flattened.
     pub fn pixels_of(&self, item: &Value) -> Vec<f32> {
         let key = item["expected"]["pixel_values_key"].as_str().expect("key");
-        self.pixels[key].flatten_all().and_then(|t| t.to_vec1()).expect("pixels")
+        self.pixels[key]
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .expect("pixels")
     }
 }
 
 pub fn load_model(model: &str) -> RewardModel {
-    let ckpt = Checkpoint::from_dir(&repo_root().join("fixtures/models").join(model)).expect("checkpoint");
+    let ckpt =
+        Checkpoint::from_dir(&repo_root().join("fixtures/models").join(model)).expect("checkpoint");
     RewardModel::load(&ckpt, LoadOptions::default()).expect("model loads")
 }
 
@@ -65,14 +70,23 @@ pub fn score_item(item: &Value) -> ScoreItem {
         Candidate::Image(image_file(p))
     } else {
         let frames = item["candidate"]["video"].as_array().expect("video");
-        Candidate::Video(frames.iter().map(|f| image_file(f.as_str().expect("frame"))).collect())
+        Candidate::Video(
+            frames
+                .iter()
+                .map(|f| image_file(f.as_str().expect("frame")))
+                .collect(),
+        )
     };
     ScoreItem {
         prompt: item["prompt"].as_str().expect("prompt").to_string(),
         candidate,
         reference: item["reference"].as_str().map(image_file),
         instruction: item["instruction"].as_str().map(String::from),
-        mode: item["mode"].as_str().expect("mode").parse::<Mode>().expect("mode"),
+        mode: item["mode"]
+            .as_str()
+            .expect("mode")
+            .parse::<Mode>()
+            .expect("mode"),
     }
 }
 
