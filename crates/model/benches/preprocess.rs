@@ -9,7 +9,11 @@ use rewarddance_model::ImageInput;
 fn jpeg_1024() -> Vec<u8> {
     let img = image::RgbImage::from_fn(1024, 1024, |x, y| {
         let n = (x.wrapping_mul(2654435761) ^ y.wrapping_mul(40503)) % 32;
-        image::Rgb([((x / 4) as u8).wrapping_add(n as u8), (y / 4) as u8, ((x + y) / 8) as u8])
+        image::Rgb([
+            ((x / 4) as u8).wrapping_add(n as u8),
+            (y / 4) as u8,
+            ((x + y) / 8) as u8,
+        ])
     });
     let mut out = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
@@ -23,9 +27,13 @@ fn bench(c: &mut Criterion) {
     let limits = DecodeLimits::default();
     let tiling = TilingConfig::default();
     let mut group = c.benchmark_group("preprocess_1024_jpeg");
-    group.bench_function("decode", |b| b.iter(|| decode(&input, &limits).expect("decode")));
+    group.bench_function("decode", |b| {
+        b.iter(|| decode(&input, &limits).expect("decode"))
+    });
     let img = decode(&input, &limits).expect("decode");
-    group.bench_function("tile_448_max12", |b| b.iter(|| tile_image(&img, &tiling).expect("tile")));
+    group.bench_function("tile_448_max12", |b| {
+        b.iter(|| tile_image(&img, &tiling).expect("tile"))
+    });
     group.bench_function("decode_and_tile", |b| {
         b.iter(|| tile_image(&decode(&input, &limits).expect("decode"), &tiling).expect("tile"))
     });

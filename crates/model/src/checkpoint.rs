@@ -38,7 +38,9 @@ pub struct Checkpoint {
 
 impl std::fmt::Debug for Checkpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Checkpoint").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Checkpoint")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -97,7 +99,8 @@ impl Checkpoint {
                 })
                 .transpose()
         };
-        let missing = |name: &str| Error::Checkpoint(format!("{} is missing", dir.join(name).display()));
+        let missing =
+            |name: &str| Error::Checkpoint(format!("{} is missing", dir.join(name).display()));
         let config_json = text("config.json")?.ok_or_else(|| missing("config.json"))?;
         let tokenizer_json = read("tokenizer.json")?.ok_or_else(|| missing("tokenizer.json"))?;
         Ok(Checkpoint {
@@ -144,8 +147,10 @@ impl Checkpoint {
                 unsafe { VarBuilder::from_mmaped_safetensors(paths, dtype, device) }
                     .map_err(|e| Error::Checkpoint(format!("reading safetensors: {e}")))
             }
-            Weights::Static(bytes) => VarBuilder::from_buffered_safetensors(bytes.to_vec(), dtype, device)
-                .map_err(|e| Error::Checkpoint(format!("reading bundled safetensors: {e}"))),
+            Weights::Static(bytes) => {
+                VarBuilder::from_buffered_safetensors(bytes.to_vec(), dtype, device)
+                    .map_err(|e| Error::Checkpoint(format!("reading bundled safetensors: {e}")))
+            }
         }
     }
 }
@@ -161,12 +166,18 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let map = json["weight_map"].as_object().ok_or_else(|| {
             Error::Checkpoint(format!("{}: no weight_map object", index.display()))
         })?;
-        let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
         files.sort();
         files.dedup();
         let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
         if let Some(p) = paths.iter().find(|p| !p.exists()) {
-            return Err(Error::Checkpoint(format!("shard {} is missing", p.display())));
+            return Err(Error::Checkpoint(format!(
+                "shard {} is missing",
+                p.display()
+            )));
         }
         return Ok(paths);
     }

@@ -154,12 +154,18 @@ impl ModelConfig {
             final_layernorm: !v["use_mean_pooling"].as_bool().unwrap_or(true),
         };
         check_activation(v["hidden_act"].as_str(), "gelu", "vision_config.hidden_act")?;
-        check_activation(root["projector_hidden_act"].as_str(), "gelu", "projector_hidden_act")?;
+        check_activation(
+            root["projector_hidden_act"].as_str(),
+            "gelu",
+            "projector_hidden_act",
+        )?;
         let text = parse_qwen2(t, "text_config", root["tie_word_embeddings"].as_bool())?;
         let feature_layer = match &root["vision_feature_layer"] {
             Value::Null => -1,
             v => v.as_i64().ok_or_else(|| {
-                Error::Checkpoint("vision_feature_layer: only a single layer index is supported".into())
+                Error::Checkpoint(
+                    "vision_feature_layer: only a single layer index is supported".into(),
+                )
             })?,
         };
         if let Some(s) = root["vision_feature_select_strategy"].as_str() {
@@ -208,7 +214,11 @@ impl ModelConfig {
         let arch = t["architectures"][0].as_str().unwrap_or("");
         let text_type = t["model_type"].as_str().unwrap_or("");
         if !(arch == "Qwen2ForCausalLM" || text_type == "qwen2") {
-            return Err(unsupported_llm(if arch.is_empty() { text_type } else { arch }));
+            return Err(unsupported_llm(if arch.is_empty() {
+                text_type
+            } else {
+                arch
+            }));
         }
         if let Some(ps) = root["ps_version"].as_str() {
             if ps != "v2" {
@@ -281,11 +291,17 @@ impl ModelConfig {
             ));
         }
         if t.head_dim % 2 != 0 {
-            return fail(format!("text head_dim {} must be even for rotary embeddings", t.head_dim));
+            return fail(format!(
+                "text head_dim {} must be even for rotary embeddings",
+                t.head_dim
+            ));
         }
         let tile = self.tiling.image_size as usize;
         if v.patch_size == 0 || tile % v.patch_size != 0 {
-            return fail(format!("image size {tile} is not a multiple of patch size {}", v.patch_size));
+            return fail(format!(
+                "image size {tile} is not a multiple of patch size {}",
+                v.patch_size
+            ));
         }
         let inv = 1.0 / self.downsample_ratio;
         let grid = tile / v.patch_size;
@@ -341,7 +357,11 @@ fn parse_qwen2(t: &Value, section: &str, tie_default: Option<bool>) -> Result<Te
             "{section}.use_sliding_window is not supported"
         )));
     }
-    check_activation(t["hidden_act"].as_str(), "silu", &format!("{section}.hidden_act"))?;
+    check_activation(
+        t["hidden_act"].as_str(),
+        "silu",
+        &format!("{section}.hidden_act"),
+    )?;
     Ok(TextConfig {
         hidden_size,
         num_layers: req_usize(t, &format!("{section}.num_hidden_layers"))?,
@@ -393,7 +413,9 @@ fn norm_kind(s: Option<&str>) -> Result<NormKind> {
     match s {
         None | Some("layer_norm") => Ok(NormKind::LayerNorm),
         Some("rms_norm") => Ok(NormKind::RmsNorm),
-        Some(other) => Err(Error::Checkpoint(format!("unknown vision norm_type {other:?}"))),
+        Some(other) => Err(Error::Checkpoint(format!(
+            "unknown vision norm_type {other:?}"
+        ))),
     }
 }
 
@@ -423,8 +445,12 @@ mod tests {
 
     #[test]
     fn rejects_unknown_architecture() {
-        let err = ModelConfig::parse(r#"{"architectures":["LlamaForCausalLM"]}"#, None).unwrap_err();
-        assert!(err.to_string().contains("unsupported architecture"), "{err}");
+        let err =
+            ModelConfig::parse(r#"{"architectures":["LlamaForCausalLM"]}"#, None).unwrap_err();
+        assert!(
+            err.to_string().contains("unsupported architecture"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -438,6 +464,9 @@ mod tests {
     fn names_missing_field() {
         let cfg = r#"{"architectures":["InternVLForConditionalGeneration"],"vision_config":{"hidden_size":8},"text_config":{}}"#;
         let err = ModelConfig::parse(cfg, None).unwrap_err();
-        assert!(err.to_string().contains("vision_config.num_hidden_layers"), "{err}");
+        assert!(
+            err.to_string().contains("vision_config.num_hidden_layers"),
+            "{err}"
+        );
     }
 }

@@ -82,7 +82,10 @@ impl Attention {
         let d = self.head_dim;
         // (T, heads*d) -> (1, heads, T, d), the layout candle's rope kernel expects.
         let to_heads = |x: Tensor, n: usize| -> Result<Tensor> {
-            x.reshape((t, n, d))?.transpose(0, 1)?.unsqueeze(0)?.contiguous()
+            x.reshape((t, n, d))?
+                .transpose(0, 1)?
+                .unsqueeze(0)?
+                .contiguous()
         };
         let q = to_heads(self.q.forward(xs)?, self.heads)?;
         let k = to_heads(self.k.forward(xs)?, self.kv_heads)?;
@@ -97,14 +100,17 @@ impl Attention {
         let mut start = 0;
         for &len in &packing.seq_lens {
             // Query heads h = kv*group + j share K/V head kv: view them as (kv, group*len, d).
-            let qs = q.narrow(1, start, len)?.contiguous()?.reshape((self.kv_heads, group * len, d))?;
+            let qs =
+                q.narrow(1, start, len)?
+                    .contiguous()?
+                    .reshape((self.kv_heads, group * len, d))?;
             let ks = k.narrow(1, start, len)?.contiguous()?;
             let vs = v.narrow(1, start, len)?.contiguous()?;
-            let scores = (qs.matmul(&ks.t()?)? * scale)?.reshape((self.kv_heads, group, len, len))?;
-            let mask = ctx
-                .masks
-                .get(&len)
-                .ok_or_else(|| candle_core::Error::Msg(format!("no causal mask for length {len}")))?;
+            let scores =
+                (qs.matmul(&ks.t()?)? * scale)?.reshape((self.kv_heads, group, len, len))?;
+            let mask = ctx.masks.get(&len).ok_or_else(|| {
+                candle_core::Error::Msg(format!("no causal mask for length {len}"))
+            })?;
             let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(mask)?)?;
             let out = probs
                 .reshape((self.kv_heads, group * len, len))?
@@ -113,7 +119,9 @@ impl Attention {
             outputs.push(out);
             start += len;
         }
-        let out = Tensor::cat(&outputs, 1)?.transpose(0, 1)?.reshape((t, self.heads * d))?;
+        let out = Tensor::cat(&outputs, 1)?
+            .transpose(0, 1)?
+            .reshape((t, self.heads * d))?;
         self.o.forward(&out)
     }
 }
@@ -146,10 +154,13 @@ impl Layer {
     }
 
     fn forward(&self, xs: &Tensor, packing: &Packing, ctx: &BatchContext) -> Result<Tensor> {
-        let attn = self.self_attn.forward(&self.input_layernorm.forward(xs)?, packing, ctx)?;
+        let attn = self
+            .self_attn
+            .forward(&self.input_layernorm.forward(xs)?, packing, ctx)?;
         let xs = (xs + attn)?;
         let h = self.post_attention_layernorm.forward(&xs)?;
-        let mlp = (candle_nn::ops::silu(&self.gate_proj.forward(&h)?)? * self.up_proj.forward(&h)?)?;
+        let mlp =
+            (candle_nn::ops::silu(&self.gate_proj.forward(&h)?)? * self.up_proj.forward(&h)?)?;
         xs + self.down_proj.forward(&mlp)?
     }
 }
@@ -173,7 +184,12 @@ impl LanguageModel {
         let layers = (0..cfg.num_layers)
             .map(|i| Layer::load(cfg, vb.pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
-        let norm = Norm::load(NormKind::RmsNorm, cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?;
+        let norm = Norm::load(
+            NormKind::RmsNorm,
+            cfg.hidden_size,
+            cfg.rms_norm_eps,
+            vb.pp("norm"),
+        )?;
         let lm_head = if head.contains_tensor("weight") || !cfg.tie_word_embeddings {
             head.get((cfg.vocab_size, cfg.hidden_size), "weight")?
         } else {
@@ -231,7 +247,9 @@ impl LanguageModel {
         for &len in &packing.seq_lens {
             if let std::collections::hash_map::Entry::Vacant(e) = masks.entry(len) {
                 let mask: Vec<f32> = (0..len)
-                    .flat_map(|i| (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+                    .flat_map(|i| {
+                        (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })
+                    })
                     .collect();
                 e.insert(Tensor::from_vec(mask, (len, len), &self.device)?.to_dtype(self.dtype)?);
             }

@@ -53,7 +53,11 @@ impl Linear {
     /// Loads `{vb}.weight` of shape (out, in) and, when `bias`, `{vb}.bias`.
     pub fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
-        let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
+        let bias = if bias {
+            Some(vb.get(out_dim, "bias")?)
+        } else {
+            None
+        };
         Ok(Linear { weight, bias })
     }
 

@@ -51,7 +51,10 @@ impl Projector {
     /// Vision features (tiles, grid*grid, C) -> language embeddings (tiles, tokens_per_tile, H).
     pub fn forward(&self, features: &Tensor, grid: usize) -> Result<Tensor> {
         let shuffled = pixel_shuffle(features, grid, self.factor)?;
-        let xs = self.linear_1.forward(&self.norm.forward(&shuffled)?)?.gelu_erf()?;
+        let xs = self
+            .linear_1
+            .forward(&self.norm.forward(&shuffled)?)?
+            .gelu_erf()?;
         self.linear_2.forward(&xs)
     }
 }

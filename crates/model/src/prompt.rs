@@ -95,9 +95,15 @@ impl PromptBuilder {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_template_owned("chat", template)
             .map_err(|e| Error::Template(format!("cannot parse chat template: {e}")))?;
 
@@ -193,7 +199,10 @@ impl PromptBuilder {
                 "prompt is empty, but the instruction needs one ({prompt})".into(),
             ));
         }
-        for (what, text) in [("prompt", item.prompt.as_str()), ("instruction", instruction)] {
+        for (what, text) in [
+            ("prompt", item.prompt.as_str()),
+            ("instruction", instruction),
+        ] {
             if let Some(tok) = self.reserved.iter().find(|t| text.contains(t.as_str())) {
                 return Err(Error::InvalidInput(format!(
                     "{what} contains the reserved token {tok:?}; remove it (it would inject a \
@@ -263,7 +272,8 @@ impl PromptBuilder {
                 image_tokens.len()
             )));
         }
-        let mut text = String::with_capacity(rendered.len() + 16 * image_tokens.iter().sum::<usize>());
+        let mut text =
+            String::with_capacity(rendered.len() + 16 * image_tokens.iter().sum::<usize>());
         for (k, piece) in pieces.iter().enumerate() {
             text.push_str(piece);
             if let Some(&n) = image_tokens.get(k) {

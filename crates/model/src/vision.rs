@@ -87,8 +87,18 @@ impl Attention {
         // QK-norm is RMSNorm over the full embedding width in both layouts.
         let (q_norm, k_norm) = if cfg.qk_norm {
             (
-                Some(Norm::load(NormKind::RmsNorm, c, cfg.norm_eps, vb.pp("q_norm"))?),
-                Some(Norm::load(NormKind::RmsNorm, c, cfg.norm_eps, vb.pp("k_norm"))?),
+                Some(Norm::load(
+                    NormKind::RmsNorm,
+                    c,
+                    cfg.norm_eps,
+                    vb.pp("q_norm"),
+                )?),
+                Some(Norm::load(
+                    NormKind::RmsNorm,
+                    c,
+                    cfg.norm_eps,
+                    vb.pp("k_norm"),
+                )?),
             )
         } else {
             (None, None)
@@ -115,7 +125,9 @@ impl Attention {
             k = kn.forward(&k.contiguous()?)?;
         }
         let heads = |x: Tensor| -> Result<Tensor> {
-            x.reshape((b, t, self.num_heads, d))?.transpose(1, 2)?.contiguous()
+            x.reshape((b, t, self.num_heads, d))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
         let scale = (d as f64).powf(-0.5);
@@ -153,7 +165,9 @@ impl Block {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let attn = self.attn.forward(&self.norm1.forward(xs)?)?;
         let xs = (xs + attn.broadcast_mul(&self.ls1)?)?;
-        let mlp = self.fc2.forward(&self.fc1.forward(&self.norm2.forward(&xs)?)?.gelu_erf()?)?;
+        let mlp = self
+            .fc2
+            .forward(&self.fc1.forward(&self.norm2.forward(&xs)?)?.gelu_erf()?)?;
         xs + mlp.broadcast_mul(&self.ls2)?
     }
 }
@@ -197,13 +211,22 @@ impl VisionTower {
         let pos = interpolate_position_embedding(&pos, trained_grid, grid)?;
 
         let hidden_states = cfg.num_layers as i64 + 1;
-        let keep = if feature_layer < 0 { hidden_states + feature_layer } else { feature_layer } as usize;
+        let keep = if feature_layer < 0 {
+            hidden_states + feature_layer
+        } else {
+            feature_layer
+        } as usize;
         let enc = vb.pp("encoder").pp(names.layers);
         let blocks = (0..keep)
             .map(|i| Block::load(cfg, layout, names, enc.pp(i)))
             .collect::<Result<Vec<_>>>()?;
         let final_norm = if cfg.final_layernorm && keep == cfg.num_layers {
-            Some(Norm::load(NormKind::LayerNorm, c, cfg.norm_eps, vb.pp("layernorm"))?)
+            Some(Norm::load(
+                NormKind::LayerNorm,
+                c,
+                cfg.norm_eps,
+                vb.pp("layernorm"),
+            )?)
         } else {
             None
         };
@@ -260,7 +283,10 @@ pub fn interpolate_position_embedding(pos: &Tensor, g0: usize, g: usize) -> Resu
     let device = pos.device().clone();
     let dtype = pos.dtype();
     let c = pos.dim(2)?;
-    let host = pos.to_dtype(candle_core::DType::F32)?.squeeze(0)?.to_vec2::<f32>()?;
+    let host = pos
+        .to_dtype(candle_core::DType::F32)?
+        .squeeze(0)?
+        .to_vec2::<f32>()?;
     let src = &host[1..];
     let taps = |out: usize, inp: usize| -> Vec<([usize; 4], [f32; 4])> {
         let scale = inp as f32 / out as f32;
