@@ -278,26 +278,26 @@ impl ModelConfig {
         let v = &self.vision;
         let t = &self.text;
         let fail = |m: String| Err(Error::Checkpoint(m));
-        if v.num_heads == 0 || v.hidden_size % v.num_heads != 0 {
+        if v.num_heads == 0 || !v.hidden_size.is_multiple_of(v.num_heads) {
             return fail(format!(
                 "vision hidden_size {} is not divisible by num_attention_heads {}",
                 v.hidden_size, v.num_heads
             ));
         }
-        if t.num_kv_heads == 0 || t.num_heads % t.num_kv_heads != 0 {
+        if t.num_kv_heads == 0 || !t.num_heads.is_multiple_of(t.num_kv_heads) {
             return fail(format!(
                 "text num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 t.num_heads, t.num_kv_heads
             ));
         }
-        if t.head_dim % 2 != 0 {
+        if !t.head_dim.is_multiple_of(2) {
             return fail(format!(
                 "text head_dim {} must be even for rotary embeddings",
                 t.head_dim
             ));
         }
         let tile = self.tiling.image_size as usize;
-        if v.patch_size == 0 || tile % v.patch_size != 0 {
+        if v.patch_size == 0 || !tile.is_multiple_of(v.patch_size) {
             return fail(format!(
                 "image size {tile} is not a multiple of patch size {}",
                 v.patch_size
@@ -305,7 +305,10 @@ impl ModelConfig {
         }
         let inv = 1.0 / self.downsample_ratio;
         let grid = tile / v.patch_size;
-        if !(inv >= 1.0 && (inv - inv.round()).abs() < 1e-9 && grid % (inv.round() as usize) == 0) {
+        if !(inv >= 1.0
+            && (inv - inv.round()).abs() < 1e-9
+            && grid.is_multiple_of(inv.round() as usize))
+        {
             return fail(format!(
                 "downsample_ratio {} must be 1/k with k dividing the {grid}x{grid} patch grid",
                 self.downsample_ratio

@@ -56,11 +56,14 @@ fn crc32(bytes: &[u8]) -> u32 {
     !crc
 }
 
+/// Whether an error is of the expected kind.
+type ErrorCheck = fn(&Error) -> bool;
+
 #[test]
 fn image_errors_are_typed_and_isolated() {
     let model = bundled(LoadOptions::default());
     let png = std::fs::read(repo_root().join("fixtures/images/fox_100x60.png")).unwrap();
-    let cases: Vec<(&str, ImageInput, fn(&Error) -> bool)> = vec![
+    let cases: Vec<(&str, ImageInput, ErrorCheck)> = vec![
         (
             "corrupt",
             ImageInput::Encoded(b"definitely not an image".to_vec()),

@@ -135,7 +135,7 @@ fn half_precision_weights_load_and_stay_close_to_f32() {
     };
     let f32_score = RewardModel::load(&ckpt, LoadOptions::default())
         .unwrap()
-        .score(&[item.clone()])[0]
+        .score(std::slice::from_ref(&item))[0]
         .as_ref()
         .map(|s| s.p_yes)
         .unwrap();
@@ -149,7 +149,7 @@ fn half_precision_weights_load_and_stay_close_to_f32() {
         )
         .unwrap();
         assert_eq!(model.dtype(), dtype);
-        let p = model.score(&[item.clone()])[0]
+        let p = model.score(std::slice::from_ref(&item))[0]
             .as_ref()
             .map(|s| s.p_yes)
             .unwrap();
