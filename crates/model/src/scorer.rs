@@ -402,23 +402,22 @@ impl RewardModel {
     pub fn score(&self, items: &[ScoreItem]) -> Vec<Result<Score>> {
         let prepared: Vec<Result<PreparedItem>> = items.iter().map(|i| self.prepare(i)).collect();
         let ok: Vec<&PreparedItem> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
-        let mut scores = match self.score_prepared(&ok) {
-            Ok(s) => s.into_iter().map(Ok).collect::<Vec<_>>(),
-            Err(e) => {
-                let msg = e.to_string();
-                ok.iter()
-                    .map(|_| Err(Error::Compute(candle_core::Error::Msg(msg.clone()))))
-                    .collect()
-            }
-        }
-        .into_iter();
+        // A failed forward pass fails every item of the batch with the same compute error.
+        let batch = self.score_prepared(&ok).map_err(|e| e.to_string());
+        let mut next = 0;
         prepared
             .into_iter()
-            .map(|p| match p {
-                Ok(_) => scores
-                    .next()
-                    .unwrap_or_else(|| Err(Error::InvalidInput("missing score".into()))),
-                Err(e) => Err(e),
+            .map(|p| {
+                p?;
+                next += 1;
+                match &batch {
+                    Ok(scores) => scores.get(next - 1).copied().ok_or_else(|| {
+                        Error::Compute(candle_core::Error::Msg(
+                            "batch returned too few scores".into(),
+                        ))
+                    }),
+                    Err(msg) => Err(Error::Compute(candle_core::Error::Msg(msg.clone()))),
+                }
             })
             .collect()
     }
