@@ -30,11 +30,13 @@ const ALLOC_SLACK: u64 = 256 * 1024 * 1024;
 ///   [`Error::InvalidImage`], naming the format when it was recognised.
 /// * **Orientation.** The EXIF orientation (JPEG, WebP, PNG `eXIf`) is applied; unreadable
 ///   EXIF is treated as "no transform", like Pillow.
-/// * **Alpha** (RGBA, LA, and palette/gray/RGB PNGs with `tRNS`, which the decoder expands to
-///   an alpha channel) is composited on opaque white with Pillow's integer `alpha_composite`,
-///   which against a white background reduces to `out = (c*a + 255*(255-a) + 127) / 255`
-///   (integer division, i.e. `round(c*a/255 + 255*(1-a/255))`; checked against Pillow for all
+/// * **Alpha** (RGBA, LA, WebP alpha, and palette PNGs with `tRNS`) is composited on opaque
+///   white. Pillow's `alpha_composite` and `paste(mask=alpha)` both reduce, against white, to
+///   `out = (c*a + 255*(255-a) + 127) / 255` (integer division, i.e.
+///   `round(c*a/255 + 255*(1-a/255))`, no ties possible; checked against Pillow for all
 ///   65,536 `(c, a)` pairs).
+/// * **Colour-key transparency** (`tRNS` on a gray or RGB PNG) is ignored, as Pillow's
+///   `convert("RGB")` ignores `info["transparency"]`: the keyed pixels keep their colour.
 /// * **Grayscale** is replicated to R = G = B.
 /// * **16-bit PNGs** follow Pillow: RGB(A)16 and LA16 keep the high byte of each sample
 ///   (`v >> 8`, truncation, not rounding); 16-bit grayscale opens as Pillow mode `I;16`, whose
@@ -107,16 +109,16 @@ fn invalid(format: Option<ImageFormat>, what: &str, err: &ImageError) -> Error {
     }
 }
 
-/// Width and height from a PNG `IHDR`, if `bytes` starts like a PNG. Needs only 24 bytes, so
-/// a bare header claiming a huge image is refused without building a decoder.
-fn png_header_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
-    let header = bytes.get(..24)?;
+/// Width, height and color type from a PNG `IHDR`, if `bytes` starts like a PNG. Needs only
+/// 26 bytes, so a bare header claiming a huge image is refused without building a decoder.
+fn png_header(bytes: &[u8]) -> Option<(u32, u32, u8)> {
+    let header: &[u8; 26] = bytes.get(..26)?.try_into().ok()?;
     if &header[..8] != PNG_SIGNATURE || &header[12..16] != b"IHDR" {
         return None;
     }
     let width = u32::from_be_bytes([header[16], header[17], header[18], header[19]]);
     let height = u32::from_be_bytes([header[20], header[21], header[22], header[23]]);
-    Some((width, height))
+    Some((width, height, header[25]))
 }
 
 /// The `image` crate's own limits for an image within `limits`.
@@ -135,9 +137,14 @@ fn decode_encoded(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
     if bytes.is_empty() {
         return Err(Error::InvalidImage("empty image data".into()));
     }
-    if let Some((w, h)) = png_header_dimensions(bytes) {
+    let png = png_header(bytes);
+    if let Some((w, h, _)) = png {
         check_dimensions(w, h, limits)?;
     }
+    // Gray (0) and RGB (2) PNGs have no alpha channel; any alpha the decoder reports comes from
+    // a tRNS colour key, which Pillow keeps in `info["transparency"]` and `convert("RGB")`
+    // ignores (the reference only composites RGBA/LA/PA and palette-with-transparency).
+    let color_key_only = matches!(png, Some((_, _, 0 | 2)));
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::InvalidImage(format!("cannot read image data: {e}")))?;
@@ -188,6 +195,9 @@ fn decode_encoded(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
         other => invalid(format, "corrupt or truncated image data", &other),
     })?;
     img.apply_orientation(orientation);
+    if color_key_only {
+        img = drop_alpha(img);
+    }
     Ok(to_rgb8_like_pil(img))
 }
 
@@ -205,14 +215,21 @@ fn hi(v: u16) -> u8 {
     (v >> 8) as u8
 }
 
-/// Build an RGB image from a per-pixel function over the source pixel index.
-fn build(width: u32, height: u32, mut f: impl FnMut(usize) -> [u8; 3]) -> RgbImage {
-    let n = width as usize * height as usize;
-    let mut out = Vec::with_capacity(n * 3);
-    for i in 0..n {
-        out.extend_from_slice(&f(i));
+/// Build an RGB image by mapping each `n`-sample source pixel to RGB.
+fn build<T: Copy>(w: u32, h: u32, src: &[T], n: usize, f: impl Fn(&[T]) -> [u8; 3]) -> RgbImage {
+    let out: Vec<u8> = src.chunks_exact(n).flat_map(f).collect();
+    RgbImage::from_raw(w, h, out).unwrap_or_else(|| RgbImage::new(w, h))
+}
+
+/// Drop an alpha channel without compositing (exact channel copy).
+fn drop_alpha(img: DynamicImage) -> DynamicImage {
+    match img {
+        DynamicImage::ImageRgba8(_) => DynamicImage::ImageRgb8(img.to_rgb8()),
+        DynamicImage::ImageLumaA8(_) => DynamicImage::ImageLuma8(img.to_luma8()),
+        DynamicImage::ImageRgba16(_) => DynamicImage::ImageRgb16(img.to_rgb16()),
+        DynamicImage::ImageLumaA16(_) => DynamicImage::ImageLuma16(img.to_luma16()),
+        other => other,
     }
-    RgbImage::from_raw(width, height, out).unwrap_or_else(|| RgbImage::new(width, height))
 }
 
 /// Convert any decoded image to RGB8 with Pillow's rules (see [`decode`]).
@@ -220,40 +237,28 @@ pub(crate) fn to_rgb8_like_pil(img: DynamicImage) -> RgbImage {
     let (w, h) = (img.width(), img.height());
     match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
-        DynamicImage::ImageLuma8(l) => {
-            let s = l.as_raw();
-            build(w, h, |i| [s[i]; 3])
-        }
+        DynamicImage::ImageLuma8(l) => build(w, h, l.as_raw(), 1, |p| [p[0]; 3]),
         DynamicImage::ImageLumaA8(la) => {
-            let s = la.as_raw();
-            build(w, h, |i| [over_white(s[2 * i], s[2 * i + 1]); 3])
+            build(w, h, la.as_raw(), 2, |p| [over_white(p[0], p[1]); 3])
         }
         DynamicImage::ImageRgba8(rgba) => flatten_rgba8(w, h, rgba.as_raw()),
-        DynamicImage::ImageLuma16(l) => {
-            // Pillow mode I;16 -> RGB clamps instead of scaling.
-            let s = l.as_raw();
-            build(w, h, |i| [s[i].min(255) as u8; 3])
-        }
-        DynamicImage::ImageLumaA16(la) => {
-            // Pillow opens LA16 PNGs as RGBA with the high bytes.
-            let s = la.as_raw();
-            build(w, h, |i| [over_white(hi(s[2 * i]), hi(s[2 * i + 1])); 3])
-        }
+        // Pillow mode I;16 -> RGB clamps instead of scaling.
+        DynamicImage::ImageLuma16(l) => build(w, h, l.as_raw(), 1, |p| [p[0].min(255) as u8; 3]),
+        // Pillow opens LA16 PNGs as RGBA with the high bytes.
+        DynamicImage::ImageLumaA16(la) => build(w, h, la.as_raw(), 2, |p| {
+            [over_white(hi(p[0]), hi(p[1])); 3]
+        }),
         DynamicImage::ImageRgb16(rgb) => {
-            let s = rgb.as_raw();
-            build(w, h, |i| [hi(s[3 * i]), hi(s[3 * i + 1]), hi(s[3 * i + 2])])
+            build(w, h, rgb.as_raw(), 3, |p| [hi(p[0]), hi(p[1]), hi(p[2])])
         }
-        DynamicImage::ImageRgba16(rgba) => {
-            let s = rgba.as_raw();
-            build(w, h, |i| {
-                let a = hi(s[4 * i + 3]);
-                [
-                    over_white(hi(s[4 * i]), a),
-                    over_white(hi(s[4 * i + 1]), a),
-                    over_white(hi(s[4 * i + 2]), a),
-                ]
-            })
-        }
+        DynamicImage::ImageRgba16(rgba) => build(w, h, rgba.as_raw(), 4, |p| {
+            let a = hi(p[3]);
+            [
+                over_white(hi(p[0]), a),
+                over_white(hi(p[1]), a),
+                over_white(hi(p[2]), a),
+            ]
+        }),
         // Float images cannot come out of PNG/JPEG/WebP; convert generically.
         other if other.color().has_alpha() => flatten_rgba8(w, h, other.to_rgba8().as_raw()),
         other => other.to_rgb8(),
@@ -262,12 +267,11 @@ pub(crate) fn to_rgb8_like_pil(img: DynamicImage) -> RgbImage {
 
 /// Flatten interleaved RGBA8 on white.
 fn flatten_rgba8(w: u32, h: u32, s: &[u8]) -> RgbImage {
-    build(w, h, |i| {
-        let a = s[4 * i + 3];
+    build(w, h, s, 4, |p| {
         [
-            over_white(s[4 * i], a),
-            over_white(s[4 * i + 1], a),
-            over_white(s[4 * i + 2], a),
+            over_white(p[0], p[3]),
+            over_white(p[1], p[3]),
+            over_white(p[2], p[3]),
         ]
     })
 }

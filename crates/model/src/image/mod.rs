@@ -19,10 +19,13 @@
 
 mod decode;
 mod pyorder;
+mod resample;
 mod tiling;
 
 #[cfg(test)]
-mod tests;
+mod decode_tests;
+#[cfg(test)]
+mod tiling_tests;
 
 pub use ::image::RgbImage;
 pub use decode::decode;

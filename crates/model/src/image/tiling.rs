@@ -1,10 +1,9 @@
 //! InternVL dynamic tiling (`dynamic_preprocess`) and normalisation (`build_transform`).
 
-use fast_image_resize::images::{Image as FrImage, ImageRef as FrImageRef};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
 
 use super::pyorder::python_target_ratios;
+use super::resample::resize_rgb8;
 use super::{TiledImage, TilingConfig};
 use crate::{Error, Result};
 
@@ -63,9 +62,8 @@ pub fn max_tiles_for(cfg: &TilingConfig) -> usize {
 /// if `use_thumbnail` and the grid has more than one tile, appends the whole image resized to
 /// `S x S`. Every tile is then normalised (see [`TiledImage::pixels`]).
 ///
-/// Resizing is Pillow's `Image.resize(size, BICUBIC)` (fast_image_resize's convolution with
-/// the Catmull-Rom kernel is a port of Pillow's resampler; measured byte-identical), and like
-/// Pillow a resize to the same size is a copy.
+/// Resizing is [`resize_bicubic`], a bit-exact port of Pillow's `Image.resize(size, BICUBIC)`
+/// (a resize to the same size is a copy, as in Pillow).
 pub fn tile_image(img: &RgbImage, cfg: &TilingConfig) -> Result<TiledImage> {
     check_image(img)?;
     check_config(cfg)?;
@@ -147,24 +145,19 @@ fn alloc_pixels(num_tiles: usize, s: u32) -> Result<Vec<f32>> {
     Ok(Vec::with_capacity(len))
 }
 
-/// Pillow-identical `Image.resize((width, height), BICUBIC)` of an RGB8 image.
+/// Pillow-identical `Image.resize((width, height), Image.BICUBIC)` of an RGB8 image.
 ///
-/// fast_image_resize's Catmull-Rom convolution (Pillow's resampler ported, same fixed-point
-/// arithmetic). Resizing to the current size returns a copy, like Pillow.
+/// A bit-exact port of Pillow's fixed-point resampler (see the `resample` module). Resizing
+/// to the current size returns a copy, like Pillow. Zero target sizes are refused.
 pub fn resize_bicubic(img: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
-    if img.dimensions() == (width, height) {
-        return Ok(img.clone()); // Pillow returns a copy: no resampling at all
+    check_image(img)?;
+    if width == 0 || height == 0 {
+        return Err(Error::InvalidInput(format!(
+            "cannot resize to zero size ({width}x{height})"
+        )));
     }
-    let resize_err = |e: &dyn std::fmt::Display| Error::InvalidImage(format!("resize failed: {e}"));
-    let src = FrImageRef::new(img.width(), img.height(), img.as_raw(), PixelType::U8x3)
-        .map_err(|e| resize_err(&e))?;
-    let mut dst = FrImage::new(width, height, PixelType::U8x3);
-    let options =
-        ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
-    Resizer::new()
-        .resize(&src, &mut dst, &options)
-        .map_err(|e| resize_err(&e))?;
-    RgbImage::from_raw(width, height, dst.into_vec())
+    let out = resize_rgb8(img.as_raw(), img.width(), img.height(), width, height);
+    RgbImage::from_raw(width, height, out)
         .ok_or_else(|| Error::InvalidImage("resize produced a short buffer".into()))
 }
 
