@@ -1,0 +1,118 @@
+//! `rewarddance score` as a user runs it: the bundled model, JSON out, per-item errors.
+
+use std::process::Command;
+
+fn repo(path: &str) -> String {
+    format!("{}/../../{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn score(args: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rewarddance"))
+        .arg("score")
+        .args(args)
+        .env_remove("REWARDDANCE_MODEL")
+        .output()
+        .expect("run rewarddance");
+    let stdout = String::from_utf8(out.stdout).expect("utf8");
+    let lines = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    (
+        out.status.code().unwrap_or(-1),
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn scores_with_the_bundled_model_and_says_its_weights_are_random() {
+    let fox = repo("fixtures/images/fox_100x60.png");
+    let (code, lines, stderr) = score(&[
+        "--json",
+        "--explain",
+        "--prompt",
+        "a red fox",
+        "--image",
+        &fox,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("RANDOM weights"), "{stderr}");
+    let item = &lines[0];
+    let p = item["p_yes"].as_f64().expect("p_yes");
+    assert!((0.0..=1.0).contains(&p));
+    for key in ["p_yes_vocab", "logit_yes", "logit_no"] {
+        assert!(item[key].is_number(), "{key} in {item}");
+    }
+    let explain = &item["explain"];
+    assert!(explain["rendered_prompt"]
+        .as_str()
+        .unwrap()
+        .contains("a red fox"));
+    assert_eq!(explain["images"][0]["grid"], serde_json::json!([3, 2]));
+    assert_eq!(
+        explain["input_ids"].as_array().unwrap().len(),
+        explain["num_tokens"].as_u64().unwrap() as usize
+    );
+}
+
+#[test]
+fn a_bad_image_is_reported_per_item_and_sets_the_exit_code() {
+    let fox = repo("fixtures/images/fox_100x60.png");
+    let bad = std::env::temp_dir().join(format!("rd-bad-{}.png", std::process::id()));
+    std::fs::write(&bad, b"not a png").unwrap();
+    let (code, lines, _) = score(&[
+        "--json",
+        "--prompt",
+        "x",
+        "--image",
+        &fox,
+        "--image",
+        bad.to_str().unwrap(),
+    ]);
+    std::fs::remove_file(&bad).ok();
+    assert_eq!(code, 1);
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0]["p_yes"].is_number());
+    assert!(
+        lines[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid image"),
+        "{}",
+        lines[1]
+    );
+}
+
+#[test]
+fn pairwise_and_video_items() {
+    let (a, b) = (
+        repo("fixtures/images/square_130x130.png"),
+        repo("fixtures/images/fox_100x60.png"),
+    );
+    let (code, lines, stderr) = score(&[
+        "--json",
+        "--explain",
+        "--prompt",
+        "p",
+        "--image",
+        &b,
+        "--reference",
+        &a,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(lines[0]["explain"]["rendered_prompt"]
+        .as_str()
+        .unwrap()
+        .contains("Image 2: <image>"));
+    let frames: Vec<String> = (1..=3)
+        .map(|k| repo(&format!("fixtures/images/frame{k}_70x50.png")))
+        .collect();
+    let mut args = vec!["--json", "--prompt", "p"];
+    for f in &frames {
+        args.extend(["--frame", f.as_str()]);
+    }
+    let (code, lines, stderr) = score(&args);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(lines.len(), 1);
+}
