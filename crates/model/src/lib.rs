@@ -17,6 +17,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod feature_cache;
 pub mod image;
 pub mod item;
 pub mod language;
@@ -29,6 +30,7 @@ pub mod vision;
 pub use checkpoint::{Checkpoint, BUNDLED_MODEL_ID};
 pub use config::{Layout, ModelConfig};
 pub use error::{Error, Result};
+pub use feature_cache::CacheStats;
 pub use image::ImageInput;
 pub use item::{Candidate, Mode, Score, ScoreItem};
 pub use prompt::AnswerTokens;

@@ -4,12 +4,16 @@
 //! [`RewardModel::prepare`] (decode, tile, render, tokenise; `&self`, thread-safe) and
 //! [`RewardModel::score_prepared`] (one packed forward pass on the device).
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 use crate::checkpoint::Checkpoint;
 use crate::config::{Layout, ModelConfig};
 use crate::error::{candle_message, Error, Result};
+use crate::feature_cache::{CacheStats, FeatureCache, ImageKey};
 use crate::image::{decode, frame_tile, tile_image, DecodeLimits, ImageInput, TiledImage};
 use crate::item::{Candidate, Score, ScoreItem};
 use crate::language::{LanguageModel, Packing};
@@ -36,6 +40,9 @@ pub struct LoadOptions {
     pub max_tokens_per_item: Option<usize>,
     /// Tiles per vision-tower call (bounds activation memory).
     pub vision_batch_tiles: usize,
+    /// Bytes of projected image features kept for reuse across batches; 0 disables the cache
+    /// (repeats inside one batch are still encoded once).
+    pub feature_cache_bytes: usize,
 }
 
 impl Default for LoadOptions {
@@ -48,6 +55,7 @@ impl Default for LoadOptions {
             max_tiles_per_item: 64,
             max_tokens_per_item: None,
             vision_batch_tiles: 32,
+            feature_cache_bytes: 256 << 20,
         }
     }
 }
@@ -76,6 +84,8 @@ pub struct PreparedItem {
     pub input_ids: Vec<u32>,
     /// Per image, in prompt order.
     pub images: Vec<ImageLayout>,
+    /// Content key per image (same order), for in-batch dedupe and the feature cache.
+    image_keys: Vec<ImageKey>,
     pixels: Vec<f32>,
 }
 
@@ -104,6 +114,14 @@ impl PreparedItem {
                 pixels.len()
             )));
         }
+        // The keys must follow the content: hash the new tiles themselves.
+        let tile_len = self.pixels.len() / self.num_tiles().max(1);
+        let mut start = 0;
+        for (key, layout) in self.image_keys.iter_mut().zip(&self.images) {
+            let end = start + layout.num_tiles * tile_len;
+            *key = ImageKey::of_pixels(&pixels[start..end]);
+            start = end;
+        }
         self.pixels = pixels;
         Ok(self)
     }
@@ -119,6 +137,7 @@ pub struct RewardModel {
     language: LanguageModel,
     device: Device,
     dtype: DType,
+    feature_cache: FeatureCache,
     options: LoadOptions,
 }
 
@@ -213,6 +232,7 @@ impl RewardModel {
             projector,
             language,
             dtype,
+            feature_cache: FeatureCache::new(options.feature_cache_bytes),
             options,
         })
     }
@@ -261,21 +281,23 @@ impl RewardModel {
         };
         let tiling = &self.config.tiling;
         let max_tiles = self.options.max_tiles_per_item;
-        let tile_one = |input: &ImageInput, frame: bool| -> Result<(ImageLayout, TiledImage)> {
-            let img = decode(input, &limits)?;
-            let tiled = if frame {
-                frame_tile(&img, tiling)?
-            } else {
-                tile_image(&img, tiling)?
+        let tile_one =
+            |input: &ImageInput, frame: bool| -> Result<(ImageLayout, TiledImage, ImageKey)> {
+                let img = decode(input, &limits)?;
+                let key = ImageKey::of(&img, frame, tiling);
+                let tiled = if frame {
+                    frame_tile(&img, tiling)?
+                } else {
+                    tile_image(&img, tiling)?
+                };
+                let layout = ImageLayout {
+                    size: img.dimensions(),
+                    grid: tiled.grid,
+                    thumbnail: tiled.thumbnail,
+                    num_tiles: tiled.num_tiles,
+                };
+                Ok((layout, tiled, key))
             };
-            let layout = ImageLayout {
-                size: img.dimensions(),
-                grid: tiled.grid,
-                thumbnail: tiled.thumbnail,
-                num_tiles: tiled.num_tiles,
-            };
-            Ok((layout, tiled))
-        };
         let mut tiled = Vec::new();
         if let Some(reference) = &item.reference {
             tiled.push(tile_one(reference, false)?);
@@ -294,7 +316,7 @@ impl RewardModel {
                 }
             }
         }
-        let total_tiles: usize = tiled.iter().map(|(l, _)| l.num_tiles).sum();
+        let total_tiles: usize = tiled.iter().map(|(l, _, _)| l.num_tiles).sum();
         if total_tiles > max_tiles {
             return Err(Error::TooManyTiles {
                 tiles: total_tiles,
@@ -302,7 +324,10 @@ impl RewardModel {
             });
         }
         let per_tile = self.config.tokens_per_tile();
-        let image_tokens: Vec<usize> = tiled.iter().map(|(l, _)| l.num_tiles * per_tile).collect();
+        let image_tokens: Vec<usize> = tiled
+            .iter()
+            .map(|(l, _, _)| l.num_tiles * per_tile)
+            .collect();
         let rendered_prompt = self.prompt.render(&user_content)?;
         let input_ids = self.prompt.tokenize(&rendered_prompt, &image_tokens)?;
         let limit = self.max_tokens_per_item();
@@ -312,17 +337,20 @@ impl RewardModel {
                 limit,
             });
         }
-        let mut pixels = Vec::with_capacity(tiled.iter().map(|(_, t)| t.pixels.len()).sum());
+        let mut pixels = Vec::with_capacity(tiled.iter().map(|(_, t, _)| t.pixels.len()).sum());
         let mut images = Vec::with_capacity(tiled.len());
-        for (layout, t) in tiled {
+        let mut image_keys = Vec::with_capacity(tiled.len());
+        for (layout, t, key) in tiled {
             pixels.extend_from_slice(&t.pixels);
             images.push(layout);
+            image_keys.push(key);
         }
         Ok(PreparedItem {
             user_content,
             rendered_prompt,
             input_ids,
             images,
+            image_keys,
             pixels,
         })
     }
@@ -332,19 +360,7 @@ impl RewardModel {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let s = self.config.tiling.image_size as usize;
-        let tiles: usize = batch.iter().map(|i| i.num_tiles()).sum();
-        let features = if tiles > 0 {
-            let mut pixels = Vec::with_capacity(tiles * 3 * s * s);
-            for item in batch {
-                pixels.extend_from_slice(&item.pixels);
-            }
-            let pixels =
-                Tensor::from_vec(pixels, (tiles, 3, s, s), &self.device)?.to_dtype(self.dtype)?;
-            Some(self.image_features(&pixels)?)
-        } else {
-            None
-        };
+        let (features, image_rows) = self.batch_image_features(batch)?;
 
         let ids: Vec<u32> = batch
             .iter()
@@ -352,26 +368,24 @@ impl RewardModel {
             .collect();
         let total = ids.len();
         let ctx_id = self.prompt.image_context_id();
-        // Splice: token t reads row t of the text embeddings, or row total+k of the image
-        // features for the k-th image-context token.
-        let mut next_feature = 0u32;
-        let gather: Vec<u32> = ids
-            .iter()
-            .enumerate()
-            .map(|(t, &id)| {
-                if id == ctx_id {
-                    next_feature += 1;
-                    total as u32 + next_feature - 1
-                } else {
-                    t as u32
-                }
-            })
-            .collect();
-        let feature_rows = features.as_ref().map_or(Ok(0), |f| f.dim(0))?;
-        if next_feature as usize != feature_rows {
-            return Err(Error::InvalidInput(format!(
-                "{next_feature} image-context tokens for {feature_rows} image feature rows"
-            )));
+        // Splice: token t reads row t of the text embeddings, or, for the k-th image-context
+        // token, row `total + image_rows[k]` of the (deduplicated) image features.
+        let mut next_image_row = image_rows.iter();
+        let mut gather = Vec::with_capacity(total);
+        for (t, &id) in ids.iter().enumerate() {
+            if id == ctx_id {
+                let row = next_image_row.next().ok_or_else(|| {
+                    Error::InvalidInput("more image-context tokens than image features".into())
+                })?;
+                gather.push(total as u32 + row);
+            } else {
+                gather.push(t as u32);
+            }
+        }
+        if next_image_row.next().is_some() {
+            return Err(Error::InvalidInput(
+                "fewer image-context tokens than image features".into(),
+            ));
         }
         let ids_t = Tensor::new(ids, &self.device)?;
         let text = self.language.embed(&ids_t)?;
@@ -422,8 +436,86 @@ impl RewardModel {
             .collect()
     }
 
-    /// Projected image features for (tiles, 3, S, S) pixels: (tiles * tokens_per_tile, H).
-    fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
+    /// Projected features of every distinct image in `batch`, each encoded at most once (and
+    /// not at all when cached), plus the feature row each image-context token reads, in order.
+    fn batch_image_features(&self, batch: &[&PreparedItem]) -> Result<(Option<Tensor>, Vec<u32>)> {
+        let rows_per_tile = self.config.tokens_per_tile();
+        let tile_len = {
+            let s = self.config.tiling.image_size as usize;
+            3 * s * s
+        };
+        // Distinct images in first-seen order, with their pixels.
+        let mut index: HashMap<ImageKey, usize> = HashMap::new();
+        let mut distinct: Vec<(ImageKey, &[f32], usize)> = Vec::new();
+        let mut occurrences: Vec<usize> = Vec::new();
+        for item in batch {
+            let mut start = 0;
+            for (key, layout) in item.image_keys.iter().zip(&item.images) {
+                let len = layout.num_tiles * tile_len;
+                let slot = match index.entry(*key) {
+                    Entry::Occupied(seen) => {
+                        self.feature_cache.record_batch_hit();
+                        *seen.get()
+                    }
+                    Entry::Vacant(new) => {
+                        distinct.push((*key, &item.pixels[start..start + len], layout.num_tiles));
+                        *new.insert(distinct.len() - 1)
+                    }
+                };
+                occurrences.push(slot);
+                start += len;
+            }
+        }
+        if distinct.is_empty() {
+            return Ok((None, Vec::new()));
+        }
+        let mut blocks: Vec<Option<Tensor>> = distinct
+            .iter()
+            .map(|(key, _, _)| self.feature_cache.get(key))
+            .collect();
+        let missing: Vec<usize> = (0..distinct.len())
+            .filter(|&i| blocks[i].is_none())
+            .collect();
+        if !missing.is_empty() {
+            let tiles: usize = missing.iter().map(|&i| distinct[i].2).sum();
+            let mut pixels = Vec::with_capacity(tiles * tile_len);
+            for &i in &missing {
+                pixels.extend_from_slice(distinct[i].1);
+            }
+            let s = self.config.tiling.image_size as usize;
+            let pixels =
+                Tensor::from_vec(pixels, (tiles, 3, s, s), &self.device)?.to_dtype(self.dtype)?;
+            let encoded = self.encode_tiles(&pixels)?;
+            let mut row = 0;
+            for &i in &missing {
+                let rows = distinct[i].2 * rows_per_tile;
+                let block = encoded.narrow(0, row, rows)?;
+                self.feature_cache.insert(distinct[i].0, block.clone());
+                blocks[i] = Some(block);
+                row += rows;
+            }
+        }
+        let mut offsets = Vec::with_capacity(distinct.len());
+        let mut parts = Vec::with_capacity(distinct.len());
+        let mut offset = 0u32;
+        for (block, (_, _, tiles)) in blocks.into_iter().zip(&distinct) {
+            offsets.push(offset);
+            offset += (tiles * rows_per_tile) as u32;
+            parts.push(block.ok_or_else(|| Error::InvalidInput("image features missing".into()))?);
+        }
+        let image_rows = occurrences
+            .iter()
+            .flat_map(|&slot| {
+                let start = offsets[slot];
+                start..start + (distinct[slot].2 * rows_per_tile) as u32
+            })
+            .collect();
+        Ok((Some(Tensor::cat(&parts, 0)?), image_rows))
+    }
+
+    /// Projected features for (tiles, 3, S, S) pixels: (tiles * tokens_per_tile, H), running the
+    /// vision tower in chunks of `vision_batch_tiles`.
+    fn encode_tiles(&self, pixels: &Tensor) -> Result<Tensor> {
         let n = pixels.dim(0)?;
         let chunk = self.options.vision_batch_tiles.max(1);
         let mut parts = Vec::with_capacity(n.div_ceil(chunk));
@@ -437,5 +529,10 @@ impl RewardModel {
         let all = Tensor::cat(&parts, 0)?;
         let (t, k, h) = all.dims3()?;
         Ok(all.reshape((t * k, h))?)
+    }
+
+    /// Vision-feature cache counters (hits include repeats inside one batch).
+    pub fn feature_cache_stats(&self) -> CacheStats {
+        self.feature_cache.stats()
     }
 }
