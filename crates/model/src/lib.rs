@@ -24,6 +24,7 @@ pub mod language;
 pub mod layers;
 pub mod projector;
 pub mod prompt;
+pub mod ranking;
 pub mod scorer;
 pub mod vision;
 
