@@ -3,6 +3,7 @@
 //! Subcommands: `score` (score items in-process and print JSON). Every flag has a
 //! `REWARDDANCE_*` environment variable.
 
+mod evaluate;
 mod model_args;
 mod score;
 

@@ -1,4 +1,5 @@
-//! `rewarddance score`: score images (or one video) in-process, one JSON object per item.
+//! `rewarddance score`: score images (or one video) in-process, one JSON object per item; with
+//! `--manifest` / `--dir`, a batch evaluation (see [`crate::evaluate`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use clap::Args;
 use rewarddance_model::{Candidate, ImageInput, Mode, PreparedItem, ScoreItem};
 use serde_json::json;
 
+use crate::evaluate::{self, EvalArgs};
 use crate::model_args::ModelArgs;
 
 /// Arguments of `rewarddance score`.
@@ -15,13 +17,16 @@ use crate::model_args::ModelArgs;
 pub struct ScoreArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    eval: EvalArgs,
     /// The generation prompt the images were made from.
-    #[arg(long)]
-    prompt: String,
+    #[arg(long, required_unless_present = "manifest")]
+    prompt: Option<String>,
     /// Candidate image file(s); each is one item. Conflicts with --frame.
     #[arg(
         long = "image",
-        required_unless_present = "frames",
+        id = "images",
+        required_unless_present_any = ["frames", "manifest", "dir"],
         conflicts_with = "frames"
     )]
     images: Vec<PathBuf>,
@@ -45,9 +50,20 @@ pub struct ScoreArgs {
     explain: bool,
 }
 
-/// Runs the subcommand; exits 1 when any item failed.
+/// Runs the subcommand. Single items: exit 1 when any item failed. Batch mode: exit 0 once the
+/// run completes (failures are rows in the output and counts in the summary).
 pub fn run(args: ScoreArgs) -> Result<ExitCode> {
     let model = args.model.load()?;
+    if args.eval.requested() {
+        evaluate::run(
+            &model,
+            &args.eval,
+            args.prompt.as_deref(),
+            args.instruction.as_deref(),
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let prompt = args.prompt.clone().unwrap_or_default();
     let mode = match &args.mode {
         Some(m) => m.parse::<Mode>()?,
         None if args.reference.is_some() => Mode::Pairwise,
@@ -60,7 +76,7 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
     };
     let reference = args.reference.as_ref().map(read).transpose()?;
     let item = |candidate: Candidate| ScoreItem {
-        prompt: args.prompt.clone(),
+        prompt: prompt.clone(),
         candidate,
         reference: reference.clone(),
         instruction: args.instruction.clone(),

@@ -1,0 +1,206 @@
+//! `rewarddance score --manifest FILE | --dir DIR`: batch evaluation.
+//!
+//! Rows are read lazily, scored in batches, and written as JSON lines in input order, each with
+//! its id and either the scores or the row's own error: a bad row never stops the run.
+//! `--resume` skips ids already present in `--output`. A summary goes to stderr at the end.
+
+mod manifest;
+mod summary;
+
+use std::collections::HashSet;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use rewarddance_model::{PreparedItem, RewardModel, Score, ScoreItem};
+use serde_json::json;
+
+use manifest::{count_rows, directory_jobs, manifest_jobs, Job};
+pub use summary::Summary;
+
+/// Batch-evaluation flags of `rewarddance score`.
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    /// JSONL manifest: one object per line with `prompt` and `image` (or `frames`), optional
+    /// `id`, `reference`, `instruction`, `mode`; paths relative to the manifest.
+    #[arg(long, conflicts_with_all = ["images", "frames", "dir"])]
+    pub manifest: Option<PathBuf>,
+    /// Score every image (png, jpg, jpeg, webp) in this directory with --prompt.
+    #[arg(long, conflicts_with_all = ["images", "frames"])]
+    pub dir: Option<PathBuf>,
+    /// Write JSON lines here instead of stdout.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Skip rows already scored in --output (failed rows are retried) and append to it.
+    #[arg(long, requires = "output")]
+    pub resume: bool,
+    /// Items per forward pass.
+    #[arg(long, env = "REWARDDANCE_EVAL_BATCH", default_value_t = 16)]
+    pub batch_size: usize,
+    /// No progress bar even on a terminal.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl EvalArgs {
+    /// Whether batch mode was asked for.
+    pub fn requested(&self) -> bool {
+        self.manifest.is_some() || self.dir.is_some()
+    }
+}
+
+/// Runs a batch evaluation with an in-process model.
+pub fn run(
+    model: &RewardModel,
+    args: &EvalArgs,
+    prompt: Option<&str>,
+    instruction: Option<&str>,
+) -> Result<Summary> {
+    let (jobs, total): (Box<dyn Iterator<Item = Job>>, u64) = match (&args.manifest, &args.dir) {
+        (Some(m), _) => (Box::new(manifest_jobs(m)?), count_rows(m)?),
+        (None, Some(d)) => {
+            let prompt = prompt.context("--dir needs --prompt")?;
+            let jobs = directory_jobs(d, prompt, instruction)?;
+            let n = jobs.len() as u64;
+            (Box::new(jobs.into_iter()), n)
+        }
+        (None, None) => bail!("batch mode needs --manifest or --dir"),
+    };
+    let done = match (&args.output, args.resume) {
+        (Some(path), true) => ids_in(path)?,
+        _ => HashSet::new(),
+    };
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(args.resume)
+                .truncate(!args.resume)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let progress = progress_bar(total, args.quiet);
+    let mut summary = Summary::default();
+    let started = Instant::now();
+    let mut pending: Vec<Job> = Vec::with_capacity(args.batch_size);
+    let mut jobs = jobs.peekable();
+    while jobs.peek().is_some() {
+        pending.clear();
+        while pending.len() < args.batch_size.max(1) {
+            match jobs.next() {
+                Some(job) if done.contains(&job.id) => {
+                    summary.skipped += 1;
+                    progress.inc(1);
+                }
+                Some(job) => pending.push(job),
+                None => break,
+            }
+        }
+        let results = score_jobs(model, &pending);
+        for (job, result) in pending.iter().zip(results) {
+            let line = match result {
+                Ok(s) => {
+                    summary.record(s.p_yes);
+                    json!({ "id": job.id, "p_yes": s.p_yes, "p_yes_vocab": s.p_yes_vocab,
+                            "logit_yes": s.logit_yes, "logit_no": s.logit_no })
+                }
+                Err(e) => {
+                    summary.record_failure();
+                    json!({ "id": job.id, "error": e })
+                }
+            };
+            writeln!(out, "{line}")?;
+        }
+        out.flush()?;
+        progress.inc(pending.len() as u64);
+    }
+    progress.finish_and_clear();
+    eprintln!("{}", summary.to_json(started.elapsed()));
+    Ok(summary)
+}
+
+/// Prepares the batch's rows in parallel, then scores the good ones in one forward pass.
+fn score_jobs(model: &RewardModel, jobs: &[Job]) -> Vec<std::result::Result<Score, String>> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(jobs.len().max(1));
+    let chunk = jobs.len().div_ceil(workers).max(1);
+    let prepared: Vec<std::result::Result<PreparedItem, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|job| prepare(model, job))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| vec![Err("preprocessing panicked".into())])
+            })
+            .collect()
+    });
+    let ok: Vec<&PreparedItem> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+    let batch = model.score_prepared(&ok).map_err(|e| e.to_string());
+    let mut next = 0;
+    prepared
+        .iter()
+        .map(|p| {
+            p.as_ref().map_err(Clone::clone)?;
+            next += 1;
+            match &batch {
+                Ok(scores) => scores
+                    .get(next - 1)
+                    .copied()
+                    .ok_or_else(|| "missing score".to_string()),
+                Err(e) => Err(e.clone()),
+            }
+        })
+        .collect()
+}
+
+fn prepare(model: &RewardModel, job: &Job) -> std::result::Result<PreparedItem, String> {
+    let item: ScoreItem = job.load()?;
+    model.prepare(&item).map_err(|e| e.to_string())
+}
+
+/// Ids already *scored* in an output file; failed rows are retried (their new line supersedes
+/// the old one), and unparsable lines are ignored.
+fn ids_in(path: &PathBuf) -> Result<HashSet<String>> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let mut ids = HashSet::new();
+    for line in std::io::BufReader::new(file).lines() {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line?) {
+            if let (Some(id), true) = (v["id"].as_str(), v["p_yes"].is_number()) {
+                ids.insert(id.to_string());
+            }
+        }
+    }
+    Ok(ids)
+}
+
+fn progress_bar(total: u64, quiet: bool) -> indicatif::ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {per_sec}  ETA {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}

@@ -1,0 +1,113 @@
+//! `rewarddance score --manifest/--dir`: batch evaluation end to end on the bundled model.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn fixture(name: &str) -> String {
+    format!(
+        "{}/../../fixtures/images/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rd-eval-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rewarddance"))
+        .arg("score")
+        .args(args)
+        .env_remove("REWARDDANCE_MODEL")
+        .output()
+        .expect("run");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn lines(path: &PathBuf) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn manifest_rows_come_back_in_order_and_bad_rows_do_not_stop_the_run() {
+    let dir = scratch("manifest");
+    std::fs::copy(fixture("fox_100x60.png"), dir.join("fox.png")).unwrap();
+    let manifest = dir.join("rows.jsonl");
+    let rows = [
+        r#"{"id":"first","prompt":"a fox","image":"fox.png"}"#.to_string(),
+        r#"{"id":"missing","prompt":"x","image":"nope.png"}"#.to_string(),
+        "this is not json".to_string(),
+        format!(
+            r#"{{"prompt":"pair","image":"fox.png","reference":"{}"}}"#,
+            fixture("square_130x130.png")
+        ),
+    ];
+    std::fs::write(&manifest, rows.join("\n")).unwrap();
+    let out = dir.join("out.jsonl");
+    let (code, _, stderr) = run(&[
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let got = lines(&out);
+    let ids: Vec<&str> = got.iter().map(|v| v["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["first", "missing", "#3", "#4"]);
+    assert!(got[0]["p_yes"].is_number() && got[3]["p_yes"].is_number());
+    assert!(got[1]["error"].as_str().unwrap().contains("nope.png"));
+    assert!(got[2]["error"]
+        .as_str()
+        .unwrap()
+        .contains("bad manifest line"));
+    assert!(
+        stderr.contains(r#""scored":2"#) && stderr.contains(r#""failed":2"#),
+        "{stderr}"
+    );
+
+    // Resume: scored rows are skipped, failed ones retried and appended.
+    let (code, _, stderr) = run(&[
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--resume",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains(r#""skipped":2"#), "{stderr}");
+    assert_eq!(lines(&out).len(), 6);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_directory_is_scored_file_by_file() {
+    let dir = scratch("dir");
+    for name in ["fox_100x60.png", "gray_64x64.png"] {
+        std::fs::copy(fixture(name), dir.join(name)).unwrap();
+    }
+    std::fs::write(dir.join("notes.txt"), "ignored").unwrap();
+    let (code, stdout, stderr) = run(&["--dir", dir.to_str().unwrap(), "--prompt", "p"]);
+    assert_eq!(code, 0, "{stderr}");
+    let ids: Vec<String> = stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids, ["fox_100x60.png", "gray_64x64.png"]);
+    std::fs::remove_dir_all(&dir).ok();
+}
