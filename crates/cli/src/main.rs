@@ -1,8 +1,10 @@
 //! `rewarddance`: the RewardDance reward service's one binary.
 //!
-//! Subcommands: `score` (score items in-process and print JSON). Every flag has a
+//! Subcommands: `score` (score items in-process and print JSON, or evaluate a manifest) and
+//! `bench-model` (throughput and MFU of the model alone). Every flag has a
 //! `REWARDDANCE_*` environment variable.
 
+mod bench_model;
 mod evaluate;
 mod model_args;
 mod score;
@@ -21,12 +23,15 @@ struct Cli {
 enum Command {
     /// Score one or more images in-process and print one JSON object per item.
     Score(score::ScoreArgs),
+    /// Measure model throughput (random weights at real shapes, or a checkpoint) and MFU.
+    BenchModel(bench_model::BenchModelArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Score(args) => score::run(args),
+        Command::BenchModel(args) => bench_model::run(args),
     };
     match result {
         Ok(code) => code,

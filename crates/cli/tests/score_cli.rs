@@ -116,3 +116,35 @@ fn pairwise_and_video_items() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(lines.len(), 1);
 }
+
+#[test]
+fn bench_model_prints_a_table_for_a_random_preset() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rewarddance"))
+        .args([
+            "bench-model",
+            "--preset",
+            "mini",
+            "--random-weights",
+            "--batch",
+            "1",
+            "--mode",
+            "pointwise",
+            "--iters",
+            "1",
+        ])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("| pointwise | 1 |"), "{stdout}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_rewarddance"))
+        .args(["bench-model", "--preset", "70b"])
+        .output()
+        .expect("run");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown preset"));
+}

@@ -17,6 +17,8 @@ enum Weights {
     Files(Vec<PathBuf>),
     /// One safetensors blob in memory (the bundled model).
     Static(&'static [u8]),
+    /// Made-up weights at a preset's real shapes (benchmarks only).
+    Random,
 }
 
 /// The files of one checkpoint, read into memory except for the weights.
@@ -151,7 +153,33 @@ impl Checkpoint {
                 VarBuilder::from_buffered_safetensors(bytes.to_vec(), dtype, device)
                     .map_err(|e| Error::Checkpoint(format!("reading bundled safetensors: {e}")))
             }
+            Weights::Random => Ok(VarBuilder::from_backend(
+                Box::new(crate::presets::RandomWeights),
+                dtype,
+                device.clone(),
+            )),
         }
+    }
+
+    /// A real-size InternVL with **random weights** (see [`crate::presets`]): for benchmarks and
+    /// memory checks only. Uses the bundled tokenizer and the `internvl2_5` template.
+    pub fn random(preset: &str) -> Result<Self> {
+        let config_json = crate::presets::preset_config(preset).ok_or_else(|| {
+            Error::Checkpoint(format!(
+                "unknown preset {preset:?} (expected one of {:?})",
+                crate::presets::PRESETS
+            ))
+        })?;
+        let bundled = Self::bundled();
+        Ok(Checkpoint {
+            id: format!("random:{preset}"),
+            config_json,
+            tokenizer_json: bundled.tokenizer_json,
+            tokenizer_config_json: None,
+            preprocessor_config_json: None,
+            chat_template: None,
+            weights: Weights::Random,
+        })
     }
 }
 

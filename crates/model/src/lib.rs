@@ -11,7 +11,7 @@
 //! - [`image`]: decode, EXIF, alpha, InternVL dynamic tiling, normalisation
 //! - [`prompt`]: instructions, chat template, image-token expansion, tokenisation
 //! - [`vision`] + [`projector`]: InternViT, pixel shuffle, `mlp1`
-//! - [`language`]: Qwen2 decoder over packed variable-length sequences
+//! - [`language`]: Qwen2 / InternLM2 decoder over packed variable-length sequences
 //! - [`scorer`]: [`RewardModel`], tying it together into [`Score`]s
 
 pub mod checkpoint;
@@ -22,6 +22,7 @@ pub mod image;
 pub mod item;
 pub mod language;
 pub mod layers;
+pub mod presets;
 pub mod projector;
 pub mod prompt;
 pub mod ranking;

@@ -1,0 +1,187 @@
+//! `rewarddance bench-model`: model throughput at real shapes (random weights) or on a real
+//! checkpoint, in-process, with MFU against a matmul peak measured in the same run.
+//!
+//! Items follow `shared/NOTES.md`: pointwise = ~72 text tokens + one 448x448 image (1 tile);
+//! pairwise = the same with a reference image. Every image is distinct (no reuse), the feature
+//! cache is off, so the numbers are raw compute.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use rewarddance_model::{
+    Candidate, Checkpoint, DType, ImageInput, LoadOptions, Mode, ModelConfig, PreparedItem,
+    RewardModel, ScoreItem,
+};
+
+use crate::model_args::parse_device;
+
+/// Arguments of `rewarddance bench-model`.
+#[derive(Args, Debug)]
+pub struct BenchModelArgs {
+    /// Real-size shapes with random weights: 1b, 2b, 8b (InternViT-300M + Qwen2 0.5B/1.5B/7B) or
+    /// mini (1/100 of the 1B). Conflicts with --model.
+    #[arg(long, conflicts_with = "model")]
+    preset: Option<String>,
+    /// Accepted for clarity with --preset (preset weights are always random).
+    #[arg(long)]
+    random_weights: bool,
+    /// A real checkpoint directory or hub id instead of a preset.
+    #[arg(long)]
+    model: Option<String>,
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// f32, f16 or bf16 (default: f32 on CPU, bf16 on CUDA).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    batch: Vec<usize>,
+    /// Modes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "pointwise,pairwise")]
+    mode: Vec<String>,
+    /// Timed repetitions per row (after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+}
+
+/// Runs the benchmark and prints a table.
+pub fn run(args: BenchModelArgs) -> Result<std::process::ExitCode> {
+    let device = parse_device(&args.device)?;
+    let dtype = match args.dtype.as_deref() {
+        None if device.is_cpu() => DType::F32,
+        None => DType::BF16,
+        Some("f32") => DType::F32,
+        Some("f16") => DType::F16,
+        Some("bf16") => DType::BF16,
+        Some(other) => bail!("unknown dtype {other:?}"),
+    };
+    let checkpoint = match (&args.preset, &args.model) {
+        (Some(p), _) => Checkpoint::random(p)?,
+        (None, Some(m)) => Checkpoint::resolve(m)?,
+        (None, None) => bail!("pass --preset NAME --random-weights or --model DIR"),
+    };
+    let options = LoadOptions {
+        device: device.clone(),
+        dtype: Some(dtype),
+        feature_cache_bytes: 0,
+        ..LoadOptions::default()
+    };
+    let started = Instant::now();
+    let model = RewardModel::load(&checkpoint, options).context("loading the model")?;
+    eprintln!(
+        "loaded {} in {:.1}s",
+        model.id(),
+        started.elapsed().as_secs_f64()
+    );
+    let peak = matmul_peak(&device, dtype)?;
+    println!(
+        "model {}  device {}  dtype {:?}  measured matmul peak {:.1} TFLOP/s",
+        model.id(),
+        args.device,
+        dtype,
+        peak / 1e12
+    );
+    println!("| mode | batch | tokens/item | TFLOP/item | ms/batch | items/s | MFU |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for mode_name in &args.mode {
+        let mode: Mode = mode_name.parse()?;
+        for &batch in &args.batch {
+            let items: Vec<PreparedItem> = (0..batch)
+                .map(|i| model.prepare(&synthetic_item(&model, mode, i)))
+                .collect::<rewarddance_model::Result<_>>()?;
+            let refs: Vec<&PreparedItem> = items.iter().collect();
+            model.score_prepared(&refs)?; // warm-up
+            let t = Instant::now();
+            for _ in 0..args.iters.max(1) {
+                model.score_prepared(&refs)?;
+            }
+            let secs = t.elapsed().as_secs_f64() / args.iters.max(1) as f64;
+            let flops = item_flops(model.config(), &items[0]);
+            let rate = batch as f64 / secs;
+            println!(
+                "| {mode_name} | {batch} | {} | {:.3} | {:.1} | {:.1} | {:.2} |",
+                items[0].num_tokens(),
+                flops / 1e12,
+                secs * 1e3,
+                rate,
+                rate * flops / peak
+            );
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// A distinct noise image of one tile, and ~72 text tokens around it.
+fn synthetic_item(model: &RewardModel, mode: Mode, index: usize) -> ScoreItem {
+    let side = model.config().tiling.image_size;
+    let image = |salt: u64| {
+        let mut state = (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt;
+        let data = (0..side * side * 3)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        ImageInput::Rgb8 {
+            width: side,
+            height: side,
+            data,
+        }
+    };
+    ScoreItem {
+        prompt: "a watercolor painting of a lighthouse on a rocky coast at sunset with seagulls"
+            .into(),
+        candidate: Candidate::Image(image(1)),
+        reference: (mode == Mode::Pairwise).then(|| image(2)),
+        instruction: None,
+        mode,
+    }
+}
+
+/// Matmul FLOPs of one item, `2 x params x tokens` as in `shared/NOTES.md`: the ViT over every
+/// patch (+ class token) of every tile, the projector over image tokens, the decoder over every
+/// token, and the output head at the last position only.
+fn item_flops(cfg: &ModelConfig, item: &PreparedItem) -> f64 {
+    let v = &cfg.vision;
+    let t = &cfg.text;
+    let grid = cfg.tiling.image_size as usize / v.patch_size;
+    let vit_tokens = (grid * grid + 1) as f64;
+    let vit_params = (v.num_layers
+        * (4 * v.hidden_size * v.hidden_size + 2 * v.hidden_size * v.intermediate_size))
+        as f64
+        + (3 * v.patch_size * v.patch_size * v.hidden_size) as f64;
+    let r = (1.0 / cfg.downsample_ratio).round() as usize;
+    let proj_params =
+        (v.hidden_size * r * r * t.hidden_size + t.hidden_size * t.hidden_size) as f64;
+    let q = t.num_heads * t.head_dim;
+    let kv = t.num_kv_heads * t.head_dim;
+    let llm_params = (t.num_layers
+        * (t.hidden_size * (2 * q + 2 * kv) + 3 * t.hidden_size * t.intermediate_size))
+        as f64;
+    let tiles = item.num_tiles() as f64;
+    let image_tokens = tiles * cfg.tokens_per_tile() as f64;
+    2.0 * (vit_params * vit_tokens * tiles
+        + proj_params * image_tokens
+        + llm_params * item.num_tokens() as f64
+        + (t.hidden_size * t.vocab_size) as f64)
+}
+
+/// Best of a few large square matmuls in `dtype` on `device`, in FLOP/s.
+fn matmul_peak(device: &rewarddance_model::Device, dtype: DType) -> Result<f64> {
+    let n = if device.is_cpu() { 1024 } else { 8192 };
+    let a = candle_core::Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
+    let b = candle_core::Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let c = a.matmul(&b)?;
+        device.synchronize()?;
+        drop(c);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (n as f64).powi(3) / best)
+}
