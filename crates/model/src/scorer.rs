@@ -414,9 +414,14 @@ impl RewardModel {
     /// Prepares and scores `items` as one batch; a bad item gets its own error and the rest
     /// are still scored.
     pub fn score(&self, items: &[ScoreItem]) -> Vec<Result<Score>> {
-        let prepared: Vec<Result<PreparedItem>> = items.iter().map(|i| self.prepare(i)).collect();
+        self.score_each(items.iter().map(|i| self.prepare(i)).collect())
+    }
+
+    /// Scores the successfully prepared items in one forward pass and returns one result per
+    /// input, in order: preparation errors pass through; a failed forward pass fails every
+    /// prepared item with the same compute error.
+    pub fn score_each(&self, prepared: Vec<Result<PreparedItem>>) -> Vec<Result<Score>> {
         let ok: Vec<&PreparedItem> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
-        // A failed forward pass fails every item of the batch with the same compute error.
         let batch = self.score_prepared(&ok).map_err(|e| e.to_string());
         let mut next = 0;
         prepared

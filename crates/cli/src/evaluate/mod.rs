@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use rewarddance_model::{PreparedItem, RewardModel, Score, ScoreItem};
+use rewarddance_model::{Error, PreparedItem, RewardModel, Score, ScoreItem};
 use serde_json::json;
 
 use manifest::{count_rows, directory_jobs, manifest_jobs, Job};
@@ -130,7 +130,7 @@ fn score_jobs(model: &RewardModel, jobs: &[Job]) -> Vec<std::result::Result<Scor
         .map_or(1, |n| n.get())
         .min(jobs.len().max(1));
     let chunk = jobs.len().div_ceil(workers).max(1);
-    let prepared: Vec<std::result::Result<PreparedItem, String>> = std::thread::scope(|scope| {
+    let prepared: Vec<rewarddance_model::Result<PreparedItem>> = std::thread::scope(|scope| {
         let handles: Vec<_> = jobs
             .chunks(chunk)
             .map(|part| {
@@ -144,33 +144,24 @@ fn score_jobs(model: &RewardModel, jobs: &[Job]) -> Vec<std::result::Result<Scor
         handles
             .into_iter()
             .flat_map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| vec![Err("preprocessing panicked".into())])
+                h.join().unwrap_or_else(|_| {
+                    vec![Err(Error::Compute(candle_core::Error::Msg(
+                        "preprocessing panicked".into(),
+                    )))]
+                })
             })
             .collect()
     });
-    let ok: Vec<&PreparedItem> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
-    let batch = model.score_prepared(&ok).map_err(|e| e.to_string());
-    let mut next = 0;
-    prepared
-        .iter()
-        .map(|p| {
-            p.as_ref().map_err(Clone::clone)?;
-            next += 1;
-            match &batch {
-                Ok(scores) => scores
-                    .get(next - 1)
-                    .copied()
-                    .ok_or_else(|| "missing score".to_string()),
-                Err(e) => Err(e.clone()),
-            }
-        })
+    model
+        .score_each(prepared)
+        .into_iter()
+        .map(|r| r.map_err(|e| e.to_string()))
         .collect()
 }
 
-fn prepare(model: &RewardModel, job: &Job) -> std::result::Result<PreparedItem, String> {
-    let item: ScoreItem = job.load()?;
-    model.prepare(&item).map_err(|e| e.to_string())
+fn prepare(model: &RewardModel, job: &Job) -> rewarddance_model::Result<PreparedItem> {
+    let item: ScoreItem = job.load().map_err(Error::InvalidInput)?;
+    model.prepare(&item)
 }
 
 /// Ids already *scored* in an output file; failed rows are retried (their new line supersedes
