@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Score one or more images in-process and print one JSON object per item.
-    Score(score::ScoreArgs),
+    Score(Box<score::ScoreArgs>),
     /// Measure model throughput (random weights at real shapes, or a checkpoint) and MFU.
     BenchModel(bench_model::BenchModelArgs),
 }
@@ -30,7 +30,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Score(args) => score::run(args),
+        Command::Score(args) => score::run(*args),
         Command::BenchModel(args) => bench_model::run(args),
     };
     match result {
