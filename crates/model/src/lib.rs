@@ -22,6 +22,7 @@ pub mod image;
 pub mod item;
 pub mod language;
 pub mod layers;
+pub mod prefix;
 pub mod presets;
 pub mod projector;
 pub mod prompt;
