@@ -55,9 +55,41 @@ pub struct VisionConfig {
     pub final_layernorm: bool,
 }
 
-/// Qwen2 decoder hyper-parameters.
+/// Language-model family: same decoder math, different tensor names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum TextArch {
+    /// Qwen2 / Qwen2.5 (`Qwen2ForCausalLM`): separate q/k/v with bias, `lm_head`.
+    Qwen2,
+    /// InternLM2 / InternLM2.5 (`InternLM2ForCausalLM`): fused `wqkv`, `output` head.
+    InternLm2,
+}
+
+/// Rotary position-embedding scaling (`rope_scaling` in the language model's config).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeScaling {
+    /// Plain RoPE.
+    None,
+    /// Positions divided by `factor` (`{"type": "linear"}`).
+    Linear {
+        /// Divisor of the positions.
+        factor: f64,
+    },
+    /// Dynamic NTK (`{"type": "dynamic"}`): for a sequence of `len` tokens longer than
+    /// `original_max_position_embeddings`, the rotary base becomes
+    /// `base * (factor * len / max - (factor - 1)) ^ (d / (d - 2))`; shorter sequences are unchanged.
+    Dynamic {
+        /// Scaling factor.
+        factor: f64,
+        /// The config's `max_position_embeddings` (the trained length).
+        original_max_position_embeddings: usize,
+    },
+}
+
+/// Decoder (Qwen2 or InternLM2) hyper-parameters.
 #[derive(Debug, Clone)]
 pub struct TextConfig {
+    /// Model family (tensor names).
+    pub arch: TextArch,
     /// Residual width.
     pub hidden_size: usize,
     /// Decoder blocks.
@@ -76,8 +108,13 @@ pub struct TextConfig {
     pub rms_norm_eps: f64,
     /// Rotary base.
     pub rope_theta: f64,
-    /// Longest sequence the model supports.
+    /// Rotary scaling.
+    pub rope_scaling: RopeScaling,
+    /// Longest sequence the model supports: the config's `max_position_embeddings`, times the
+    /// factor when rotary scaling extends the context.
     pub max_position_embeddings: usize,
+    /// Whether the q/k/v (and, for InternLM2, output) projections carry a bias.
+    pub attention_bias: bool,
     /// Whether the output head reuses the input embedding when the checkpoint has no head.
     pub tie_word_embeddings: bool,
 }
@@ -213,13 +250,17 @@ impl ModelConfig {
         let t = &root["llm_config"];
         let arch = t["architectures"][0].as_str().unwrap_or("");
         let text_type = t["model_type"].as_str().unwrap_or("");
-        if !(arch == "Qwen2ForCausalLM" || text_type == "qwen2") {
+        let text_arch = if arch == "Qwen2ForCausalLM" || text_type == "qwen2" {
+            TextArch::Qwen2
+        } else if arch == "InternLM2ForCausalLM" || text_type == "internlm2" {
+            TextArch::InternLm2
+        } else {
             return Err(unsupported_llm(if arch.is_empty() {
                 text_type
             } else {
                 arch
             }));
-        }
+        };
         if let Some(ps) = root["ps_version"].as_str() {
             if ps != "v2" {
                 return Err(Error::Checkpoint(format!(
@@ -241,7 +282,10 @@ impl ModelConfig {
             final_layernorm: false,
         };
         check_activation(v["hidden_act"].as_str(), "gelu", "vision_config.hidden_act")?;
-        let text = parse_qwen2(t, "llm_config", None)?;
+        let text = match text_arch {
+            TextArch::Qwen2 => parse_qwen2(t, "llm_config", None)?,
+            TextArch::InternLm2 => parse_internlm2(t, "llm_config")?,
+        };
         let image_size = root["force_image_size"]
             .as_u64()
             .map(|x| x as usize)
@@ -381,17 +425,89 @@ fn parse_qwen2(t: &Value, section: &str, tie_default: Option<bool>) -> Result<Te
         vocab_size: req_usize(t, &format!("{section}.vocab_size"))?,
         rms_norm_eps: t["rms_norm_eps"].as_f64().unwrap_or(1e-6),
         rope_theta,
+        rope_scaling: RopeScaling::None,
         max_position_embeddings: t["max_position_embeddings"].as_u64().unwrap_or(32_768) as usize,
+        attention_bias: true,
         tie_word_embeddings: t["tie_word_embeddings"]
             .as_bool()
             .or(tie_default)
             .unwrap_or(false),
+        arch: TextArch::Qwen2,
+    })
+}
+
+/// `InternLM2Config` (OpenGVLab's `configuration_internlm2.py`): head_dim = hidden / heads,
+/// `bias` on `wqkv`/`wo`, `rope_scaling` `{"type": "dynamic" | "linear", "factor": f}`.
+fn parse_internlm2(t: &Value, section: &str) -> Result<TextConfig> {
+    let hidden_size = req_usize(t, &format!("{section}.hidden_size"))?;
+    let num_heads = req_usize(t, &format!("{section}.num_attention_heads"))?;
+    if num_heads == 0 || !hidden_size.is_multiple_of(num_heads) {
+        return Err(Error::Checkpoint(format!(
+            "{section}.hidden_size {hidden_size} is not divisible by num_attention_heads {num_heads}"
+        )));
+    }
+    check_activation(
+        t["hidden_act"].as_str(),
+        "silu",
+        &format!("{section}.hidden_act"),
+    )?;
+    let max_pos = t["max_position_embeddings"].as_u64().unwrap_or(2048) as usize;
+    let (rope_scaling, context) = match t.get("rope_scaling").filter(|s| !s.is_null()) {
+        None => (RopeScaling::None, max_pos),
+        Some(scaling) => {
+            let kind = scaling["type"].as_str().or(scaling["rope_type"].as_str());
+            let factor = scaling["factor"].as_f64().ok_or_else(|| {
+                Error::Checkpoint(format!("{section}.rope_scaling has no numeric factor"))
+            })?;
+            if !(factor >= 1.0 && factor.is_finite()) {
+                return Err(Error::Checkpoint(format!(
+                    "{section}.rope_scaling factor {factor} must be >= 1"
+                )));
+            }
+            let context = (max_pos as f64 * factor) as usize;
+            match kind {
+                Some("dynamic") => (
+                    RopeScaling::Dynamic {
+                        factor,
+                        original_max_position_embeddings: max_pos,
+                    },
+                    context,
+                ),
+                Some("linear") => (RopeScaling::Linear { factor }, context),
+                other => {
+                    return Err(Error::Checkpoint(format!(
+                        "{section}.rope_scaling type {other:?} is not supported \
+                         (InternLM2 knows \"dynamic\" and \"linear\")"
+                    )))
+                }
+            }
+        }
+    };
+    Ok(TextConfig {
+        arch: TextArch::InternLm2,
+        hidden_size,
+        num_layers: req_usize(t, &format!("{section}.num_hidden_layers"))?,
+        num_heads,
+        num_kv_heads: t["num_key_value_heads"]
+            .as_u64()
+            .map(|x| x as usize)
+            .unwrap_or(num_heads),
+        head_dim: hidden_size / num_heads,
+        intermediate_size: req_usize(t, &format!("{section}.intermediate_size"))?,
+        vocab_size: req_usize(t, &format!("{section}.vocab_size"))?,
+        rms_norm_eps: t["rms_norm_eps"].as_f64().unwrap_or(1e-6),
+        rope_theta: t["rope_theta"].as_f64().unwrap_or(10_000.0),
+        rope_scaling,
+        max_position_embeddings: context,
+        attention_bias: t["bias"].as_bool().unwrap_or(true),
+        tie_word_embeddings: false,
     })
 }
 
 fn unsupported_llm(name: &str) -> Error {
     Error::Checkpoint(format!(
-        "language model {name:?} is not supported yet (supported: Qwen2 / Qwen2.5)"
+        "language model {name:?} is not supported (supported: Qwen2 / Qwen2.5 in both layouts, \
+         InternLM2 / InternLM2.5 in the OpenGVLab layout)"
     ))
 }
 
@@ -457,10 +573,40 @@ mod tests {
     }
 
     #[test]
-    fn rejects_internlm2_with_clear_message() {
-        let cfg = r#"{"architectures":["InternVLChatModel"],"llm_config":{"architectures":["InternLM2ForCausalLM"]},"vision_config":{}}"#;
+    fn rejects_unknown_llm_with_clear_message() {
+        let cfg = r#"{"architectures":["InternVLChatModel"],"llm_config":{"architectures":["Phi3ForCausalLM"]},"vision_config":{}}"#;
         let err = ModelConfig::parse(cfg, None).unwrap_err();
-        assert!(err.to_string().contains("InternLM2ForCausalLM"), "{err}");
+        assert!(err.to_string().contains("Phi3ForCausalLM"), "{err}");
+        assert!(err.to_string().contains("InternLM2"), "{err}");
+    }
+
+    #[test]
+    fn parses_internlm2_rope_scaling() {
+        let t: Value = serde_json::from_str(
+            r#"{"hidden_size":64,"num_attention_heads":4,"num_key_value_heads":2,"num_hidden_layers":1,
+                "intermediate_size":8,"vocab_size":10,"max_position_embeddings":100,"bias":false,
+                "rope_scaling":{"type":"dynamic","factor":2.0}}"#,
+        )
+        .unwrap();
+        let c = parse_internlm2(&t, "llm_config").unwrap();
+        assert_eq!(
+            (c.head_dim, c.max_position_embeddings, c.attention_bias),
+            (16, 200, false)
+        );
+        assert_eq!(
+            c.rope_scaling,
+            RopeScaling::Dynamic {
+                factor: 2.0,
+                original_max_position_embeddings: 100
+            }
+        );
+        let bad: Value = serde_json::from_str(
+            r#"{"hidden_size":64,"num_attention_heads":4,"num_hidden_layers":1,"intermediate_size":8,
+                "vocab_size":10,"rope_scaling":{"type":"yarn","factor":2.0}}"#,
+        )
+        .unwrap();
+        let err = parse_internlm2(&bad, "llm_config").unwrap_err();
+        assert!(err.to_string().contains("yarn"), "{err}");
     }
 
     #[test]

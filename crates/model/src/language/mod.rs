@@ -1,18 +1,24 @@
-//! Qwen2 decoder over a *packed* batch: the sequences of a batch are concatenated into one
-//! (tokens, hidden) matrix with per-token positions; attention is causal and never crosses a
-//! sequence boundary; GQA groups query heads over their shared K/V head without repeating K/V.
-//! The output head is applied only at each sequence's last position.
+//! The decoder-only language model over a *packed* batch: the sequences of a batch are
+//! concatenated into one (tokens, hidden) matrix with per-token positions; attention is causal
+//! and never crosses a sequence boundary; GQA groups query heads over their shared K/V head
+//! without repeating K/V. The output head is applied only at each sequence's last position.
 //!
-//! Names mirror the checkpoint: `embed_tokens`, `layers.N.{input_layernorm,
-//! self_attn.{q,k,v,o}_proj, post_attention_layernorm, mlp.{gate,up,down}_proj}`, `norm`,
-//! and `lm_head` (or the tied `embed_tokens`).
+//! Qwen2 and InternLM2 are the same math (pre-norm RMSNorm blocks, rotary attention with GQA,
+//! SiLU-gated MLP, final RMSNorm, output head); they differ in tensor names, fused q/k/v, q/k/v
+//! bias and rotary scaling. One decoder here, one weight loader per family:
+//! [`qwen2`] (`embed_tokens`, `self_attn.{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj`, `lm_head`)
+//! and [`internlm2`] (`tok_embeddings`, fused `attention.wqkv`, `attention.wo`,
+//! `feed_forward.w{1,2,3}`, `output`).
+
+mod internlm2;
+mod qwen2;
 
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::config::{NormKind, TextConfig};
+use crate::config::{RopeScaling, TextArch, TextConfig};
 use crate::layers::{Linear, Norm};
 
 /// Token layout of a packed batch.
@@ -53,6 +59,7 @@ struct BatchContext {
     masks: HashMap<usize, Tensor>,
 }
 
+/// Self-attention with separate q/k/v projections (fused checkpoints are split at load).
 struct Attention {
     q: Linear,
     k: Linear,
@@ -64,19 +71,6 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
-        let (h, d, kv) = (cfg.num_heads, cfg.head_dim, cfg.num_kv_heads);
-        Ok(Attention {
-            q: Linear::load(cfg.hidden_size, h * d, true, vb.pp("q_proj"))?,
-            k: Linear::load(cfg.hidden_size, kv * d, true, vb.pp("k_proj"))?,
-            v: Linear::load(cfg.hidden_size, kv * d, true, vb.pp("v_proj"))?,
-            o: Linear::load(h * d, cfg.hidden_size, false, vb.pp("o_proj"))?,
-            heads: h,
-            kv_heads: kv,
-            head_dim: d,
-        })
-    }
-
     fn forward(&self, xs: &Tensor, packing: &Packing, ctx: &BatchContext) -> Result<Tensor> {
         let t = xs.dim(0)?;
         let d = self.head_dim;
@@ -126,88 +120,65 @@ impl Attention {
     }
 }
 
+/// One pre-norm decoder block: `x + attn(norm(x))`, then `x + down(silu(gate(h)) * up(h))`.
 struct Layer {
-    input_layernorm: Norm,
-    self_attn: Attention,
-    post_attention_layernorm: Norm,
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    attn_norm: Norm,
+    attn: Attention,
+    mlp_norm: Norm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
 }
 
 impl Layer {
-    fn load(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
-        let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.rms_norm_eps);
-        Ok(Layer {
-            input_layernorm: Norm::load(NormKind::RmsNorm, h, eps, vb.pp("input_layernorm"))?,
-            self_attn: Attention::load(cfg, vb.pp("self_attn"))?,
-            post_attention_layernorm: Norm::load(
-                NormKind::RmsNorm,
-                h,
-                eps,
-                vb.pp("post_attention_layernorm"),
-            )?,
-            gate_proj: Linear::load(h, i, false, vb.pp("mlp.gate_proj"))?,
-            up_proj: Linear::load(h, i, false, vb.pp("mlp.up_proj"))?,
-            down_proj: Linear::load(i, h, false, vb.pp("mlp.down_proj"))?,
-        })
-    }
-
     fn forward(&self, xs: &Tensor, packing: &Packing, ctx: &BatchContext) -> Result<Tensor> {
         let attn = self
-            .self_attn
-            .forward(&self.input_layernorm.forward(xs)?, packing, ctx)?;
+            .attn
+            .forward(&self.attn_norm.forward(xs)?, packing, ctx)?;
         let xs = (xs + attn)?;
-        let h = self.post_attention_layernorm.forward(&xs)?;
-        let mlp =
-            (candle_nn::ops::silu(&self.gate_proj.forward(&h)?)? * self.up_proj.forward(&h)?)?;
-        xs + self.down_proj.forward(&mlp)?
+        let h = self.mlp_norm.forward(&xs)?;
+        let mlp = (candle_nn::ops::silu(&self.gate.forward(&h)?)? * self.up.forward(&h)?)?;
+        xs + self.down.forward(&mlp)?
     }
 }
 
-/// The Qwen2 language model with its output head.
+/// What a weight loader hands to [`LanguageModel`]: the tensors in the decoder's own terms.
+struct DecoderWeights {
+    embed_tokens: Tensor,
+    layers: Vec<Layer>,
+    norm: Norm,
+    lm_head: Tensor,
+}
+
+/// The language model (Qwen2 or InternLM2) with its output head.
 pub struct LanguageModel {
     embed_tokens: Tensor,
     layers: Vec<Layer>,
     norm: Norm,
     lm_head: Tensor,
-    inv_freq: Vec<f32>,
+    rope: Rope,
     device: Device,
     dtype: DType,
 }
 
 impl LanguageModel {
-    /// Loads the decoder from `vb` (the `model` prefix) and the head from `head` (the `lm_head`
-    /// prefix); without an `lm_head.weight`, a tied checkpoint reuses `embed_tokens`.
+    /// Loads the decoder from `vb` (the `model` prefix, e.g. `language_model.model`) and the head
+    /// from `head` (the `lm_head` prefix). Qwen2: without an `lm_head.weight`, a tied checkpoint
+    /// reuses `embed_tokens`. InternLM2: the head is the sibling `output` of the `lm_head` prefix
+    /// (`language_model.output`), never tied.
     pub fn load(cfg: &TextConfig, vb: VarBuilder, head: VarBuilder) -> Result<Self> {
-        let embed_tokens = vb.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
-        let layers = (0..cfg.num_layers)
-            .map(|i| Layer::load(cfg, vb.pp("layers").pp(i)))
-            .collect::<Result<Vec<_>>>()?;
-        let norm = Norm::load(
-            NormKind::RmsNorm,
-            cfg.hidden_size,
-            cfg.rms_norm_eps,
-            vb.pp("norm"),
-        )?;
-        let lm_head = if head.contains_tensor("weight") || !cfg.tie_word_embeddings {
-            head.get((cfg.vocab_size, cfg.hidden_size), "weight")?
-        } else {
-            embed_tokens.clone()
+        let w = match cfg.arch {
+            TextArch::Qwen2 => qwen2::load(cfg, vb, head)?,
+            TextArch::InternLm2 => internlm2::load(cfg, vb, head)?,
         };
-        // Same float32 arithmetic as transformers' default rotary embedding.
-        let d = cfg.head_dim;
-        let inv_freq = (0..d / 2)
-            .map(|i| 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / d as f32))
-            .collect();
         Ok(LanguageModel {
-            device: embed_tokens.device().clone(),
-            dtype: embed_tokens.dtype(),
-            embed_tokens,
-            layers,
-            norm,
-            lm_head,
-            inv_freq,
+            device: w.embed_tokens.device().clone(),
+            dtype: w.embed_tokens.dtype(),
+            rope: Rope::new(cfg),
+            embed_tokens: w.embed_tokens,
+            layers: w.layers,
+            norm: w.norm,
+            lm_head: w.lm_head,
         })
     }
 
@@ -234,13 +205,13 @@ impl LanguageModel {
     }
 
     fn batch_context(&self, packing: &Packing) -> Result<BatchContext> {
-        let positions = packing.positions();
-        let half = self.inv_freq.len();
-        let mut freqs = Vec::with_capacity(positions.len() * half);
-        for &p in &positions {
-            freqs.extend(self.inv_freq.iter().map(|f| p as f32 * f));
+        let half = self.rope.half();
+        let total = packing.total();
+        let mut freqs = Vec::with_capacity(total * half);
+        for &len in &packing.seq_lens {
+            self.rope.push_freqs(len, &mut freqs);
         }
-        let freqs = Tensor::from_vec(freqs, (positions.len(), half), &self.device)?;
+        let freqs = Tensor::from_vec(freqs, (total, half), &self.device)?;
         let cos = freqs.cos()?.to_dtype(self.dtype)?;
         let sin = freqs.sin()?.to_dtype(self.dtype)?;
         let mut masks = HashMap::new();
@@ -255,5 +226,68 @@ impl LanguageModel {
             }
         }
         Ok(BatchContext { cos, sin, masks })
+    }
+}
+
+/// Rotary angles, with the checkpoint's scaling. Everything is computed per sequence, so a
+/// score never depends on what else is in the batch.
+struct Rope {
+    base: f64,
+    head_dim: usize,
+    inv_freq: Vec<f32>,
+    scaling: RopeScaling,
+}
+
+impl Rope {
+    fn new(cfg: &TextConfig) -> Self {
+        Rope {
+            base: cfg.rope_theta,
+            head_dim: cfg.head_dim,
+            inv_freq: inv_freq(cfg.rope_theta, cfg.head_dim),
+            scaling: cfg.rope_scaling,
+        }
+    }
+
+    fn half(&self) -> usize {
+        self.head_dim / 2
+    }
+
+    /// Appends the (len, head_dim / 2) angles of positions 0..len of one sequence.
+    fn push_freqs(&self, len: usize, out: &mut Vec<f32>) {
+        match self.scaling {
+            RopeScaling::None => push_angles(&self.inv_freq, len, 1.0, out),
+            // InternLM2 / Llama linear scaling: positions divided by the factor (in f32).
+            RopeScaling::Linear { factor } => push_angles(&self.inv_freq, len, factor as f32, out),
+            // Dynamic NTK (InternLM2 `InternLM2DynamicNTKScalingRotaryEmbedding`): the base
+            // grows with the sequence length, but only once it exceeds the trained length.
+            RopeScaling::Dynamic {
+                factor,
+                original_max_position_embeddings: max,
+            } if len > max => {
+                let d = self.head_dim as f64;
+                let base = self.base
+                    * (factor * len as f64 / max as f64 - (factor - 1.0)).powf(d / (d - 2.0));
+                push_angles(&inv_freq(base, self.head_dim), len, 1.0, out)
+            }
+            RopeScaling::Dynamic { .. } => push_angles(&self.inv_freq, len, 1.0, out),
+        }
+    }
+}
+
+/// `1 / base^(2i/d)` in the same float32 arithmetic as the PyTorch references.
+fn inv_freq(base: f64, d: usize) -> Vec<f32> {
+    (0..d / 2)
+        .map(|i| 1.0f32 / (base as f32).powf((2 * i) as f32 / d as f32))
+        .collect()
+}
+
+fn push_angles(inv_freq: &[f32], len: usize, divisor: f32, out: &mut Vec<f32>) {
+    for p in 0..len {
+        let t = if divisor == 1.0 {
+            p as f32
+        } else {
+            p as f32 / divisor
+        };
+        out.extend(inv_freq.iter().map(|f| t * f));
     }
 }
