@@ -1,0 +1,42 @@
+//! What the engine runs items on: a loaded [`RewardModel`] on one device, behind a small trait
+//! so that tests can inject faults (slow batches, panics) without touching the model.
+
+use candle_core::DeviceLocation;
+use rewarddance_model::{Device, PreparedItem, Result, RewardModel, Score, ScoreItem};
+
+/// A model on one device. Both methods must be pure per item (batching never changes a score).
+pub trait Backend: Send + Sync + 'static {
+    /// The underlying model (identity, config and limits for `Info`).
+    fn model(&self) -> &RewardModel;
+
+    /// CPU half: decode, tile, render and tokenise one item. Called concurrently.
+    fn prepare(&self, item: &ScoreItem) -> Result<PreparedItem> {
+        self.model().prepare(item)
+    }
+
+    /// Device half: one packed forward pass, scores in batch order. Called from the device's
+    /// worker thread only.
+    fn score_prepared(&self, batch: &[&PreparedItem]) -> Result<Vec<Score>> {
+        self.model().score_prepared(batch)
+    }
+
+    /// Device label for logs, metrics and `Info`: `cpu`, `cuda:N`.
+    fn device_name(&self) -> String {
+        device_name(self.model().device())
+    }
+}
+
+impl Backend for RewardModel {
+    fn model(&self) -> &RewardModel {
+        self
+    }
+}
+
+/// `cpu`, `cuda:N` or `metal:N`.
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        DeviceLocation::Cpu => "cpu".to_string(),
+        DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}

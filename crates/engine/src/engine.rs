@@ -1,0 +1,322 @@
+//! The engine handle: admission, preprocessing dispatch, health and drain.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rewarddance_model::{Candidate, ImageInput, Mode, ScoreItem};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tracing::Span;
+
+use crate::backend::Backend;
+use crate::batcher::{self, BatcherMsg};
+use crate::config::EngineConfig;
+use crate::job::{FailureKind, ItemError, ItemResult, Job, PreparedJob, Timing};
+use crate::metrics;
+use crate::worker;
+
+/// What the engine reports for health checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Workers are loading or warming up.
+    Starting,
+    /// Every device ran its warm-up forward and is healthy.
+    Serving,
+    /// A device keeps failing (the message says which and why).
+    Failing(String),
+    /// Shutdown was requested; no new items are taken.
+    Draining,
+}
+
+impl Health {
+    /// True only for [`Health::Serving`].
+    pub fn is_serving(&self) -> bool {
+        matches!(self, Health::Serving)
+    }
+}
+
+/// Why a submission was refused as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// Taking the items would exceed `max_queue_items`.
+    #[error("queue full: {requested} items requested, {in_flight} of {capacity} slots in use")]
+    QueueFull {
+        /// Items in the refused submission.
+        requested: usize,
+        /// Items held when it arrived.
+        in_flight: usize,
+        /// `max_queue_items`.
+        capacity: usize,
+    },
+    /// The engine is draining (or failed to start).
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+/// One item's pending answer. Dropping it tells the engine nobody waits any more: the item is
+/// dropped before compute.
+#[derive(Debug)]
+pub struct Ticket(oneshot::Receiver<ItemResult>);
+
+impl Ticket {
+    /// Waits for the item's result.
+    pub async fn wait(self) -> ItemResult {
+        self.0.await.unwrap_or_else(|_| ItemResult {
+            outcome: Err(ItemError::new(
+                FailureKind::Internal,
+                "the engine dropped the item without an answer",
+            )),
+            timing: Timing::default(),
+        })
+    }
+}
+
+/// Shared state behind [`Engine`] handles.
+pub(crate) struct Inner {
+    pub config: EngineConfig,
+    pub backends: Vec<Arc<dyn Backend>>,
+    pub to_batcher: mpsc::UnboundedSender<BatcherMsg>,
+    pool: rayon::ThreadPool,
+    in_flight: AtomicUsize,
+    accepting: AtomicBool,
+    idle: Notify,
+    pub health: watch::Sender<Health>,
+}
+
+/// A queue slot: admitted items hold one until they are answered or dropped.
+pub(crate) struct Slot(Arc<Inner>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let left = self.0.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
+        metrics::set_in_flight(left);
+        if left == 0 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The engine: cheap to clone, shared by every request handler.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Starts the batcher, one worker thread per backend (device) and the preprocessing pool.
+    /// Must be called inside a tokio runtime. Each worker runs a warm-up forward first; health
+    /// turns [`Health::Serving`] once all of them succeeded (see [`Engine::ready`]).
+    pub fn start(backends: Vec<Arc<dyn Backend>>, config: EngineConfig) -> std::io::Result<Self> {
+        if backends.is_empty() {
+            return Err(std::io::Error::other(
+                "the engine needs at least one device",
+            ));
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.preprocess_threads.max(1))
+            .thread_name(|i| format!("rd-preprocess-{i}"))
+            .build()
+            .map_err(std::io::Error::other)?;
+        let (to_batcher, from_handles) = mpsc::unbounded_channel();
+        let (health, _) = watch::channel(Health::Starting);
+        let inner = Arc::new(Inner {
+            config,
+            backends,
+            to_batcher,
+            pool,
+            in_flight: AtomicUsize::new(0),
+            accepting: AtomicBool::new(true),
+            idle: Notify::new(),
+            health,
+        });
+        let warmup = warmup_item();
+        let mut devices = Vec::new();
+        for (index, backend) in inner.backends.iter().enumerate() {
+            let name = backend.device_name();
+            devices.push(name.clone());
+            worker::spawn(
+                index,
+                name,
+                backend.clone(),
+                warmup.clone(),
+                inner.to_batcher.clone(),
+                inner.config.max_consecutive_failures,
+            )?;
+        }
+        tokio::spawn(batcher::run(
+            inner.config.clone(),
+            from_handles,
+            inner.health.clone(),
+            devices,
+        ));
+        Ok(Engine { inner })
+    }
+
+    /// Settings in use.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// The backends, one per device (the first is used for preprocessing and `Info`).
+    pub fn backends(&self) -> &[Arc<dyn Backend>] {
+        &self.inner.backends
+    }
+
+    /// Watches health changes.
+    pub fn health(&self) -> watch::Receiver<Health> {
+        self.inner.health.subscribe()
+    }
+
+    /// Waits until every device finished its warm-up, or returns the failure.
+    pub async fn ready(&self) -> Result<(), String> {
+        let mut rx = self.health();
+        loop {
+            match &*rx.borrow_and_update() {
+                Health::Serving => return Ok(()),
+                Health::Failing(why) => return Err(why.clone()),
+                Health::Draining => return Err("draining".into()),
+                Health::Starting => {}
+            }
+            rx.changed()
+                .await
+                .map_err(|_| "engine stopped".to_string())?;
+        }
+    }
+
+    /// Items admitted and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Admits `items` as a whole or not at all, and returns one ticket per item, in order.
+    /// `deadline` applies to each item: one still waiting for a batch when it passes is
+    /// answered with [`FailureKind::DeadlineExceeded`] and never computed. `span` is the
+    /// request's tracing span, carried through preprocessing and the batch.
+    pub fn submit(
+        &self,
+        items: Vec<ScoreItem>,
+        deadline: Option<Instant>,
+        span: &Span,
+    ) -> Result<Vec<Ticket>, SubmitError> {
+        let inner = &self.inner;
+        if !inner.accepting.load(Ordering::Acquire) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let n = items.len();
+        let capacity = inner.config.max_queue_items;
+        let mut current = inner.in_flight.load(Ordering::Acquire);
+        loop {
+            if current + n > capacity {
+                metrics::record_rejected(n);
+                return Err(SubmitError::QueueFull {
+                    requested: n,
+                    in_flight: current,
+                    capacity,
+                });
+            }
+            match inner.in_flight.compare_exchange_weak(
+                current,
+                current + n,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => current = actual,
+            }
+        }
+        metrics::set_in_flight(current + n);
+        let admitted = Instant::now();
+        let mut tickets = Vec::with_capacity(n);
+        for item in items {
+            let (reply, rx) = oneshot::channel();
+            tickets.push(Ticket(rx));
+            let job = Job {
+                item,
+                reply,
+                deadline,
+                span: span.clone(),
+                admitted,
+                timing: Timing::default(),
+                _slot: Slot(inner.clone()),
+            };
+            let engine = inner.clone();
+            inner.pool.spawn_fifo(move || preprocess(&engine, job));
+        }
+        Ok(tickets)
+    }
+
+    /// Stops admitting items (submissions fail with [`SubmitError::ShuttingDown`]) and reports
+    /// [`Health::Draining`]. Items already admitted are still scored and answered.
+    pub fn close(&self) {
+        self.inner.accepting.store(false, Ordering::Release);
+        self.inner.health.send_replace(Health::Draining);
+        metrics::set_serving(false);
+    }
+
+    /// Waits until every admitted item has been answered (or dropped by its caller).
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.inner.idle.notified();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Runs on a preprocessing thread: drop / expire / prepare, then hand to the batcher.
+fn preprocess(inner: &Inner, mut job: Job) {
+    let start = Instant::now();
+    job.timing.queue = start - job.admitted;
+    let Some(mut job) = job.check(start) else {
+        return;
+    };
+    let backend = &inner.backends[0];
+    let prepared = catch_unwind(AssertUnwindSafe(|| backend.prepare(&job.item)));
+    job.timing.preprocess = start.elapsed();
+    metrics::record_preprocess(job.timing.preprocess.as_secs_f64());
+    match prepared {
+        Ok(Ok(prepared)) => {
+            let msg = BatcherMsg::Job(PreparedJob {
+                job,
+                prepared,
+                enqueued: Instant::now(),
+            });
+            if let Err(mpsc::error::SendError(msg)) = inner.to_batcher.send(msg) {
+                if let BatcherMsg::Job(p) = msg {
+                    p.job
+                        .fail(ItemError::new(FailureKind::Internal, "the batcher stopped"));
+                }
+            }
+        }
+        Ok(Err(err)) => {
+            let error = ItemError::from_model(&err);
+            tracing::debug!(parent: &job.span, %error, "item refused in preprocessing");
+            job.fail(error);
+        }
+        Err(_) => {
+            tracing::error!(parent: &job.span, "preprocessing panicked");
+            job.fail(ItemError::new(
+                FailureKind::Internal,
+                "preprocessing failed unexpectedly",
+            ));
+        }
+    }
+}
+
+/// A tiny synthetic item for each device's warm-up forward.
+fn warmup_item() -> ScoreItem {
+    ScoreItem {
+        prompt: "warm-up".into(),
+        candidate: Candidate::Image(ImageInput::Rgb8 {
+            width: 32,
+            height: 32,
+            data: vec![128; 32 * 32 * 3],
+        }),
+        reference: None,
+        instruction: None,
+        mode: Mode::Pointwise,
+    }
+}

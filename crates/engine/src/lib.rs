@@ -1,0 +1,33 @@
+//! # rewarddance-engine
+//!
+//! The scheduling half of the service: admission (a bounded queue), parallel preprocessing off
+//! the async runtime, a dynamic batcher, and one worker thread per device. It knows items,
+//! batches and deadlines; it knows nothing about gRPC (the server maps [`FailureKind`] to status
+//! codes in one place).
+//!
+//! The path of one item:
+//! 1. [`Engine::submit`] admits a request's items atomically (or refuses them all with
+//!    [`SubmitError::QueueFull`]) and returns one [`Ticket`] per item.
+//! 2. A preprocessing pool (`rayon`, `preprocess_threads` threads) decodes, tiles and tokenises
+//!    the item ([`Backend::prepare`]); bad items are answered right there.
+//! 3. One batcher task owns the queue of prepared items. When a worker is idle it cuts a batch
+//!    by token budget and item cap, waiting at most `max_batch_delay` for a batch to fill, and
+//!    skipping items whose caller is gone or whose deadline passed.
+//! 4. The device worker (an OS thread) runs one packed forward pass and answers every item of
+//!    the batch; a failure or panic fails only that batch, with [`FailureKind::Internal`].
+//!
+//! Every admitted item is answered exactly once (or dropped because nobody is listening), and
+//! the count of admitted items is what [`Engine::drained`] waits on during shutdown.
+
+mod backend;
+mod batcher;
+mod config;
+mod engine;
+mod job;
+pub mod metrics;
+mod worker;
+
+pub use backend::{device_name, Backend};
+pub use config::EngineConfig;
+pub use engine::{Engine, Health, SubmitError, Ticket};
+pub use job::{FailureKind, ItemError, ItemResult, Timing};
