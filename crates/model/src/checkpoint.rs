@@ -27,7 +27,7 @@ pub struct Checkpoint {
     pub id: String,
     /// `config.json`.
     pub config_json: String,
-    /// `tokenizer.json`.
+    /// `tokenizer.json`, or the one converted from a SentencePiece `tokenizer.model`.
     pub tokenizer_json: Vec<u8>,
     /// `tokenizer_config.json`, when present (chat template, special tokens).
     pub tokenizer_config_json: Option<String>,
@@ -104,12 +104,28 @@ impl Checkpoint {
         let missing =
             |name: &str| Error::Checkpoint(format!("{} is missing", dir.join(name).display()));
         let config_json = text("config.json")?.ok_or_else(|| missing("config.json"))?;
-        let tokenizer_json = read("tokenizer.json")?.ok_or_else(|| missing("tokenizer.json"))?;
+        let tokenizer_config_json = text("tokenizer_config.json")?;
+        // `tokenizer.json` first; else a SentencePiece `tokenizer.model` converted on the spot
+        // (InternLM2.5 checkpoints often ship only that).
+        let tokenizer_json = match read("tokenizer.json")? {
+            Some(json) => json,
+            None => match read("tokenizer.model")? {
+                Some(model) => {
+                    crate::sentencepiece::tokenizer_json(&model, tokenizer_config_json.as_deref())?
+                }
+                None => {
+                    return Err(Error::Checkpoint(format!(
+                        "{}: neither tokenizer.json nor tokenizer.model found",
+                        dir.display()
+                    )))
+                }
+            },
+        };
         Ok(Checkpoint {
             id: dir.display().to_string(),
             config_json,
             tokenizer_json,
-            tokenizer_config_json: text("tokenizer_config.json")?,
+            tokenizer_config_json,
             preprocessor_config_json: text("preprocessor_config.json")?,
             chat_template: text("chat_template.jinja")?,
             weights: Weights::Files(weight_files(dir)?),

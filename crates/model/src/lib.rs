@@ -10,6 +10,7 @@
 //! - [`config`]: both InternVL config layouts parsed into one [`ModelConfig`]
 //! - [`image`]: decode, EXIF, alpha, InternVL dynamic tiling, normalisation
 //! - [`prompt`]: instructions, chat template, image-token expansion, tokenisation
+//!   ([`sentencepiece`]: `tokenizer.model` converted at load when there is no `tokenizer.json`)
 //! - [`vision`] + [`projector`]: InternViT, pixel shuffle, `mlp1`
 //! - [`language`]: Qwen2 / InternLM2 decoder over packed variable-length sequences
 //! - [`scorer`]: [`RewardModel`], tying it together into [`Score`]s
@@ -28,6 +29,7 @@ pub mod projector;
 pub mod prompt;
 pub mod ranking;
 pub mod scorer;
+pub mod sentencepiece;
 pub mod vision;
 
 pub use checkpoint::{Checkpoint, BUNDLED_MODEL_ID};

@@ -16,7 +16,12 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// The fixture checkpoints, by name.
-pub const MODELS: [&str; 2] = ["tiny-internvl-hf", "tiny-internvl-ogv"];
+pub const MODELS: [&str; 4] = [
+    "tiny-internvl-hf",
+    "tiny-internvl-ogv",
+    "tiny-internvl-internlm2",
+    "tiny-internvl-vit6b",
+];
 
 /// Reference outputs of one fixture checkpoint.
 pub struct Reference {
