@@ -1,0 +1,395 @@
+"""Transport-independent parts of the clients: targets and channel options, retry policy,
+building items from trainer inputs, chunking, and putting results back in input order."""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
+
+import grpc
+import numpy as np
+
+from . import _images
+from ._types import ItemErrorInfo, ScoreResult
+from .v1 import reward_pb2 as pb
+
+DEFAULT_TIMEOUT = 120.0
+DEFAULT_CHUNK_SIZE = 32
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Generous client-side caps: the server enforces its own `Limits.max_message_bytes`.
+CHANNEL_MAX_SEND = 1024 * 1024 * 1024
+CHANNEL_MAX_RECEIVE = 256 * 1024 * 1024
+INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+Targets = Union[str, Sequence[str]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets and channels
+# ---------------------------------------------------------------------------------------------
+
+def normalize_targets(targets: Targets) -> List[str]:
+    """One address, a comma-separated list of `host:port`, or a sequence of targets.
+
+    Each target is any grpc target string: `host:port`, `dns:///svc.ns.svc.cluster.local:50051`
+    (every A record of a Kubernetes headless service, balanced round robin by grpc),
+    `ipv4:10.0.0.1:50051,10.0.0.2:50051`, `unix:/path`. A string with a scheme is never split.
+    """
+    if isinstance(targets, str):
+        s = targets.strip()
+        if ":/" in s or s.split(":", 1)[0] in ("ipv4", "ipv6", "unix", "unix-abstract", "vsock"):
+            out = [s]
+        else:
+            out = [t.strip() for t in s.split(",") if t.strip()]
+    else:
+        out = [str(t).strip() for t in targets]
+    if not out or any(not t for t in out):
+        raise ValueError(f"no server address in {targets!r}")
+    return out
+
+
+def channel_options(lb_policy: str = "round_robin", extra: Optional[Sequence[Tuple[str, Any]]] = None):
+    service_config = {"loadBalancingConfig": [{lb_policy: {}}]}
+    opts: Dict[str, Any] = {
+        "grpc.max_send_message_length": CHANNEL_MAX_SEND,
+        "grpc.max_receive_message_length": CHANNEL_MAX_RECEIVE,
+        "grpc.service_config": json.dumps(service_config),
+        # The client does its own retries (retryable codes only, bounded by the call's timeout).
+        "grpc.enable_retries": 0,
+        "grpc.keepalive_time_ms": 30_000,
+        "grpc.keepalive_timeout_ms": 10_000,
+        "grpc.keepalive_permit_without_calls": 0,
+        # Reconnect to a restarted server quickly instead of after grpc's default backoff (1 s,
+        # growing to 120 s).
+        "grpc.initial_reconnect_backoff_ms": 200,
+        "grpc.max_reconnect_backoff_ms": 5_000,
+    }
+    for k, v in extra or ():
+        opts[k] = v
+    return list(opts.items())
+
+
+def call_metadata(token: Optional[str], metadata: Optional[Sequence[Tuple[str, str]]]):
+    md = list(metadata or ())
+    if token:
+        md.append(("authorization", f"Bearer {token}"))
+    return tuple(md) or None
+
+
+# ---------------------------------------------------------------------------------------------
+# Retries
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of a whole call on `retryable` status codes only (UNAVAILABLE: server draining,
+    restarting or unreachable; RESOURCE_EXHAUSTED: its queue is full), with exponential backoff
+    and jitter, at most `max_attempts` tries in all, and never past the call's timeout: a retry
+    whose backoff would end after the deadline is not made.
+
+    The delay before try k+1 is `min(max_backoff, initial_backoff * multiplier**(k-1))`,
+    scaled by a uniform random factor in `[1 - jitter, 1]`.
+    """
+
+    max_attempts: int = 5
+    initial_backoff: float = 0.1
+    max_backoff: float = 5.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+    retryable: FrozenSet[grpc.StatusCode] = field(
+        default_factory=lambda: frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+    )
+
+    def __post_init__(self):
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait after failed try number `attempt` (1-based)."""
+        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
+        return base * (1.0 - self.jitter * random.random())
+
+    def should_retry(self, code: grpc.StatusCode, attempt: int) -> bool:
+        return code in self.retryable and attempt < self.max_attempts
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building items
+# ---------------------------------------------------------------------------------------------
+
+def parse_mode(mode: Any) -> int:
+    if mode is None:
+        return pb.MODE_UNSPECIFIED
+    if isinstance(mode, str):
+        m = mode.strip().lower()
+        table = {"": pb.MODE_UNSPECIFIED, "auto": pb.MODE_UNSPECIFIED, "unspecified": pb.MODE_UNSPECIFIED,
+                 "pointwise": pb.MODE_POINTWISE, "pairwise": pb.MODE_PAIRWISE}
+        if m not in table:
+            raise ValueError(f"unknown mode {mode!r}: expected 'pointwise' or 'pairwise'")
+        return table[m]
+    m = int(mode)
+    if m not in (pb.MODE_UNSPECIFIED, pb.MODE_POINTWISE, pb.MODE_PAIRWISE):
+        raise ValueError(f"unknown mode {mode!r}")
+    return m
+
+
+def _split_batch(x: Any) -> List[Any]:
+    return [x[i] for i in range(x.shape[0])]
+
+
+def _image_list(x: Any, name: str) -> List[Any]:
+    """Images as a list: a list/tuple, a 4-D batch array/tensor, or one image."""
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    if _images.is_batch_array(x):
+        return _split_batch(x)
+    return [x]
+
+
+def _per_item(x: Any, n: int, name: str, *, image: bool = False) -> List[Any]:
+    """A per-item argument: None, one value for every item, or a sequence of exactly n."""
+    if x is None:
+        return [None] * n
+    if isinstance(x, (list, tuple)) or (image and _images.is_batch_array(x)):
+        xs = _image_list(x, name)
+        if len(xs) != n:
+            raise ValueError(f"{name} has {len(xs)} entries for {n} items")
+        return xs
+    if isinstance(x, np.ndarray) and not image:
+        xs = list(x)
+        if len(xs) != n:
+            raise ValueError(f"{name} has {len(xs)} entries for {n} items")
+        return xs
+    return [x] * n
+
+
+@dataclass
+class Prepared:
+    n: int
+    items: List[Optional[pb.ScoreItem]]  # None where the client could not build the item
+    errors: List[Optional[ItemErrorInfo]]
+
+
+def prepare(
+    prompts: Any,
+    images: Any = None,
+    references: Any = None,
+    *,
+    videos: Any = None,
+    instructions: Any = None,
+    mode: Any = None,
+    raw_max_bytes: int = _images.DEFAULT_RAW_MAX_BYTES,
+    value_range: Any = None,
+) -> Prepared:
+    if (images is None) == (videos is None):
+        raise ValueError("pass exactly one of images= or videos=")
+    if images is not None:
+        cands = _image_list(images, "images")
+        kind = "image"
+    else:
+        if _images.is_batch_array(videos):
+            raise ValueError("videos= takes a list of videos (each a list of frames or a 4-D array)")
+        cands = list(videos)
+        kind = "video"
+    n = len(cands)
+    if n == 0:
+        raise ValueError("nothing to score: no images or videos")
+    prompt_list = [prompts] * n if isinstance(prompts, str) else _per_item(prompts, n, "prompts")
+    ref_list = _per_item(references, n, "references", image=True)
+    instr_list = _per_item(instructions, n, "instructions")
+    modes = _per_item(mode, n, "mode") if isinstance(mode, (list, tuple)) else [mode] * n
+    modes = [parse_mode(m) for m in modes]
+    if value_range is not None:
+        value_range = (float(value_range[0]), float(value_range[1]))
+
+    cache: Dict[int, Any] = {}  # id(obj) -> Image or exception (same reference for a whole group)
+
+    def convert(x: Any) -> pb.Image:
+        key = id(x)
+        if key in cache:
+            hit = cache[key]
+            if isinstance(hit, Exception):
+                raise hit
+            return hit
+        try:
+            msg = _images.to_image_message(x, raw_max_bytes=raw_max_bytes, value_range=value_range)
+        except _images.ImageConversionError as e:
+            cache[key] = e
+            raise
+        cache[key] = msg
+        return msg
+
+    keep_alive = [cands, ref_list]  # ids in `cache` stay valid while the objects live  # noqa: F841
+    items: List[Optional[pb.ScoreItem]] = []
+    errors: List[Optional[ItemErrorInfo]] = []
+    for i in range(n):
+        prompt = prompt_list[i]
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompts[{i}] is {type(prompt).__name__}, expected str")
+        item = pb.ScoreItem(id=str(i), prompt=prompt, mode=modes[i])
+        if instr_list[i] is not None:
+            item.instruction = instr_list[i]
+        try:
+            if kind == "image":
+                item.image.CopyFrom(convert(cands[i]))
+            else:
+                frames = cands[i]
+                frames = _split_batch(frames) if _images.is_batch_array(frames) else list(frames)
+                item.video.SetInParent()
+                for f in frames:
+                    item.video.frames.add().CopyFrom(convert(f))
+            if ref_list[i] is not None:
+                item.reference.CopyFrom(convert(ref_list[i]))
+        except _images.ImageConversionError as e:
+            items.append(None)
+            errors.append(ItemErrorInfo(INVALID_ARGUMENT, "client_invalid_input", str(e)))
+            continue
+        items.append(item)
+        errors.append(None)
+    return Prepared(n, items, errors)
+
+
+def make_chunks(items: Sequence[Optional[pb.ScoreItem]], chunk_size: int, max_bytes: int) -> List[List[int]]:
+    """Indices of the buildable items, in order, grouped into requests of at most `chunk_size`
+    items and (where possible) `max_bytes` serialized bytes."""
+    chunk_size = max(1, int(chunk_size))
+    budget = max(1, int(max_bytes * 0.95) - 64)
+    chunks: List[List[int]] = []
+    cur: List[int] = []
+    cur_bytes = 0
+    for i, item in enumerate(items):
+        if item is None:
+            continue
+        size = item.ByteSize() + 8
+        if cur and (len(cur) >= chunk_size or cur_bytes + size > budget):
+            chunks.append(cur)
+            cur, cur_bytes = [], 0
+        cur.append(i)
+        cur_bytes += size
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
+def limits_from_info(info: Optional[pb.InfoResponse], chunk_size: Optional[int]) -> Tuple[int, int]:
+    lim = info.limits if info is not None else None
+    size = chunk_size or (lim.max_items_per_request if lim else 0) or DEFAULT_CHUNK_SIZE
+    max_bytes = (lim.max_message_bytes if lim else 0) or DEFAULT_MAX_MESSAGE_BYTES
+    return size, max_bytes
+
+
+class Assembler:
+    """Collects chunk responses into a ScoreResult in input order."""
+
+    def __init__(self, prepared: Prepared):
+        n = prepared.n
+        self.n = n
+        self.scores = np.full(n, np.nan)
+        self.p_yes_vocab = np.full(n, np.nan)
+        self.logit_yes = np.full(n, np.nan)
+        self.logit_no = np.full(n, np.nan)
+        self.ok = np.zeros(n, dtype=bool)
+        self.errors: List[Optional[ItemErrorInfo]] = list(prepared.errors)
+        self.timings: List[Any] = [None] * n
+        self.model_id = ""
+
+    def add(self, indices: Sequence[int], resp: pb.ScoreResponse) -> None:
+        if resp.model_id:
+            self.model_id = resp.model_id
+        if len(resp.results) != len(indices):
+            err = ItemErrorInfo(grpc.StatusCode.INTERNAL.value[0], "bad_response",
+                                f"server answered {len(resp.results)} results for {len(indices)} items")
+            for i in indices:
+                self.errors[i] = err
+            return
+        for pos, r in enumerate(resp.results):
+            j = r.index if r.index < len(indices) else pos
+            i = indices[j]
+            if r.HasField("timing"):
+                self.timings[i] = r.timing
+            outcome = r.WhichOneof("outcome")
+            if outcome == "score":
+                self.scores[i] = r.score.p_yes
+                self.p_yes_vocab[i] = r.score.p_yes_vocab
+                self.logit_yes[i] = r.score.logit_yes
+                self.logit_no[i] = r.score.logit_no
+                self.ok[i] = True
+                self.errors[i] = None
+            elif outcome == "error":
+                self.errors[i] = ItemErrorInfo(r.error.code, r.error.reason, r.error.message)
+            else:
+                self.errors[i] = ItemErrorInfo(grpc.StatusCode.INTERNAL.value[0], "bad_response",
+                                               "result has neither score nor error")
+
+    def fail(self, indices: Sequence[int], code: grpc.StatusCode, details: str) -> None:
+        err = ItemErrorInfo(code.value[0], "call_failed", details)
+        for i in indices:
+            self.errors[i] = err
+
+    def result(self) -> ScoreResult:
+        return ScoreResult(self.scores, self.ok, self.errors, p_yes_vocab=self.p_yes_vocab,
+                           logit_yes=self.logit_yes, logit_no=self.logit_no, model_id=self.model_id,
+                           timings=self.timings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Health (hand-encoded grpc.health.v1 messages: no grpcio-health-checking dependency, whose
+# releases pin protobuf to their own version)
+# ---------------------------------------------------------------------------------------------
+
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def encode_health_request(service: str) -> bytes:
+    s = service.encode()
+    return b"\x0a" + _varint(len(s)) + s if s else b""
+
+
+def decode_health_response(data: bytes) -> str:
+    """HealthCheckResponse.status (field 1, enum) as its name."""
+    i, status = 0, 0
+    while i < len(data):
+        key, i = _read_varint(data, i)
+        fnum, wtype = key >> 3, key & 7
+        if wtype == 0:
+            v, i = _read_varint(data, i)
+            if fnum == 1:
+                status = v
+        elif wtype == 2:
+            ln, i = _read_varint(data, i)
+            i += ln
+        elif wtype == 1:
+            i += 8
+        elif wtype == 5:
+            i += 4
+        else:
+            break
+    return HEALTH_STATUS.get(status, str(status))
+
+
+def _read_varint(data: bytes, i: int) -> Tuple[int, int]:
+    shift = result = 0
+    while True:
+        b = data[i]
+        i += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, i
+        shift += 7

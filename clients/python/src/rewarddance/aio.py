@@ -1,0 +1,213 @@
+"""The asyncio client: `AsyncRewardClient` on `grpc.aio`."""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any, Awaitable, Callable, List, Optional, Sequence, Tuple, TypeVar
+
+import grpc
+import grpc.aio
+
+from . import _core, _images
+from ._core import RetryPolicy, Targets
+from ._types import RewardError, ScoreResult
+from .v1 import reward_pb2 as pb
+from .v1 import reward_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+
+
+class AsyncRewardClient:
+    """The asyncio twin of `RewardClient` (same arguments, same results, `await`ed).
+
+    Constructing it does nothing but store settings, so it can be built at import time, before
+    any event loop exists, or before a fork. Its `grpc.aio` channels are created on first use
+    inside the running loop; used from another loop later (a second `asyncio.run`) or in a forked
+    child, it makes fresh ones. Chunks of one `score()` are sent concurrently with
+    `asyncio.gather`. Use `async with` or `await close()`.
+    """
+
+    def __init__(
+        self,
+        targets: Targets,
+        *,
+        timeout: float = _core.DEFAULT_TIMEOUT,
+        retry: Optional[RetryPolicy] = None,
+        token: Optional[str] = None,
+        credentials: Optional[grpc.ChannelCredentials] = None,
+        metadata: Optional[Sequence[Tuple[str, str]]] = None,
+        chunk_size: Optional[int] = None,
+        raw_max_bytes: int = _images.DEFAULT_RAW_MAX_BYTES,
+        lb_policy: str = "round_robin",
+        options: Optional[Sequence[Tuple[str, Any]]] = None,
+    ):
+        self.targets: List[str] = _core.normalize_targets(targets)
+        self.timeout = float(timeout)
+        self.retry = retry or RetryPolicy()
+        self.chunk_size = chunk_size
+        self.raw_max_bytes = int(raw_max_bytes)
+        self._credentials = credentials
+        self._metadata = _core.call_metadata(token, metadata)
+        self._options = _core.channel_options(lb_policy, options)
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._pid: Optional[int] = None
+        self._channels: List[grpc.aio.Channel] = []
+        self._stubs: List[pb_grpc.RewardServiceStub] = []
+        self._health: List[Any] = []
+        self._next = 0
+        self._info: Optional[pb.InfoResponse] = None
+        self._closed = False
+
+    def _ensure(self) -> None:
+        loop = asyncio.get_running_loop()  # raises outside a coroutine: channels need a loop
+        if self._closed:
+            raise RuntimeError("AsyncRewardClient is closed")
+        if self._loop is loop and self._pid == os.getpid():
+            return
+        chans = []
+        for t in self.targets:
+            if self._credentials is not None:
+                chans.append(grpc.aio.secure_channel(t, self._credentials, options=self._options))
+            else:
+                chans.append(grpc.aio.insecure_channel(t, options=self._options))
+        self._channels = chans
+        self._stubs = [pb_grpc.RewardServiceStub(c) for c in chans]
+        self._health = [c.unary_unary(_core.HEALTH_CHECK) for c in chans]
+        self._loop = loop
+        self._pid = os.getpid()
+
+    def _pick(self) -> int:
+        k = self._next % len(self.targets)
+        self._next += 1
+        return k
+
+    async def _call(self, fn: Callable[[Any, float], Awaitable[T]], timeout: Optional[float]) -> T:
+        self._ensure()
+        total = self.timeout if timeout is None else float(timeout)
+        deadline = time.monotonic() + total
+        attempt = 0
+        while True:
+            attempt += 1
+            k = self._pick()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RewardError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  f"timeout of {total:g} s passed before try {attempt}", attempt - 1)
+            try:
+                return await fn(self._stubs[k], remaining)
+            except grpc.RpcError as e:
+                code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+                details = (e.details() if hasattr(e, "details") else str(e)) or ""
+                if self.retry.should_retry(code, attempt):
+                    delay = self.retry.backoff(attempt)
+                    if time.monotonic() + delay < deadline:
+                        await asyncio.sleep(delay)
+                        continue
+                raise RewardError(code, details, attempt, self.targets[k]) from None
+
+    async def info(self, *, timeout: Optional[float] = None, refresh: bool = False) -> pb.InfoResponse:
+        if self._info is not None and not refresh:
+            return self._info
+        md = self._metadata
+        self._info = await self._call(lambda stub, t: stub.Info(pb.InfoRequest(), timeout=t, metadata=md), timeout)
+        return self._info
+
+    async def health_status(self, service: str = "", *, timeout: float = 5.0) -> dict:
+        self._ensure()
+        req = _core.encode_health_request(service)
+
+        async def one(check):
+            try:
+                return _core.decode_health_response(await check(req, timeout=timeout))
+            except grpc.RpcError as e:
+                return f"UNREACHABLE: {e.code().name}"
+
+        statuses = await asyncio.gather(*(one(c) for c in self._health))
+        return dict(zip(self.targets, statuses))
+
+    async def health(self, service: str = "", *, timeout: float = 5.0) -> bool:
+        return all(s == "SERVING" for s in (await self.health_status(service, timeout=timeout)).values())
+
+    async def wait_ready(self, timeout: float = 60.0, interval: float = 0.2) -> None:
+        end = time.monotonic() + timeout
+        while True:
+            last = await self.health_status(timeout=max(0.1, min(5.0, end - time.monotonic())))
+            if all(s == "SERVING" for s in last.values()):
+                return
+            if time.monotonic() + interval > end:
+                raise TimeoutError(f"servers not ready after {timeout:g} s: {last}")
+            await asyncio.sleep(interval)
+
+    async def score(
+        self,
+        prompts: Any,
+        images: Any = None,
+        references: Any = None,
+        *,
+        videos: Any = None,
+        instructions: Any = None,
+        mode: Any = None,
+        timeout: Optional[float] = None,
+        chunk_size: Optional[int] = None,
+        value_range: Optional[Tuple[float, float]] = None,
+        mask_call_errors: bool = False,
+    ) -> ScoreResult:
+        """See `RewardClient.score`. Image conversion runs in the loop's default executor."""
+        self._ensure()
+        total = self.timeout if timeout is None else float(timeout)
+        deadline = time.monotonic() + total
+        loop = asyncio.get_running_loop()
+        prep = await loop.run_in_executor(None, lambda: _core.prepare(
+            prompts, images, references, videos=videos, instructions=instructions, mode=mode,
+            raw_max_bytes=self.raw_max_bytes, value_range=value_range))
+        chunk_size = chunk_size or self.chunk_size
+        if chunk_size is None and self._info is None:
+            try:
+                await self.info(timeout=total)
+            except RewardError as e:
+                if e.code != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+        size, max_bytes = _core.limits_from_info(self._info, chunk_size)
+        chunks = _core.make_chunks(prep.items, size, max_bytes)
+        asm = _core.Assembler(prep)
+        md = self._metadata
+
+        async def run(indices: List[int]):
+            req = pb.ScoreRequest(items=[prep.items[i] for i in indices])
+            left = max(deadline - time.monotonic(), 0.0)
+            try:
+                return await self._call(lambda stub, t: stub.Score(req, timeout=t, metadata=md), left), None
+            except RewardError as e:
+                return None, e
+
+        outcomes = await asyncio.gather(*(run(c) for c in chunks))
+        for indices, (resp, err) in zip(chunks, outcomes):
+            if err is None:
+                asm.add(indices, resp)
+            elif mask_call_errors:
+                asm.fail(indices, err.code, str(err))
+            else:
+                raise err
+        return asm.result()
+
+    async def close(self) -> None:
+        self._closed = True
+        chans, self._channels = self._channels, []
+        same_loop = False
+        try:
+            same_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            pass
+        if same_loop and self._pid == os.getpid():
+            await asyncio.gather(*(c.close() for c in chans), return_exceptions=True)
+        self._loop = None
+
+    async def __aenter__(self) -> "AsyncRewardClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"AsyncRewardClient({self.targets!r})"

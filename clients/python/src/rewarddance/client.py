@@ -1,0 +1,289 @@
+"""The synchronous client: `RewardClient`."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar
+
+import grpc
+
+from . import _core, _images
+from ._core import RetryPolicy, Targets
+from ._types import RewardError, ScoreResult
+from .v1 import reward_pb2 as pb
+from .v1 import reward_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+
+
+class RewardClient:
+    """A thread-safe client for one or many rewarddance servers.
+
+    Args:
+        targets: one address (`"host:50051"`, `"dns:///svc.ns.svc.cluster.local:50051"`), a
+            comma-separated string of addresses, or a list of them. With several, each call (each
+            chunk, each retry) goes to the next one in turn; one grpc channel per target, each with
+            round-robin load balancing over whatever its name resolves to.
+        timeout: default overall time limit in seconds of one `score()`/`info()` call, retries and
+            backoff included (120 s).
+        retry: `RetryPolicy` (default: 5 attempts on UNAVAILABLE / RESOURCE_EXHAUSTED only, backoff
+            0.1 s doubling to 5 s, jittered); `_core.NO_RETRY` disables retries.
+        token: bearer token sent as `authorization: Bearer <token>`.
+        credentials: `grpc.ChannelCredentials` for TLS (default: plaintext).
+        chunk_size: items per request (default: the server's `max_items_per_request` from Info).
+        max_workers: threads sending chunks of one call concurrently (shared by all calls).
+        raw_max_bytes: in-memory images larger than this as raw RGB8 are PNG-encoded instead.
+        options: extra grpc channel options, e.g. `[("grpc.keepalive_time_ms", 10000)]`.
+
+    Channels are created on first use and re-created in a forked child process, so a client made
+    before `fork` (dataloader workers, multiprocessing) is safe to use in the child.
+    """
+
+    def __init__(
+        self,
+        targets: Targets,
+        *,
+        timeout: float = _core.DEFAULT_TIMEOUT,
+        retry: Optional[RetryPolicy] = None,
+        token: Optional[str] = None,
+        credentials: Optional[grpc.ChannelCredentials] = None,
+        metadata: Optional[Sequence[Tuple[str, str]]] = None,
+        chunk_size: Optional[int] = None,
+        max_workers: int = 8,
+        raw_max_bytes: int = _images.DEFAULT_RAW_MAX_BYTES,
+        lb_policy: str = "round_robin",
+        options: Optional[Sequence[Tuple[str, Any]]] = None,
+    ):
+        self.targets: List[str] = _core.normalize_targets(targets)
+        self.timeout = float(timeout)
+        self.retry = retry or RetryPolicy()
+        self.chunk_size = chunk_size
+        self.max_workers = max(1, int(max_workers))
+        self.raw_max_bytes = int(raw_max_bytes)
+        self._credentials = credentials
+        self._metadata = _core.call_metadata(token, metadata)
+        self._options = _core.channel_options(lb_policy, options)
+        self._lock = threading.Lock()
+        self._pid: Optional[int] = None
+        self._channels: List[grpc.Channel] = []
+        self._stubs: List[pb_grpc.RewardServiceStub] = []
+        self._health: List[Callable] = []
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._next = 0
+        self._info: Optional[pb.InfoResponse] = None
+        self._closed = False
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _ensure(self) -> None:
+        pid = os.getpid()
+        if self._pid == pid:
+            return
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("RewardClient is closed")
+            if self._pid == pid:
+                return
+            # First use, or first use in a forked child: the parent's channels and threads are
+            # not usable here; drop them without closing (closing would touch the parent's).
+            chans = []
+            for t in self.targets:
+                if self._credentials is not None:
+                    chans.append(grpc.secure_channel(t, self._credentials, options=self._options))
+                else:
+                    chans.append(grpc.insecure_channel(t, options=self._options))
+            self._channels = chans
+            self._stubs = [pb_grpc.RewardServiceStub(c) for c in chans]
+            self._health = [
+                c.unary_unary(_core.HEALTH_CHECK, request_serializer=None, response_deserializer=None)
+                for c in chans
+            ]
+            self._pool = None
+            self._pid = pid
+
+    def _pick(self) -> int:
+        with self._lock:
+            k = self._next % len(self.targets)
+            self._next += 1
+            return k
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="rewarddance")
+            return self._pool
+
+    def _call(self, fn: Callable[[pb_grpc.RewardServiceStub, float], T], timeout: Optional[float]) -> T:
+        """Runs fn(stub, per_attempt_timeout) with retries on retryable codes, rotating targets,
+        within one overall deadline."""
+        self._ensure()
+        total = self.timeout if timeout is None else float(timeout)
+        deadline = time.monotonic() + total
+        attempt = 0
+        while True:
+            attempt += 1
+            k = self._pick()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RewardError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  f"timeout of {total:g} s passed before try {attempt}", attempt - 1)
+            try:
+                return fn(self._stubs[k], remaining)
+            except grpc.RpcError as e:
+                code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+                details = (e.details() if hasattr(e, "details") else str(e)) or ""
+                if self.retry.should_retry(code, attempt):
+                    delay = self.retry.backoff(attempt)
+                    if time.monotonic() + delay < deadline:
+                        time.sleep(delay)
+                        continue
+                raise RewardError(code, details, attempt, self.targets[k]) from None
+
+    # -- API -------------------------------------------------------------------------------
+
+    def info(self, *, timeout: Optional[float] = None, refresh: bool = False) -> pb.InfoResponse:
+        """The server's `InfoResponse` (model id, limits, default instructions); cached."""
+        self._ensure()
+        if self._info is not None and not refresh:
+            return self._info
+        md = self._metadata
+        info = self._call(lambda stub, t: stub.Info(pb.InfoRequest(), timeout=t, metadata=md), timeout)
+        self._info = info
+        return info
+
+    def health(self, service: str = "", *, timeout: float = 5.0) -> bool:
+        """True when every target answers the standard grpc health check with SERVING."""
+        return all(s == "SERVING" for s in self.health_status(service, timeout=timeout).values())
+
+    def health_status(self, service: str = "", *, timeout: float = 5.0) -> dict:
+        """{target: "SERVING" | "NOT_SERVING" | "SERVICE_UNKNOWN" | "UNKNOWN" | "UNREACHABLE: ..."}"""
+        self._ensure()
+        req = _core.encode_health_request(service)
+        out = {}
+        for t, check in zip(self.targets, self._health):
+            try:
+                out[t] = _core.decode_health_response(check(req, timeout=timeout))
+            except grpc.RpcError as e:
+                out[t] = f"UNREACHABLE: {e.code().name}"
+        return out
+
+    def wait_ready(self, timeout: float = 60.0, interval: float = 0.2) -> None:
+        """Blocks until every target is SERVING; raises TimeoutError after `timeout` seconds."""
+        end = time.monotonic() + timeout
+        last: dict = {}
+        while True:
+            last = self.health_status(timeout=max(0.1, min(5.0, end - time.monotonic())))
+            if all(s == "SERVING" for s in last.values()):
+                return
+            if time.monotonic() + interval > end:
+                raise TimeoutError(f"servers not ready after {timeout:g} s: {last}")
+            time.sleep(interval)
+
+    def _limits(self, chunk_size: Optional[int], timeout: float) -> Tuple[int, int]:
+        """(items per request, bytes per request). Asks the server (Info, cached) only when no
+        chunk size was given; an explicit chunk size never costs an extra call."""
+        chunk_size = chunk_size or self.chunk_size
+        if chunk_size is None and self._info is None:
+            try:
+                self.info(timeout=timeout)
+            except RewardError as e:
+                if e.code != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+        return _core.limits_from_info(self._info, chunk_size)
+
+    def score(
+        self,
+        prompts: Any,
+        images: Any = None,
+        references: Any = None,
+        *,
+        videos: Any = None,
+        instructions: Any = None,
+        mode: Any = None,
+        timeout: Optional[float] = None,
+        chunk_size: Optional[int] = None,
+        value_range: Optional[Tuple[float, float]] = None,
+        mask_call_errors: bool = False,
+    ) -> ScoreResult:
+        """Scores items and returns `(scores, ok_mask, errors)` in input order.
+
+        Args:
+            prompts: one prompt for every item, or one per item.
+            images: candidates: a list of file paths, bytes, PIL images, numpy HWC arrays (uint8,
+                or float in [0, 1]) or torch CHW tensors ([0, 1], or [-1, 1] when negative values
+                occur); a 4-D array/tensor is a batch; a single image is one item.
+            references: reference images for pairwise scoring: one per item, or one for all.
+            videos: instead of images: a list of videos, each a list of frames (or a 4-D array).
+            instructions: instruction template(s) overriding the server default (`{prompt}` is
+                replaced by the prompt).
+            mode: "pointwise", "pairwise" or None (pairwise iff a reference is given).
+            timeout: overall seconds for this call, retries included (default: the client's).
+            chunk_size: items per request (default: the client's, else the server's limit).
+                Chunks are sent concurrently.
+            value_range: (lo, hi) of float pixels, overriding the [0, 1] / [-1, 1] detection.
+            mask_call_errors: when a chunk's whole call fails (after retries), report its items as
+                failed (`reason == "call_failed"`) instead of raising `RewardError`.
+
+        Items that cannot be scored (bad image, too large, deadline, ...) do not raise: they are
+        NaN in `scores`, False in `ok_mask` and carry an `ItemErrorInfo` in `errors`.
+        """
+        self._ensure()
+        total = self.timeout if timeout is None else float(timeout)
+        deadline = time.monotonic() + total
+        prep = _core.prepare(prompts, images, references, videos=videos, instructions=instructions, mode=mode,
+                             raw_max_bytes=self.raw_max_bytes, value_range=value_range)
+        size, max_bytes = self._limits(chunk_size, total)
+        chunks = _core.make_chunks(prep.items, size, max_bytes)
+        asm = _core.Assembler(prep)
+        md = self._metadata
+
+        def run(indices: List[int]) -> pb.ScoreResponse:
+            req = pb.ScoreRequest(items=[prep.items[i] for i in indices])
+            left = deadline - time.monotonic()
+            return self._call(lambda stub, t: stub.Score(req, timeout=t, metadata=md), max(left, 0.0))
+
+        if len(chunks) == 1:
+            outcomes = [_outcome(run, chunks[0])]
+        else:
+            pool = self._executor()
+            futs = [pool.submit(_outcome, run, c) for c in chunks]
+            outcomes = [f.result() for f in futs]
+        for indices, (resp, err) in zip(chunks, outcomes):
+            if err is None:
+                asm.add(indices, resp)
+            elif mask_call_errors:
+                asm.fail(indices, err.code, str(err))
+            else:
+                raise err
+        return asm.result()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            chans, self._channels = self._channels, []
+            pool, self._pool = self._pool, None
+            mine = self._pid == os.getpid()
+            self._pid = None
+        if mine:
+            for c in chans:
+                c.close()
+            if pool is not None:
+                pool.shutdown(wait=False)
+
+    def __enter__(self) -> "RewardClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RewardClient({self.targets!r})"
+
+
+def _outcome(run: Callable[[List[int]], pb.ScoreResponse], indices: List[int]):
+    try:
+        return run(indices), None
+    except RewardError as e:
+        return None, e

@@ -1,0 +1,198 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODE_UNSPECIFIED: _ClassVar[Mode]
+    MODE_POINTWISE: _ClassVar[Mode]
+    MODE_PAIRWISE: _ClassVar[Mode]
+MODE_UNSPECIFIED: Mode
+MODE_POINTWISE: Mode
+MODE_PAIRWISE: Mode
+
+class ScoreRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ScoreItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[ScoreItem, _Mapping]]] = ...) -> None: ...
+
+class ScoreItem(_message.Message):
+    __slots__ = ("id", "prompt", "image", "video", "reference", "instruction", "mode")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    prompt: str
+    image: Image
+    video: Video
+    reference: Image
+    instruction: str
+    mode: Mode
+    def __init__(self, id: _Optional[str] = ..., prompt: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., video: _Optional[_Union[Video, _Mapping]] = ..., reference: _Optional[_Union[Image, _Mapping]] = ..., instruction: _Optional[str] = ..., mode: _Optional[_Union[Mode, str]] = ...) -> None: ...
+
+class Image(_message.Message):
+    __slots__ = ("encoded", "rgb8")
+    ENCODED_FIELD_NUMBER: _ClassVar[int]
+    RGB8_FIELD_NUMBER: _ClassVar[int]
+    encoded: bytes
+    rgb8: RawImage
+    def __init__(self, encoded: _Optional[bytes] = ..., rgb8: _Optional[_Union[RawImage, _Mapping]] = ...) -> None: ...
+
+class RawImage(_message.Message):
+    __slots__ = ("width", "height", "data")
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    width: int
+    height: int
+    data: bytes
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class Video(_message.Message):
+    __slots__ = ("frames",)
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    frames: _containers.RepeatedCompositeFieldContainer[Image]
+    def __init__(self, frames: _Optional[_Iterable[_Union[Image, _Mapping]]] = ...) -> None: ...
+
+class ScoreResponse(_message.Message):
+    __slots__ = ("results", "model_id", "timing")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ItemResult]
+    model_id: str
+    timing: Timing
+    def __init__(self, results: _Optional[_Iterable[_Union[ItemResult, _Mapping]]] = ..., model_id: _Optional[str] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
+
+class ItemResult(_message.Message):
+    __slots__ = ("id", "index", "score", "error", "timing")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    index: int
+    score: Score
+    error: ItemError
+    timing: Timing
+    def __init__(self, id: _Optional[str] = ..., index: _Optional[int] = ..., score: _Optional[_Union[Score, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
+
+class Score(_message.Message):
+    __slots__ = ("p_yes", "p_yes_vocab", "logit_yes", "logit_no")
+    P_YES_FIELD_NUMBER: _ClassVar[int]
+    P_YES_VOCAB_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_YES_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_NO_FIELD_NUMBER: _ClassVar[int]
+    p_yes: float
+    p_yes_vocab: float
+    logit_yes: float
+    logit_no: float
+    def __init__(self, p_yes: _Optional[float] = ..., p_yes_vocab: _Optional[float] = ..., logit_yes: _Optional[float] = ..., logit_no: _Optional[float] = ...) -> None: ...
+
+class ItemError(_message.Message):
+    __slots__ = ("code", "message", "reason")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    reason: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Timing(_message.Message):
+    __slots__ = ("queue_ms", "preprocess_ms", "inference_ms", "total_ms", "batch_items", "batch_tokens")
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESS_MS_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    queue_ms: float
+    preprocess_ms: float
+    inference_ms: float
+    total_ms: float
+    batch_items: int
+    batch_tokens: int
+    def __init__(self, queue_ms: _Optional[float] = ..., preprocess_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., batch_items: _Optional[int] = ..., batch_tokens: _Optional[int] = ...) -> None: ...
+
+class InfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InfoResponse(_message.Message):
+    __slots__ = ("model_id", "layout", "dtype", "devices", "limits", "answer_tokens", "default_instructions", "server_version", "tile_size", "tokens_per_tile")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TILE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_TILE_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    layout: str
+    dtype: str
+    devices: _containers.RepeatedScalarFieldContainer[str]
+    limits: Limits
+    answer_tokens: AnswerTokens
+    default_instructions: _containers.RepeatedCompositeFieldContainer[DefaultInstruction]
+    server_version: str
+    tile_size: int
+    tokens_per_tile: int
+    def __init__(self, model_id: _Optional[str] = ..., layout: _Optional[str] = ..., dtype: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., answer_tokens: _Optional[_Union[AnswerTokens, _Mapping]] = ..., default_instructions: _Optional[_Iterable[_Union[DefaultInstruction, _Mapping]]] = ..., server_version: _Optional[str] = ..., tile_size: _Optional[int] = ..., tokens_per_tile: _Optional[int] = ...) -> None: ...
+
+class Limits(_message.Message):
+    __slots__ = ("max_batch_tokens", "max_batch_items", "max_items_per_request", "max_message_bytes", "max_image_pixels", "max_tiles_per_item", "max_tokens_per_item", "max_queue_items", "max_stream_in_flight")
+    MAX_BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ITEMS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TILES_PER_ITEM_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_PER_ITEM_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STREAM_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    max_batch_tokens: int
+    max_batch_items: int
+    max_items_per_request: int
+    max_message_bytes: int
+    max_image_pixels: int
+    max_tiles_per_item: int
+    max_tokens_per_item: int
+    max_queue_items: int
+    max_stream_in_flight: int
+    def __init__(self, max_batch_tokens: _Optional[int] = ..., max_batch_items: _Optional[int] = ..., max_items_per_request: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_tiles_per_item: _Optional[int] = ..., max_tokens_per_item: _Optional[int] = ..., max_queue_items: _Optional[int] = ..., max_stream_in_flight: _Optional[int] = ...) -> None: ...
+
+class AnswerTokens(_message.Message):
+    __slots__ = ("yes", "no", "yes_id", "no_id")
+    YES_FIELD_NUMBER: _ClassVar[int]
+    NO_FIELD_NUMBER: _ClassVar[int]
+    YES_ID_FIELD_NUMBER: _ClassVar[int]
+    NO_ID_FIELD_NUMBER: _ClassVar[int]
+    yes: str
+    no: str
+    yes_id: int
+    no_id: int
+    def __init__(self, yes: _Optional[str] = ..., no: _Optional[str] = ..., yes_id: _Optional[int] = ..., no_id: _Optional[int] = ...) -> None: ...
+
+class DefaultInstruction(_message.Message):
+    __slots__ = ("mode", "video", "template")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    mode: Mode
+    video: bool
+    template: str
+    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., video: bool = ..., template: _Optional[str] = ...) -> None: ...
