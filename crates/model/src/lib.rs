@@ -13,6 +13,7 @@
 //!   ([`sentencepiece`]: `tokenizer.model` converted at load when there is no `tokenizer.json`)
 //! - [`vision`] + [`projector`]: InternViT, pixel shuffle, `mlp1`
 //! - [`language`]: Qwen2 / InternLM2 decoder over packed variable-length sequences
+//! - [`memory`]: weights + activations estimate, start-up fit check
 //! - [`scorer`]: [`RewardModel`], tying it together into [`Score`]s
 
 pub mod checkpoint;
@@ -23,6 +24,7 @@ pub mod image;
 pub mod item;
 pub mod language;
 pub mod layers;
+pub mod memory;
 pub mod prefix;
 pub mod presets;
 pub mod projector;
