@@ -9,7 +9,8 @@ Rules:
   (lossless, so the server sees the same pixels) when Pillow is installed;
 - float pixels become uint8 as round(clip(x, 0, 1) * 255); torch tensors are CHW, in [0, 1] or,
   when their minimum is below 0, in [-1, 1] (override with `value_range`);
-- alpha is composited on white (what the server does with encoded images that have alpha).
+- alpha is composited on white and PIL images get their EXIF orientation applied (what the server
+  does with encoded images), so a PIL image and its file give the server the same pixels.
 """
 from __future__ import annotations
 
@@ -124,6 +125,16 @@ def _torch_uint8(t: Any) -> Any:
 
 
 def pil_to_rgb8(img: Any) -> np.ndarray:
+    """A PIL image as (H, W, 3) uint8, the way the server treats the same image sent as a file:
+    EXIF orientation applied, alpha (RGBA, LA, PA, palette with transparency) on white."""
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - unreadable EXIF means no transform, as in Pillow
+        orientation = 1
+    if orientation not in (0, 1):
+        from PIL import ImageOps
+
+        img = ImageOps.exif_transpose(img)
     if img.mode != "RGB":
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             img = img.convert("RGBA")

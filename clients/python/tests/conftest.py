@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+HERE = pathlib.Path(__file__).resolve().parent
+CLIENT_ROOT = HERE.parent
+REPO_ROOT = CLIENT_ROOT.parent.parent
+FIXTURE_IMAGES = REPO_ROOT / "fixtures" / "images"
+
+sys.path.insert(0, str(HERE))  # fake_server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_binary() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("REWARDDANCE_BIN") or REPO_ROOT / "target" / "debug" / "rewarddance")
+
+
+def _serve_unavailable_reason(binary: pathlib.Path):
+    if not binary.exists():
+        return f"server binary {binary} not found (build it: cargo build -p rewarddance-cli, or set REWARDDANCE_BIN)"
+    try:
+        p = subprocess.run([str(binary), "serve", "--help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{binary} serve --help failed: {e}"
+    if p.returncode != 0:
+        return f"{binary} has no `serve` subcommand yet (`serve --help` exited {p.returncode})"
+    return None
+
+
+class RealServer:
+    def __init__(self, proc: subprocess.Popen, target: str, metrics_port: int, log: pathlib.Path):
+        self.proc = proc
+        self.target = target
+        self.metrics_port = metrics_port
+        self.log = log
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+@pytest.fixture(scope="session")
+def real_server(tmp_path_factory):
+    """The real `rewarddance serve` on the bundled tiny model, on free local ports."""
+    binary = server_binary()
+    reason = _serve_unavailable_reason(binary)
+    if reason:
+        if os.environ.get("REWARDDANCE_REQUIRE_SERVER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from rewarddance import RewardClient
+
+    port, mport = free_port(), free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    logf = open(log, "wb")
+    proc = subprocess.Popen(
+        [str(binary), "serve", "--addr", f"127.0.0.1:{port}", "--metrics-addr", f"127.0.0.1:{mport}"],
+        stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    server = RealServer(proc, f"127.0.0.1:{port}", mport, log)
+    probe = RewardClient(server.target)
+    try:
+        end = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode} before serving:\n{server.log_tail()}")
+            if probe.health(timeout=1.0):
+                break
+            if time.monotonic() > end:
+                pytest.fail(f"server not SERVING after 120 s:\n{server.log_tail()}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        probe.close()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        logf.close()
+
+
+@pytest.fixture
+def fake():
+    from fake_server import FakeServer
+
+    with FakeServer() as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def fixture_pngs():
+    paths = sorted(FIXTURE_IMAGES.glob("*.png"))
+    assert paths, f"no fixture images in {FIXTURE_IMAGES}"
+    return paths
