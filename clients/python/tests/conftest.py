@@ -53,9 +53,10 @@ class RealServer:
             return ""
 
 
-@pytest.fixture(scope="session")
-def real_server(tmp_path_factory):
-    """The real `rewarddance serve` on the bundled tiny model, on free local ports."""
+def start_real_server(tmp_dir: pathlib.Path, *extra_args: str):
+    """Starts `rewarddance serve` with extra flags on free ports, waits for SERVING, and returns
+    (RealServer, stop). Skips (or fails, with REWARDDANCE_REQUIRE_SERVER=1) when the binary has
+    no `serve` subcommand."""
     binary = server_binary()
     reason = _serve_unavailable_reason(binary)
     if reason:
@@ -65,27 +66,15 @@ def real_server(tmp_path_factory):
     from rewarddance import RewardClient
 
     port, mport = free_port(), free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
+    log = tmp_dir / "server.log"
     logf = open(log, "wb")
     proc = subprocess.Popen(
-        [str(binary), "serve", "--addr", f"127.0.0.1:{port}", "--metrics-addr", f"127.0.0.1:{mport}"],
+        [str(binary), "serve", "--addr", f"127.0.0.1:{port}", "--metrics-addr", f"127.0.0.1:{mport}", *extra_args],
         stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     server = RealServer(proc, f"127.0.0.1:{port}", mport, log)
-    probe = RewardClient(server.target)
-    try:
-        end = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode} before serving:\n{server.log_tail()}")
-            if probe.health(timeout=1.0):
-                break
-            if time.monotonic() > end:
-                pytest.fail(f"server not SERVING after 120 s:\n{server.log_tail()}")
-            time.sleep(0.1)
-        yield server
-    finally:
-        probe.close()
+
+    def stop():
         if proc.poll() is None:
             proc.terminate()
             try:
@@ -94,6 +83,32 @@ def real_server(tmp_path_factory):
                 proc.kill()
                 proc.wait()
         logf.close()
+
+    try:
+        with RewardClient(server.target) as probe:
+            end = time.monotonic() + 120
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"server exited with {proc.returncode} before serving:\n{server.log_tail()}")
+                if probe.health(timeout=1.0):
+                    break
+                if time.monotonic() > end:
+                    pytest.fail(f"server not SERVING after 120 s:\n{server.log_tail()}")
+                time.sleep(0.1)
+    except BaseException:
+        stop()
+        raise
+    return server, stop
+
+
+@pytest.fixture(scope="session")
+def real_server(tmp_path_factory):
+    """The real `rewarddance serve` on the bundled tiny model, on free local ports."""
+    server, stop = start_real_server(tmp_path_factory.mktemp("server"))
+    try:
+        yield server
+    finally:
+        stop()
 
 
 @pytest.fixture

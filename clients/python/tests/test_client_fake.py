@@ -60,6 +60,15 @@ def test_retries_on_unavailable_then_succeeds(fake):
     assert r.ok_mask.all() and fake.service.calls == [3, 3, 3]
 
 
+def test_retries_are_logged(fake, caplog):
+    fake.service.fail_next = [grpc.StatusCode.UNAVAILABLE]
+    with caplog.at_level("INFO", logger="rewarddance"):
+        with RewardClient(fake.target, retry=FAST, chunk_size=8) as c:
+            assert c.score("p", imgs(1)).ok_mask.all()
+    msgs = [r.getMessage() for r in caplog.records if r.name == "rewarddance"]
+    assert len(msgs) == 1 and "retrying after UNAVAILABLE" in msgs[0] and "try 1 of 5" in msgs[0]
+
+
 def test_retries_on_resource_exhausted(fake):
     fake.service.fail_next = [grpc.StatusCode.RESOURCE_EXHAUSTED]
     with RewardClient(fake.target, retry=FAST, chunk_size=8) as c:
@@ -129,6 +138,21 @@ def test_round_robin_over_targets():
         with RewardClient(f"{a.target},{b.target}", chunk_size=1) as c:
             assert c.score("p", imgs(6)).ok_mask.all()
         assert len(a.service.calls) == 3 and len(b.service.calls) == 3
+
+
+def test_default_chunks_spread_a_batch_over_targets():
+    with FakeServer() as a, FakeServer() as b:
+        with RewardClient([a.target, b.target]) as c:
+            assert c.score("p", imgs(7)).ok_mask.all()
+        assert sorted(a.service.calls + b.service.calls) == [3, 4]
+        assert len(a.service.calls) == 1 and len(b.service.calls) == 1
+
+        async def main():
+            async with AsyncRewardClient([a.target, b.target]) as ac:
+                assert (await ac.score("p", imgs(4))).ok_mask.all()
+
+        asyncio.run(main())
+        assert a.service.calls[1:] == [2] and b.service.calls[1:] == [2]
 
 
 def test_ipv4_multi_address_target_balances():

@@ -74,3 +74,12 @@ def test_health_messages():
     assert _core.decode_health_response(b"\x08\x01") == "SERVING"
     assert _core.decode_health_response(b"\x08\x02") == "NOT_SERVING"
     assert _core.decode_health_response(b"") == "UNKNOWN"
+
+
+def test_default_chunk_size_from_info():
+    info = pb.InfoResponse(limits=pb.Limits(max_items_per_request=1024, max_queue_items=4096, max_message_bytes=1000))
+    assert _core.limits_from_info(info, None) == (1024, 1000)
+    info.limits.max_queue_items = 2  # a request bigger than the queue could never be admitted
+    assert _core.limits_from_info(info, None) == (2, 1000)
+    assert _core.limits_from_info(info, 7) == (7, 1000)  # explicit wins
+    assert _core.limits_from_info(None, None) == (_core.DEFAULT_CHUNK_SIZE, _core.DEFAULT_MAX_MESSAGE_BYTES)

@@ -277,9 +277,23 @@ def make_chunks(items: Sequence[Optional[pb.ScoreItem]], chunk_size: int, max_by
 
 def limits_from_info(info: Optional[pb.InfoResponse], chunk_size: Optional[int]) -> Tuple[int, int]:
     lim = info.limits if info is not None else None
-    size = chunk_size or (lim.max_items_per_request if lim else 0) or DEFAULT_CHUNK_SIZE
+    size = chunk_size
+    if not size:
+        # A request larger than the server's whole queue could never be admitted (it would get
+        # RESOURCE_EXHAUSTED forever), so the default is capped by the queue too.
+        caps = [c for c in ((lim.max_items_per_request, lim.max_queue_items) if lim else ()) if c > 0]
+        size = min(caps) if caps else DEFAULT_CHUNK_SIZE
     max_bytes = (lim.max_message_bytes if lim else 0) or DEFAULT_MAX_MESSAGE_BYTES
     return size, max_bytes
+
+
+def spread(prep: "Prepared", limit: int, n_targets: int) -> int:
+    """Default items per request: the server's limit, but with several targets the batch is
+    split evenly so that every target gets a share (`ceil(items / targets)`)."""
+    n = sum(1 for it in prep.items if it is not None)
+    if n_targets <= 1 or n == 0:
+        return limit
+    return max(1, min(limit, -(-n // n_targets)))
 
 
 class Assembler:

@@ -149,7 +149,7 @@ def _png_bytes(rgb: np.ndarray) -> Optional[bytes]:
     except ImportError:
         return None
     buf = io.BytesIO()
-    PILImage.fromarray(rgb, "RGB").save(buf, format="PNG", compress_level=1)
+    PILImage.fromarray(rgb).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from typing import Any, Awaitable, Callable, List, Optional, Sequence, Tuple, TypeVar
@@ -16,6 +17,7 @@ from .v1 import reward_pb2 as pb
 from .v1 import reward_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
+log = logging.getLogger("rewarddance")
 
 
 class AsyncRewardClient:
@@ -102,6 +104,8 @@ class AsyncRewardClient:
                 if self.retry.should_retry(code, attempt):
                     delay = self.retry.backoff(attempt)
                     if time.monotonic() + delay < deadline:
+                        log.info("retrying after %s from %s (try %d of %d) in %.3f s: %s", code.name,
+                                 self.targets[k], attempt, self.retry.max_attempts, delay, details)
                         await asyncio.sleep(delay)
                         continue
                 raise RewardError(code, details, attempt, self.targets[k]) from None
@@ -169,6 +173,8 @@ class AsyncRewardClient:
                 if e.code != grpc.StatusCode.UNIMPLEMENTED:
                     raise
         size, max_bytes = _core.limits_from_info(self._info, chunk_size)
+        if not chunk_size:
+            size = _core.spread(prep, size, len(self.targets))
         chunks = _core.make_chunks(prep.items, size, max_bytes)
         asm = _core.Assembler(prep)
         md = self._metadata

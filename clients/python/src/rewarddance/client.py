@@ -1,6 +1,7 @@
 """The synchronous client: `RewardClient`."""
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -16,6 +17,7 @@ from .v1 import reward_pb2 as pb
 from .v1 import reward_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
+log = logging.getLogger("rewarddance")
 
 
 class RewardClient:
@@ -137,6 +139,8 @@ class RewardClient:
                 if self.retry.should_retry(code, attempt):
                     delay = self.retry.backoff(attempt)
                     if time.monotonic() + delay < deadline:
+                        log.info("retrying after %s from %s (try %d of %d) in %.3f s: %s", code.name,
+                                 self.targets[k], attempt, self.retry.max_attempts, delay, details)
                         time.sleep(delay)
                         continue
                 raise RewardError(code, details, attempt, self.targets[k]) from None
@@ -234,7 +238,10 @@ class RewardClient:
         deadline = time.monotonic() + total
         prep = _core.prepare(prompts, images, references, videos=videos, instructions=instructions, mode=mode,
                              raw_max_bytes=self.raw_max_bytes, value_range=value_range)
+        explicit = chunk_size or self.chunk_size
         size, max_bytes = self._limits(chunk_size, total)
+        if not explicit:
+            size = _core.spread(prep, size, len(self.targets))
         chunks = _core.make_chunks(prep.items, size, max_bytes)
         asm = _core.Assembler(prep)
         md = self._metadata
