@@ -6,6 +6,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
@@ -18,6 +19,7 @@ use crate::image::{decode, frame_tile, tile_image, DecodeLimits, ImageInput, Til
 use crate::item::{Candidate, Score, ScoreItem};
 use crate::language::{LanguageModel, Packing};
 use crate::layers::logsumexp_last;
+use crate::prefix;
 use crate::projector::Projector;
 use crate::prompt::{AnswerTokens, PromptBuilder};
 use crate::vision::VisionTower;
@@ -43,6 +45,9 @@ pub struct LoadOptions {
     /// Bytes of projected image features kept for reuse across batches; 0 disables the cache
     /// (repeats inside one batch are still encoded once).
     pub feature_cache_bytes: usize,
+    /// Items of a batch that share at least this many leading tokens (system prompt,
+    /// instruction, reference image) compute them once; `usize::MAX` disables prefix reuse.
+    pub prefix_reuse_min_tokens: usize,
 }
 
 impl Default for LoadOptions {
@@ -56,6 +61,7 @@ impl Default for LoadOptions {
             max_tokens_per_item: None,
             vision_batch_tiles: 32,
             feature_cache_bytes: 256 << 20,
+            prefix_reuse_min_tokens: 32,
         }
     }
 }
@@ -138,6 +144,7 @@ pub struct RewardModel {
     device: Device,
     dtype: DType,
     feature_cache: FeatureCache,
+    prefix_tokens_saved: AtomicU64,
     options: LoadOptions,
 }
 
@@ -233,6 +240,7 @@ impl RewardModel {
             language,
             dtype,
             feature_cache: FeatureCache::new(options.feature_cache_bytes),
+            prefix_tokens_saved: AtomicU64::new(0),
             options,
         })
     }
@@ -362,30 +370,60 @@ impl RewardModel {
         }
         let (features, image_rows) = self.batch_image_features(batch)?;
 
-        let ids: Vec<u32> = batch
-            .iter()
-            .flat_map(|i| i.input_ids.iter().copied())
-            .collect();
-        let total = ids.len();
+        // What each token of each item reads: its text embedding, or a row of the
+        // (deduplicated) image features; as one u64 so shared prefixes can be found.
+        const IMAGE_ROW: u64 = 1 << 63;
         let ctx_id = self.prompt.image_context_id();
-        // Splice: token t reads row t of the text embeddings, or, for the k-th image-context
-        // token, row `total + image_rows[k]` of the (deduplicated) image features.
         let mut next_image_row = image_rows.iter();
-        let mut gather = Vec::with_capacity(total);
-        for (t, &id) in ids.iter().enumerate() {
-            if id == ctx_id {
-                let row = next_image_row.next().ok_or_else(|| {
-                    Error::InvalidInput("more image-context tokens than image features".into())
-                })?;
-                gather.push(total as u32 + row);
-            } else {
-                gather.push(t as u32);
+        let mut signatures = Vec::with_capacity(batch.len());
+        for item in batch {
+            let mut sig = Vec::with_capacity(item.input_ids.len());
+            for &id in &item.input_ids {
+                if id == ctx_id {
+                    let row = next_image_row.next().ok_or_else(|| {
+                        Error::InvalidInput("more image-context tokens than image features".into())
+                    })?;
+                    sig.push(IMAGE_ROW | *row as u64);
+                } else {
+                    sig.push(id as u64);
+                }
             }
+            signatures.push(sig);
         }
         if next_image_row.next().is_some() {
             return Err(Error::InvalidInput(
                 "fewer image-context tokens than image features".into(),
             ));
+        }
+        // Length-dependent rotary scaling (dynamic NTK past the trained length) makes a prefix's
+        // keys depend on the whole sequence: no sharing then.
+        let shareable = signatures
+            .iter()
+            .all(|s| !self.language.rope_depends_on_length(s.len()));
+        let min_shared = if shareable {
+            self.options.prefix_reuse_min_tokens
+        } else {
+            usize::MAX
+        };
+        let plan = prefix::plan(&signatures, min_shared);
+        let unshared: usize = signatures.iter().map(Vec::len).sum();
+        self.prefix_tokens_saved
+            .fetch_add((unshared - plan.packed_len()) as u64, Ordering::Relaxed);
+
+        // Splice: packed token k reads row k of the text embeddings, or row `total + r` of the
+        // image features for image row r.
+        let total = plan.packed_len();
+        let mut ids = Vec::with_capacity(total);
+        let mut gather = Vec::with_capacity(total);
+        for (k, &(item, t)) in plan.tokens.iter().enumerate() {
+            let sig = signatures[item][t];
+            if sig & IMAGE_ROW != 0 {
+                ids.push(ctx_id);
+                gather.push(total as u32 + (sig & !IMAGE_ROW) as u32);
+            } else {
+                ids.push(sig as u32);
+                gather.push(k as u32);
+            }
         }
         let ids_t = Tensor::new(ids, &self.device)?;
         let text = self.language.embed(&ids_t)?;
@@ -395,7 +433,8 @@ impl RewardModel {
         };
         let embeds = table.index_select(&Tensor::new(gather, &self.device)?, 0)?;
         let packing = Packing {
-            seq_lens: batch.iter().map(|i| i.input_ids.len()).collect(),
+            segments: plan.segments,
+            outputs: plan.last_tokens,
         };
         let hidden = self.language.forward_last(&embeds, &packing)?;
         let logits = self.language.logits(&hidden)?;
@@ -534,6 +573,11 @@ impl RewardModel {
         let all = Tensor::cat(&parts, 0)?;
         let (t, k, h) = all.dims3()?;
         Ok(all.reshape((t * k, h))?)
+    }
+
+    /// Language-model tokens not computed since start-up thanks to shared prefixes.
+    pub fn prefix_tokens_saved(&self) -> u64 {
+        self.prefix_tokens_saved.load(Ordering::Relaxed)
     }
 
     /// Vision-feature cache counters (hits include repeats inside one batch).

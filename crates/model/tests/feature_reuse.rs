@@ -4,6 +4,7 @@
 mod common;
 
 use common::image_file;
+use rewarddance_model::config::RopeScaling;
 use rewarddance_model::{Candidate, Checkpoint, LoadOptions, Mode, RewardModel, Score, ScoreItem};
 
 const TOL: f64 = 1e-5;
@@ -137,4 +138,61 @@ fn replaced_pixels_get_a_new_key() {
         original.logit_yes, other.logit_yes,
         "new pixels must not hit the old entry"
     );
+}
+
+#[test]
+fn shared_prefixes_are_computed_once_with_equal_scores() {
+    for name in common::MODELS {
+        let load = |min: usize| {
+            let ckpt =
+                Checkpoint::from_dir(&common::repo_root().join("fixtures/models").join(name))
+                    .unwrap();
+            RewardModel::load(
+                &ckpt,
+                LoadOptions {
+                    prefix_reuse_min_tokens: min,
+                    feature_cache_bytes: 0,
+                    ..LoadOptions::default()
+                },
+            )
+            .unwrap()
+        };
+        let (shared, plain) = (load(1), load(usize::MAX));
+        let items = group();
+        let with_reuse = scores(&shared, &items);
+        let without = scores(&plain, &items);
+        assert_close(&with_reuse, &without);
+        assert_eq!(plain.prefix_tokens_saved(), 0);
+        let longest = items
+            .iter()
+            .map(|i| shared.prepare(i).unwrap().num_tokens())
+            .max()
+            .unwrap();
+        let saved = shared.prefix_tokens_saved();
+        match shared.config().text.rope_scaling {
+            // Past the trained length dynamic NTK rescales every position: nothing is shared.
+            RopeScaling::Dynamic {
+                original_max_position_embeddings: max,
+                ..
+            } if longest > max => {
+                assert_eq!(saved, 0, "{name}")
+            }
+            // Every item after the first shares the system prompt and the reference image.
+            _ => assert!(
+                saved >= 3 * shared.config().tokens_per_tile() as u64,
+                "{name}: saved {saved}"
+            ),
+        }
+        // Mixed batch: a pointwise item with no shared prefix rides along unchanged.
+        let mut mixed = items.clone();
+        mixed.insert(
+            1,
+            ScoreItem {
+                mode: Mode::Pointwise,
+                reference: None,
+                ..items[0].clone()
+            },
+        );
+        assert_close(&scores(&shared, &mixed), &scores(&plain, &mixed));
+    }
 }

@@ -10,53 +10,70 @@
 //! and [`internlm2`] (`tok_embeddings`, fused `attention.wqkv`, `attention.wo`,
 //! `feed_forward.w{1,2,3}`, `output`).
 
+mod attention;
 mod internlm2;
 mod qwen2;
-
-use std::collections::HashMap;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::{RopeScaling, TextArch, TextConfig};
 use crate::layers::{Linear, Norm};
+use crate::prefix::Segment;
+use attention::{packed_attention, Masks};
 
-/// Token layout of a packed batch.
+/// Token layout of a packed batch: segments (whole sequences, shared prefixes, and suffixes
+/// that continue a prefix) and the packed rows whose hidden states are returned.
 #[derive(Debug, Clone)]
 pub struct Packing {
-    /// Length of each sequence, in order.
-    pub seq_lens: Vec<usize>,
+    /// Segments in packed order.
+    pub segments: Vec<Segment>,
+    /// Packed index of each output row (each item's last token), in item order.
+    pub outputs: Vec<usize>,
 }
 
 impl Packing {
-    /// Total tokens.
+    /// Plain packing of independent sequences of the given lengths.
+    pub fn sequences(lens: &[usize]) -> Self {
+        let mut end = 0;
+        Packing {
+            segments: lens
+                .iter()
+                .map(|&len| Segment {
+                    len,
+                    position_offset: 0,
+                    context: None,
+                })
+                .collect(),
+            outputs: lens
+                .iter()
+                .map(|l| {
+                    end += l;
+                    end - 1
+                })
+                .collect(),
+        }
+    }
+
+    /// Total packed tokens.
     pub fn total(&self) -> usize {
-        self.seq_lens.iter().sum()
+        self.segments.iter().map(|s| s.len).sum()
     }
 
-    /// Index of each sequence's last token in the packed order.
-    pub fn last_positions(&self) -> Vec<u32> {
-        let mut end = 0usize;
-        self.seq_lens
-            .iter()
-            .map(|l| {
-                end += l;
-                (end - 1) as u32
-            })
-            .collect()
-    }
-
-    /// Position id of every token (0..len for each sequence).
+    /// Position id of every packed token.
     pub fn positions(&self) -> Vec<u32> {
-        self.seq_lens.iter().flat_map(|&l| 0..l as u32).collect()
+        self.segments
+            .iter()
+            .flat_map(|s| (s.position_offset..s.position_offset + s.len).map(|p| p as u32))
+            .collect()
     }
 }
 
-/// Per-batch tensors shared by every layer: rotary tables and causal masks.
+/// Per-batch tensors shared by every layer: rotary tables and attention masks.
 struct BatchContext {
     cos: Tensor,
     sin: Tensor,
-    masks: HashMap<usize, Tensor>,
+    masks: Masks,
 }
 
 /// Self-attention with separate q/k/v projections (fused checkpoints are split at load).
@@ -88,32 +105,7 @@ impl Attention {
         let k = candle_nn::rotary_emb::rope(&k, &ctx.cos, &ctx.sin)?;
         let (q, k, v) = (q.squeeze(0)?, k.squeeze(0)?, v.squeeze(0)?);
 
-        let group = self.heads / self.kv_heads;
-        let scale = (d as f64).powf(-0.5);
-        let mut outputs = Vec::with_capacity(packing.seq_lens.len());
-        let mut start = 0;
-        for &len in &packing.seq_lens {
-            // Query heads h = kv*group + j share K/V head kv: view them as (kv, group*len, d).
-            let qs =
-                q.narrow(1, start, len)?
-                    .contiguous()?
-                    .reshape((self.kv_heads, group * len, d))?;
-            let ks = k.narrow(1, start, len)?.contiguous()?;
-            let vs = v.narrow(1, start, len)?.contiguous()?;
-            let scores =
-                (qs.matmul(&ks.t()?)? * scale)?.reshape((self.kv_heads, group, len, len))?;
-            let mask = ctx.masks.get(&len).ok_or_else(|| {
-                candle_core::Error::Msg(format!("no causal mask for length {len}"))
-            })?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(mask)?)?;
-            let out = probs
-                .reshape((self.kv_heads, group * len, len))?
-                .matmul(&vs)?
-                .reshape((self.heads, len, d))?;
-            outputs.push(out);
-            start += len;
-        }
-        let out = Tensor::cat(&outputs, 1)?
+        let out = packed_attention(&q, &k, &v, &packing.segments, &ctx.masks)?
             .transpose(0, 1)?
             .reshape((t, self.heads * d))?;
         self.o.forward(&out)
@@ -187,15 +179,16 @@ impl LanguageModel {
         self.embed_tokens.index_select(ids, 0)
     }
 
-    /// Runs the decoder over packed `embeds` (T, H) and returns the final-normed hidden state at
-    /// each sequence's last token, (num_sequences, H).
+    /// Runs the decoder over packed `embeds` (T, H) and returns the final-normed hidden state of
+    /// each output row (each item's last token), (outputs, H).
     pub fn forward_last(&self, embeds: &Tensor, packing: &Packing) -> Result<Tensor> {
         let ctx = self.batch_context(packing)?;
         let mut xs = embeds.clone();
         for layer in &self.layers {
             xs = layer.forward(&xs, packing, &ctx)?;
         }
-        let last = Tensor::new(packing.last_positions(), &self.device)?;
+        let rows: Vec<u32> = packing.outputs.iter().map(|&r| r as u32).collect();
+        let last = Tensor::new(rows, &self.device)?;
         self.norm.forward(&xs.index_select(&last, 0)?)
     }
 
@@ -204,27 +197,24 @@ impl LanguageModel {
         hidden.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)
     }
 
+    /// Whether rotary angles at a position depend on the whole sequence's length (dynamic NTK
+    /// past the trained length): then a prefix cannot be shared with a sequence of this length.
+    pub fn rope_depends_on_length(&self, len: usize) -> bool {
+        matches!(self.rope.scaling, RopeScaling::Dynamic { original_max_position_embeddings: max, .. } if len > max)
+    }
+
     fn batch_context(&self, packing: &Packing) -> Result<BatchContext> {
         let half = self.rope.half();
         let total = packing.total();
         let mut freqs = Vec::with_capacity(total * half);
-        for &len in &packing.seq_lens {
-            self.rope.push_freqs(len, &mut freqs);
+        for seg in &packing.segments {
+            self.rope
+                .push_freqs(seg.position_offset, seg.len, &mut freqs);
         }
         let freqs = Tensor::from_vec(freqs, (total, half), &self.device)?;
         let cos = freqs.cos()?.to_dtype(self.dtype)?;
         let sin = freqs.sin()?.to_dtype(self.dtype)?;
-        let mut masks = HashMap::new();
-        for &len in &packing.seq_lens {
-            if let std::collections::hash_map::Entry::Vacant(e) = masks.entry(len) {
-                let mask: Vec<f32> = (0..len)
-                    .flat_map(|i| {
-                        (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })
-                    })
-                    .collect();
-                e.insert(Tensor::from_vec(mask, (len, len), &self.device)?.to_dtype(self.dtype)?);
-            }
-        }
+        let masks = Masks::for_segments(&packing.segments, self.dtype, &self.device)?;
         Ok(BatchContext { cos, sin, masks })
     }
 }
@@ -252,12 +242,17 @@ impl Rope {
         self.head_dim / 2
     }
 
-    /// Appends the (len, head_dim / 2) angles of positions 0..len of one sequence.
-    fn push_freqs(&self, len: usize, out: &mut Vec<f32>) {
+    /// Appends the (len, head_dim / 2) angles of positions `offset..offset + len` of a sequence
+    /// that ends there (a suffix continues its prefix's positions).
+    fn push_freqs(&self, offset: usize, len: usize, out: &mut Vec<f32>) {
+        let positions = offset..offset + len;
+        let len = offset + len;
         match self.scaling {
-            RopeScaling::None => push_angles(&self.inv_freq, len, 1.0, out),
+            RopeScaling::None => push_angles(&self.inv_freq, positions, 1.0, out),
             // InternLM2 / Llama linear scaling: positions divided by the factor (in f32).
-            RopeScaling::Linear { factor } => push_angles(&self.inv_freq, len, factor as f32, out),
+            RopeScaling::Linear { factor } => {
+                push_angles(&self.inv_freq, positions, factor as f32, out)
+            }
             // Dynamic NTK (InternLM2 `InternLM2DynamicNTKScalingRotaryEmbedding`): the base
             // grows with the sequence length, but only once it exceeds the trained length.
             RopeScaling::Dynamic {
@@ -267,9 +262,9 @@ impl Rope {
                 let d = self.head_dim as f64;
                 let base = self.base
                     * (factor * len as f64 / max as f64 - (factor - 1.0)).powf(d / (d - 2.0));
-                push_angles(&inv_freq(base, self.head_dim), len, 1.0, out)
+                push_angles(&inv_freq(base, self.head_dim), positions, 1.0, out)
             }
-            RopeScaling::Dynamic { .. } => push_angles(&self.inv_freq, len, 1.0, out),
+            RopeScaling::Dynamic { .. } => push_angles(&self.inv_freq, positions, 1.0, out),
         }
     }
 }
@@ -281,8 +276,13 @@ fn inv_freq(base: f64, d: usize) -> Vec<f32> {
         .collect()
 }
 
-fn push_angles(inv_freq: &[f32], len: usize, divisor: f32, out: &mut Vec<f32>) {
-    for p in 0..len {
+fn push_angles(
+    inv_freq: &[f32],
+    positions: std::ops::Range<usize>,
+    divisor: f32,
+    out: &mut Vec<f32>,
+) {
+    for p in positions {
         let t = if divisor == 1.0 {
             p as f32
         } else {
