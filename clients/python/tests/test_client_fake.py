@@ -286,3 +286,36 @@ def test_closed_client_refuses(fake):
     c.close()
     with pytest.raises(RuntimeError, match="closed"):
         c.score("p", imgs(1))
+
+
+def _child_scores(client, aclient, q):
+    try:
+        img = [np.full((4, 4, 3), 51, np.uint8)]
+        r1 = client.score("p", img).scores.tolist()
+
+        async def main():
+            return (await aclient.score("p", img)).scores.tolist()
+
+        q.put((r1, asyncio.run(main())))
+    except Exception as e:  # noqa: BLE001
+        q.put(repr(e))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_clients_made_before_fork_work_in_children(fake):
+    import multiprocessing as mp
+
+    client = RewardClient(fake.target)
+    aclient = AsyncRewardClient(fake.target)
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    for round_ in range(2):  # before and after the parent used the client itself
+        procs = [ctx.Process(target=_child_scores, args=(client, aclient, q)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        got = [q.get(timeout=30) for _ in procs]
+        for p in procs:
+            p.join(timeout=30)
+        assert got == [([0.2], [0.2])] * 2, got
+        assert client.score("p", [np.full((4, 4, 3), 51, np.uint8)]).scores.tolist() == [0.2]
+    client.close()
