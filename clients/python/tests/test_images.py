@@ -93,3 +93,14 @@ def test_torch_tensors():
     np.testing.assert_array_equal(raw(to_image_message(chw01.to(torch.bfloat16))),
                                   np.rint(np.clip(chw01.to(torch.bfloat16).float().permute(1, 2, 0).numpy(), 0, 1) * 255))
     np.testing.assert_array_equal(raw(to_image_message(torch.from_numpy(a).permute(2, 0, 1).contiguous())), a)
+
+
+def test_torch_batch_range_is_decided_once():
+    torch = pytest.importorskip("torch")
+    from rewarddance import _core
+
+    dark = torch.full((3, 2, 2), -0.5)
+    bright = torch.full((3, 2, 2), 0.5)  # in [-1, 1]: 0.5 -> 191; alone it would read as [0, 1] -> 128
+    prep = _core.prepare("p", torch.stack([dark, bright]))
+    np.testing.assert_array_equal(raw(prep.items[1].image), np.full((2, 2, 3), 191))
+    assert raw(to_image_message(bright))[0, 0, 0] == 128

@@ -187,7 +187,15 @@ def prepare(
 ) -> Prepared:
     if (images is None) == (videos is None):
         raise ValueError("pass exactly one of images= or videos=")
+    if value_range is not None:
+        value_range = (float(value_range[0]), float(value_range[1]))
+    cand_range = value_range
     if images is not None:
+        if value_range is None and _images.is_torch_tensor(images) and images.dim() == 4 \
+                and images.is_floating_point() and images.numel():
+            # One [-1, 1] vs [0, 1] decision for the whole batch: a bright image of a [-1, 1]
+            # batch may have no negative value of its own.
+            cand_range = (-1.0, 1.0) if float(images.min()) < 0.0 else (0.0, 1.0)
         cands = _image_list(images, "images")
         kind = "image"
     else:
@@ -203,12 +211,10 @@ def prepare(
     instr_list = _per_item(instructions, n, "instructions")
     modes = _per_item(mode, n, "mode") if isinstance(mode, (list, tuple)) else [mode] * n
     modes = [parse_mode(m) for m in modes]
-    if value_range is not None:
-        value_range = (float(value_range[0]), float(value_range[1]))
 
     cache: Dict[int, Any] = {}  # id(obj) -> Image or exception (same reference for a whole group)
 
-    def convert(x: Any) -> pb.Image:
+    def convert(x: Any, vrange: Any = value_range) -> pb.Image:
         key = id(x)
         if key in cache:
             hit = cache[key]
@@ -216,7 +222,7 @@ def prepare(
                 raise hit
             return hit
         try:
-            msg = _images.to_image_message(x, raw_max_bytes=raw_max_bytes, value_range=value_range)
+            msg = _images.to_image_message(x, raw_max_bytes=raw_max_bytes, value_range=vrange)
         except _images.ImageConversionError as e:
             cache[key] = e
             raise
@@ -235,7 +241,7 @@ def prepare(
             item.instruction = instr_list[i]
         try:
             if kind == "image":
-                item.image.CopyFrom(convert(cands[i]))
+                item.image.CopyFrom(convert(cands[i], cand_range))
             else:
                 frames = cands[i]
                 frames = _split_batch(frames) if _images.is_batch_array(frames) else list(frames)
