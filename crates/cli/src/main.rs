@@ -8,6 +8,7 @@ mod bench_model;
 mod evaluate;
 mod model_args;
 mod score;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,8 @@ enum Command {
     Score(Box<score::ScoreArgs>),
     /// Measure model throughput (random weights at real shapes, or a checkpoint) and MFU.
     BenchModel(bench_model::BenchModelArgs),
+    /// Serve the gRPC API (RewardService, health, reflection) with /metrics, until SIGTERM.
+    Serve(Box<serve::ServeArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +35,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Score(args) => score::run(*args),
         Command::BenchModel(args) => bench_model::run(args),
+        Command::Serve(args) => serve::run(*args),
     };
     match result {
         Ok(code) => code,

@@ -32,7 +32,7 @@ pub(crate) enum WorkerStatus {
 /// Messages to the batcher task.
 pub(crate) enum BatcherMsg {
     /// A prepared item joins the queue.
-    Job(PreparedJob),
+    Job(Box<PreparedJob>),
     /// Worker `worker` is idle and takes its next batch on `tx`.
     Ready {
         worker: usize,
@@ -68,7 +68,7 @@ pub(crate) async fn run(
         };
         let Some(msg) = msg else { break };
         match msg {
-            BatcherMsg::Job(job) => queue.push_back(job),
+            BatcherMsg::Job(job) => queue.push_back(*job),
             BatcherMsg::Ready { worker, tx } => idle.push_back((worker, tx)),
             BatcherMsg::Status { worker, status } => {
                 if let Some(slot) = statuses.get_mut(worker) {
@@ -81,7 +81,7 @@ pub(crate) async fn run(
         // becomes one batch rather than several.
         while let Ok(msg) = rx.try_recv() {
             match msg {
-                BatcherMsg::Job(job) => queue.push_back(job),
+                BatcherMsg::Job(job) => queue.push_back(*job),
                 BatcherMsg::Ready { worker, tx } => idle.push_back((worker, tx)),
                 BatcherMsg::Status { worker, status } => {
                     if let Some(slot) = statuses.get_mut(worker) {

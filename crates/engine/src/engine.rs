@@ -279,16 +279,14 @@ fn preprocess(inner: &Inner, mut job: Job) {
     metrics::record_preprocess(job.timing.preprocess.as_secs_f64());
     match prepared {
         Ok(Ok(prepared)) => {
-            let msg = BatcherMsg::Job(PreparedJob {
+            let msg = BatcherMsg::Job(Box::new(PreparedJob {
                 job,
                 prepared,
                 enqueued: Instant::now(),
-            });
-            if let Err(mpsc::error::SendError(msg)) = inner.to_batcher.send(msg) {
-                if let BatcherMsg::Job(p) = msg {
-                    p.job
-                        .fail(ItemError::new(FailureKind::Internal, "the batcher stopped"));
-                }
+            }));
+            if let Err(mpsc::error::SendError(BatcherMsg::Job(p))) = inner.to_batcher.send(msg) {
+                p.job
+                    .fail(ItemError::new(FailureKind::Internal, "the batcher stopped"));
             }
         }
         Ok(Err(err)) => {

@@ -1,0 +1,136 @@
+//! `rewarddance serve`: load the model on each device, start the engine and the gRPC server,
+//! serve until SIGTERM / Ctrl-C, then drain.
+//!
+//! Configuration precedence: flags > `REWARDDANCE_*` environment > `--config` file > defaults.
+//! The config file is TOML whose keys are the long flag names (`max-batch-tokens = 8192`,
+//! `addr = "0.0.0.0:50051"`); it fills the environment variables of flags that have neither a
+//! flag nor a variable set, so the clap struct stays the one source of configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, CommandFactory, FromArgMatches, Parser};
+use rewarddance_engine::{Backend, Engine};
+use rewarddance_server::{telemetry, ServerArgs};
+
+use crate::model_args::ModelArgs;
+
+/// Arguments of `rewarddance serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+    /// TOML config file; keys are long flag names. Flags and environment variables win.
+    #[arg(long, env = "REWARDDANCE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// `serve`'s arguments on their own, for re-parsing after a config file filled the environment.
+#[derive(Parser)]
+#[command(name = "serve")]
+struct Reparse {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+/// Runs the server until it has drained after a shutdown signal.
+pub fn run(args: ServeArgs) -> Result<ExitCode> {
+    let args = match &args.config {
+        Some(path) => with_config_file(path)?,
+        None => args,
+    };
+    telemetry::init_logging(args.server.log_format, &args.server.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("rd-runtime")
+        .build()?;
+    runtime.block_on(serve(args))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let devices: Vec<String> = args
+        .model
+        .device
+        .split(',')
+        .map(|d| d.trim().to_string())
+        .filter(|d| !d.is_empty())
+        .collect();
+    if devices.is_empty() {
+        bail!("--device names no device");
+    }
+    let mut backends: Vec<Arc<dyn Backend>> = Vec::with_capacity(devices.len());
+    for device in &devices {
+        let mut per_device = args.model.clone();
+        per_device.device = device.clone();
+        let model = tokio::task::spawn_blocking(move || per_device.load())
+            .await
+            .context("model loading task")??;
+        tracing::info!(model = model.id(), %device, dtype = ?model.dtype(), "model loaded");
+        backends.push(Arc::new(model));
+    }
+    let engine = Engine::start(backends, args.server.engine_config())?;
+    if !args.server.no_metrics {
+        let bound = telemetry::serve_metrics(args.server.metrics_addr).await?;
+        tracing::info!(addr = %bound, "metrics on http://{bound}/metrics");
+    }
+    let (listener, addr) = rewarddance_server::bind(&args.server).await?;
+    tracing::info!(%addr, "listening");
+    let warm = engine.clone();
+    tokio::spawn(async move {
+        match warm.ready().await {
+            Ok(()) => tracing::info!("warm-up done: SERVING"),
+            Err(why) => tracing::error!(%why, "warm-up failed: NOT_SERVING"),
+        }
+    });
+    rewarddance_server::run(
+        engine,
+        &args.server,
+        listener,
+        rewarddance_server::shutdown_signal(),
+    )
+    .await
+}
+
+/// Reads the config file into the environment of unset flags and parses `serve` again.
+fn with_config_file(path: &PathBuf) -> Result<ServeArgs> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let command = Reparse::command();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    for (key, value) in table {
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()))
+            .with_context(|| format!("{}: unknown setting {key:?}", path.display()))?;
+        let Some(env) = arg.get_env() else {
+            bail!("{}: {key:?} cannot be set from a file", path.display());
+        };
+        let given_as_flag = argv.iter().any(|a| {
+            let a = a.to_string_lossy();
+            a == format!("--{key}") || a.starts_with(&format!("--{key}="))
+        });
+        if given_as_flag || std::env::var_os(env).is_some() {
+            continue;
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join(","),
+            other => other.to_string(),
+        };
+        // Single-threaded here: no runtime or worker threads have started yet.
+        std::env::set_var(env, value);
+    }
+    let matches = command.try_get_matches_from(std::env::args_os().skip(1))?;
+    Ok(Reparse::from_arg_matches(&matches)?.args)
+}

@@ -1,0 +1,142 @@
+//! `serve` settings: the one source of configuration for the service (flags, each with a
+//! `REWARDDANCE_*` environment variable; the CLI may also fill them from a config file).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use rewarddance_engine::EngineConfig;
+
+/// Default gRPC listen address.
+pub const DEFAULT_ADDR: &str = "0.0.0.0:50051";
+/// Default Prometheus `/metrics` listen address.
+pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9090";
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything `rewarddance serve` configures besides the model.
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// gRPC listen address (`127.0.0.1:0` picks a free port; the bound address is logged).
+    #[arg(long, env = "REWARDDANCE_ADDR", default_value = DEFAULT_ADDR)]
+    pub addr: SocketAddr,
+    /// Prometheus `/metrics` listen address.
+    #[arg(long, env = "REWARDDANCE_METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: SocketAddr,
+    /// Do not serve `/metrics`.
+    #[arg(long, env = "REWARDDANCE_NO_METRICS")]
+    pub no_metrics: bool,
+    /// Token budget of one device batch.
+    #[arg(long, env = "REWARDDANCE_MAX_BATCH_TOKENS", default_value_t = 16_384)]
+    pub max_batch_tokens: usize,
+    /// Most items in one device batch.
+    #[arg(long, env = "REWARDDANCE_MAX_BATCH_ITEMS", default_value_t = 64)]
+    pub max_batch_items: usize,
+    /// Longest wait, in milliseconds, for a batch to fill under light load (0: never wait).
+    #[arg(long, env = "REWARDDANCE_MAX_BATCH_DELAY_MS", default_value_t = 2)]
+    pub max_batch_delay_ms: u64,
+    /// Most items held at once (queued, preprocessing or computing); past it, calls get
+    /// RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = "REWARDDANCE_MAX_QUEUE_ITEMS", default_value_t = 4096)]
+    pub max_queue_items: usize,
+    /// Threads decoding and tiling images (default: one per CPU core).
+    #[arg(long, env = "REWARDDANCE_PREPROCESS_THREADS")]
+    pub preprocess_threads: Option<usize>,
+    /// Most items in one ScoreRequest.
+    #[arg(
+        long,
+        env = "REWARDDANCE_MAX_ITEMS_PER_REQUEST",
+        default_value_t = 1024
+    )]
+    pub max_items_per_request: usize,
+    /// Largest request message in bytes.
+    #[arg(long, env = "REWARDDANCE_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
+    pub max_message_bytes: usize,
+    /// Unanswered items one ScoreStream may have before the server stops reading it.
+    #[arg(long, env = "REWARDDANCE_MAX_STREAM_IN_FLIGHT", default_value_t = 256)]
+    pub max_stream_in_flight: usize,
+    /// Consecutive failed batches after which a device reports NOT_SERVING.
+    #[arg(long, env = "REWARDDANCE_MAX_WORKER_FAILURES", default_value_t = 3)]
+    pub max_worker_failures: u32,
+    /// Seconds to finish accepted items after SIGTERM / Ctrl-C before exiting anyway.
+    #[arg(long, env = "REWARDDANCE_DRAIN_TIMEOUT_S", default_value_t = 30)]
+    pub drain_timeout_s: u64,
+    /// Require `authorization: Bearer <TOKEN>` on RewardService calls.
+    #[arg(long, env = "REWARDDANCE_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    /// Read the bearer token from this file (trailing whitespace trimmed).
+    #[arg(
+        long,
+        env = "REWARDDANCE_AUTH_TOKEN_FILE",
+        conflicts_with = "auth_token"
+    )]
+    pub auth_token_file: Option<PathBuf>,
+    /// PEM certificate chain: serve TLS (needs --tls-key).
+    #[arg(long, env = "REWARDDANCE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "REWARDDANCE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "REWARDDANCE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// Log filter (`tracing` env-filter syntax, e.g. `info,rewarddance_engine=debug`).
+    #[arg(long, env = "REWARDDANCE_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl ServerArgs {
+    /// The engine part of the settings.
+    pub fn engine_config(&self) -> EngineConfig {
+        let defaults = EngineConfig::default();
+        EngineConfig {
+            max_batch_tokens: self.max_batch_tokens,
+            max_batch_items: self.max_batch_items,
+            max_batch_delay: Duration::from_millis(self.max_batch_delay_ms),
+            max_queue_items: self.max_queue_items,
+            preprocess_threads: self
+                .preprocess_threads
+                .unwrap_or(defaults.preprocess_threads),
+            max_consecutive_failures: self.max_worker_failures,
+        }
+    }
+
+    /// The bearer token, from the flag or the file.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        match (&self.auth_token, &self.auth_token_file) {
+            (Some(t), _) => Ok(Some(t.clone())),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("reading auth token file {}: {e}", path.display())
+                })?;
+                Ok(Some(text.trim_end().to_string()))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Drain timeout as a duration.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_s)
+    }
+}
+
+impl Default for ServerArgs {
+    /// The flag defaults, for embedding and tests.
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: ServerArgs,
+        }
+        <Wrapper as clap::Parser>::parse_from(["serve"]).args
+    }
+}

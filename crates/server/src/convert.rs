@@ -1,0 +1,220 @@
+//! Proto messages to engine items and engine results to proto messages. Validation that needs
+//! no model (shapes, required fields) happens here, so malformed items never enter the queue.
+
+use std::time::Duration;
+
+use rewarddance_engine::{FailureKind, ItemError, ItemResult, Timing};
+use rewarddance_model::{Candidate, ImageInput, Mode, ScoreItem};
+use rewarddance_proto::v1;
+
+use crate::status;
+
+fn invalid(message: impl Into<String>) -> ItemError {
+    ItemError::new(FailureKind::InvalidArgument, message)
+}
+
+/// Converts one proto item, checking what can be checked without the model.
+pub fn item(item: v1::ScoreItem, max_image_pixels: u64) -> Result<ScoreItem, ItemError> {
+    if item.prompt.trim().is_empty() {
+        return Err(invalid("prompt is empty"));
+    }
+    let reference = item
+        .reference
+        .map(|r| image(r, "reference", max_image_pixels))
+        .transpose()?;
+    let candidate = match item.candidate {
+        Some(v1::score_item::Candidate::Image(img)) => {
+            Candidate::Image(image(img, "image", max_image_pixels)?)
+        }
+        Some(v1::score_item::Candidate::Video(video)) => {
+            if video.frames.is_empty() {
+                return Err(invalid("video has no frames"));
+            }
+            let frames = video
+                .frames
+                .into_iter()
+                .enumerate()
+                .map(|(i, f)| image(f, &format!("video frame {i}"), max_image_pixels))
+                .collect::<Result<Vec<_>, _>>()?;
+            Candidate::Video(frames)
+        }
+        None => return Err(invalid("no candidate: set `image` or `video`")),
+    };
+    let mode = match v1::Mode::try_from(item.mode) {
+        Ok(v1::Mode::Pointwise) => Mode::Pointwise,
+        Ok(v1::Mode::Pairwise) => Mode::Pairwise,
+        Ok(v1::Mode::Unspecified) if reference.is_some() => Mode::Pairwise,
+        Ok(v1::Mode::Unspecified) => Mode::Pointwise,
+        Err(_) => return Err(invalid(format!("unknown mode {}", item.mode))),
+    };
+    Ok(ScoreItem {
+        prompt: item.prompt,
+        candidate,
+        reference,
+        instruction: item.instruction,
+        mode,
+    })
+}
+
+/// Converts one image; raw pixels are checked for shape and the pixel limit here (encoded
+/// images are checked from their header by the model before decoding).
+fn image(img: v1::Image, what: &str, max_image_pixels: u64) -> Result<ImageInput, ItemError> {
+    match img.source {
+        Some(v1::image::Source::Encoded(bytes)) => {
+            if bytes.is_empty() {
+                return Err(invalid(format!("{what}: encoded image is empty")));
+            }
+            Ok(ImageInput::Encoded(bytes))
+        }
+        Some(v1::image::Source::Rgb8(raw)) => {
+            let (w, h) = (raw.width as u64, raw.height as u64);
+            if w == 0 || h == 0 {
+                return Err(invalid(format!("{what}: raw image has zero size {w}x{h}")));
+            }
+            if w * h > max_image_pixels {
+                return Err(ItemError {
+                    kind: FailureKind::InvalidArgument,
+                    reason: "image_too_large",
+                    message: format!(
+                        "{what}: image too large: {w}x{h} = {} pixels exceeds the limit of \
+                         {max_image_pixels} pixels",
+                        w * h
+                    ),
+                });
+            }
+            if raw.data.len() as u64 != w * h * 3 {
+                return Err(invalid(format!(
+                    "{what}: raw RGB8 image {w}x{h} needs {} bytes, got {}",
+                    w * h * 3,
+                    raw.data.len()
+                )));
+            }
+            Ok(ImageInput::Rgb8 {
+                width: raw.width,
+                height: raw.height,
+                data: raw.data,
+            })
+        }
+        None => Err(invalid(format!(
+            "{what}: no image data: set `encoded` or `rgb8`"
+        ))),
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Engine timing on the wire.
+pub fn timing(t: &Timing) -> v1::Timing {
+    v1::Timing {
+        queue_ms: ms(t.queue),
+        preprocess_ms: ms(t.preprocess),
+        inference_ms: ms(t.inference),
+        total_ms: ms(t.total),
+        batch_items: t.batch_items as u32,
+        batch_tokens: t.batch_tokens as u32,
+    }
+}
+
+/// One item's result on the wire.
+pub fn result(id: String, index: usize, r: &ItemResult) -> v1::ItemResult {
+    let outcome = match &r.outcome {
+        Ok(s) => v1::item_result::Outcome::Score(v1::Score {
+            p_yes: s.p_yes,
+            p_yes_vocab: s.p_yes_vocab,
+            logit_yes: s.logit_yes,
+            logit_no: s.logit_no,
+        }),
+        Err(e) => v1::item_result::Outcome::Error(status::item_error(e)),
+    };
+    v1::ItemResult {
+        id,
+        index: index as u32,
+        outcome: Some(outcome),
+        timing: Some(timing(&r.timing)),
+    }
+}
+
+/// Request-level timing: per phase, the slowest item's.
+pub fn request_timing(items: &[v1::ItemResult]) -> v1::Timing {
+    let mut t = v1::Timing::default();
+    for it in items.iter().filter_map(|r| r.timing.as_ref()) {
+        t.queue_ms = t.queue_ms.max(it.queue_ms);
+        t.preprocess_ms = t.preprocess_ms.max(it.preprocess_ms);
+        t.inference_ms = t.inference_ms.max(it.inference_ms);
+        t.total_ms = t.total_ms.max(it.total_ms);
+        t.batch_items = t.batch_items.max(it.batch_items);
+        t.batch_tokens = t.batch_tokens.max(it.batch_tokens);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(w: u32, h: u32, len: usize) -> v1::Image {
+        v1::Image {
+            source: Some(v1::image::Source::Rgb8(v1::RawImage {
+                width: w,
+                height: h,
+                data: vec![0; len],
+            })),
+        }
+    }
+
+    fn proto_item(img: v1::Image) -> v1::ScoreItem {
+        v1::ScoreItem {
+            prompt: "a cat".into(),
+            candidate: Some(v1::score_item::Candidate::Image(img)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn raw_images_are_checked_before_the_queue() {
+        assert!(item(proto_item(raw(2, 2, 12)), 100).is_ok());
+        let e = item(proto_item(raw(2, 2, 11)), 100).expect_err("short");
+        assert!(e.message.contains("needs 12 bytes"), "{e}");
+        let e = item(proto_item(raw(20, 20, 1200)), 100).expect_err("big");
+        assert_eq!(e.reason, "image_too_large");
+        assert_eq!(
+            item(proto_item(raw(0, 2, 0)), 100).unwrap_err().kind,
+            FailureKind::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn mode_defaults_follow_the_reference() {
+        let mut it = proto_item(raw(2, 2, 12));
+        assert_eq!(item(it.clone(), 100).expect("ok").mode, Mode::Pointwise);
+        it.reference = Some(raw(2, 2, 12));
+        assert_eq!(item(it.clone(), 100).expect("ok").mode, Mode::Pairwise);
+        it.mode = 9;
+        assert!(item(it, 100).is_err());
+    }
+
+    #[test]
+    fn missing_parts_are_item_errors() {
+        let mut it = proto_item(raw(2, 2, 12));
+        it.prompt = " ".into();
+        assert!(item(it, 100).is_err());
+        let none = v1::ScoreItem {
+            prompt: "p".into(),
+            ..Default::default()
+        };
+        assert!(item(none, 100)
+            .unwrap_err()
+            .message
+            .contains("no candidate"));
+        let video = v1::ScoreItem {
+            prompt: "p".into(),
+            candidate: Some(v1::score_item::Candidate::Video(v1::Video {
+                frames: vec![],
+            })),
+            ..Default::default()
+        };
+        assert!(item(video, 100).is_err());
+    }
+}

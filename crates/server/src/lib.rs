@@ -1,0 +1,188 @@
+//! # rewarddance-server
+//!
+//! The gRPC face of the reward model: `rewarddance.v1.RewardService` (Score, ScoreStream,
+//! Info) over the [`rewarddance_engine`] batcher, the standard `grpc.health.v1` service
+//! (per-service status, NOT_SERVING until the warm-up forward ran), server reflection,
+//! optional bearer-token auth and TLS, request limits, Prometheus metrics and a graceful drain.
+//!
+//! [`run`] is the whole server; the CLI's `serve` subcommand loads the model, builds the
+//! engine and calls it with a shutdown signal.
+
+mod auth;
+pub mod config;
+mod convert;
+mod service;
+pub mod status;
+mod stream;
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use rewarddance_engine::{Engine, Health};
+use rewarddance_proto::v1::reward_service_server::RewardServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+
+pub use auth::BearerAuth;
+pub use config::{LogFormat, ServerArgs};
+pub use service::RewardApi;
+
+/// Time allowed to flush the last answers once every accepted item has been answered.
+const FLUSH_GRACE: Duration = Duration::from_secs(2);
+
+/// Binds `args.addr`; the listener is passed to [`run`] (split so callers learn the port).
+pub async fn bind(args: &ServerArgs) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("binding {}", args.addr))?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}
+
+/// Serves until `shutdown` resolves, then drains: health flips to NOT_SERVING, new calls are
+/// refused with UNAVAILABLE, every accepted item is finished and answered, and the function
+/// returns (bounded by `args.drain_timeout_s`).
+pub async fn run(
+    engine: Engine,
+    args: &ServerArgs,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let auth = BearerAuth::new(args.token()?);
+    let api = RewardApi::new(engine.clone(), args);
+    let reward = RewardServiceServer::new(api)
+        .max_decoding_message_size(args.max_message_bytes)
+        .max_encoding_message_size(args.max_message_bytes);
+    let checker = auth.clone();
+    let reward = InterceptedService::new(reward, move |r| checker.check(r));
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health_task = tokio::spawn(mirror_health(engine.clone(), reporter));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(rewarddance_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+
+    let mut builder = Server::builder();
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let cert = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+        let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+            .context("TLS configuration")?;
+    }
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        %addr,
+        tls = args.tls_cert.is_some(),
+        auth = auth.enabled(),
+        "serving rewarddance.v1.RewardService"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain_engine = engine.clone();
+    let drain_started = tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutdown requested: draining");
+        drain_engine.close();
+        let _ = stop_tx.send(());
+    });
+    let server = builder
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reward)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(server);
+
+    // Serve until the shutdown signal, then bound the drain.
+    tokio::select! {
+        result = &mut server => {
+            result.context("gRPC server failed")?;
+            drain_started.abort();
+            health_task.abort();
+            tracing::info!(unanswered = engine.in_flight(), "server stopped");
+            return Ok(());
+        }
+        _ = wait_draining(&engine) => {}
+    }
+    let drain = async {
+        engine.drained().await;
+        tracing::info!("every accepted item answered");
+        // In-flight handlers now write their answers; long-lived streams that outlive this
+        // (health watches, idle streams) do not hold the process.
+        let _ = tokio::time::timeout(FLUSH_GRACE, &mut server).await;
+    };
+    if tokio::time::timeout(args.drain_timeout(), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            unanswered = engine.in_flight(),
+            "drain timeout reached; exiting with items unanswered"
+        );
+    }
+    drain_started.abort();
+    health_task.abort();
+    tracing::info!(unanswered = engine.in_flight(), "server stopped");
+    Ok(())
+}
+
+async fn wait_draining(engine: &Engine) {
+    let mut health = engine.health();
+    while *health.borrow_and_update() != Health::Draining {
+        if health.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Mirrors the engine's health into `grpc.health.v1` for the overall server ("") and for
+/// `rewarddance.v1.RewardService`.
+async fn mirror_health(engine: Engine, reporter: tonic_health::server::HealthReporter) {
+    let mut health = engine.health();
+    loop {
+        let current = health.borrow_and_update().clone();
+        let status = if current.is_serving() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in ["", rewarddance_proto::SERVICE_NAME] {
+            reporter.set_service_status(name, status).await;
+        }
+        if health.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,327 @@
+//! `rewarddance.v1.RewardService`: Score, ScoreStream and Info over the engine.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rewarddance_engine::{metrics as names, Engine, ItemError, ItemResult, Timing};
+use rewarddance_model::prompt::PromptBuilder;
+use rewarddance_model::Mode;
+use rewarddance_proto::v1;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use crate::config::ServerArgs;
+use crate::{convert, status, stream};
+
+/// Request limits the service enforces (from [`ServerArgs`] and the model).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most items per request.
+    pub max_items_per_request: usize,
+    /// Unanswered items per stream.
+    pub max_stream_in_flight: usize,
+    /// Pixel limit for raw images (the model checks encoded ones).
+    pub max_image_pixels: u64,
+}
+
+/// The service implementation (cheap to clone).
+#[derive(Clone)]
+pub struct RewardApi {
+    pub(crate) engine: Engine,
+    pub(crate) limits: Limits,
+    pub(crate) model_id: Arc<str>,
+    info: Arc<v1::InfoResponse>,
+}
+
+impl RewardApi {
+    /// Builds the service over a started engine.
+    pub fn new(engine: Engine, args: &ServerArgs) -> Self {
+        let model = engine.backends()[0].model();
+        let limits = Limits {
+            max_items_per_request: args.max_items_per_request,
+            max_stream_in_flight: args.max_stream_in_flight.max(1),
+            max_image_pixels: model.options().max_image_pixels,
+        };
+        let info = Arc::new(info(&engine, args));
+        RewardApi {
+            model_id: model.id().into(),
+            engine,
+            limits,
+            info,
+        }
+    }
+
+    /// Validates and converts a request's items, then admits the valid ones. Returns, per
+    /// item, its id and either a ticket or its error.
+    pub(crate) fn admit(
+        &self,
+        request: v1::ScoreRequest,
+        deadline: Option<Instant>,
+        span: &tracing::Span,
+    ) -> Result<Vec<(String, Pending)>, ItemAdmitError> {
+        let n = request.items.len();
+        if n == 0 {
+            return Err(ItemAdmitError::Invalid("the request has no items".into()));
+        }
+        if n > self.limits.max_items_per_request {
+            return Err(ItemAdmitError::Invalid(format!(
+                "{n} items exceed the limit of {} per request",
+                self.limits.max_items_per_request
+            )));
+        }
+        let mut ids = Vec::with_capacity(n);
+        let mut converted = Vec::with_capacity(n);
+        for item in request.items {
+            ids.push(item.id.clone());
+            converted.push(convert::item(item, self.limits.max_image_pixels));
+        }
+        let good: Vec<_> = converted
+            .iter_mut()
+            .filter_map(|c| c.as_mut().ok().map(|i| std::mem::replace(i, placeholder())))
+            .collect();
+        let mut tickets = self
+            .engine
+            .submit(good, deadline, span)
+            .map_err(ItemAdmitError::Refused)?
+            .into_iter();
+        let mut out = Vec::with_capacity(n);
+        for (id, c) in ids.into_iter().zip(converted) {
+            let pending = match c {
+                Ok(_) => match tickets.next() {
+                    Some(t) => Pending::Ticket(t),
+                    None => Pending::Done(Box::new(failed(ItemError::new(
+                        rewarddance_engine::FailureKind::Internal,
+                        "lost ticket",
+                    )))),
+                },
+                Err(e) => Pending::Done(Box::new(failed(e))),
+            };
+            out.push((id, pending));
+        }
+        Ok(out)
+    }
+}
+
+/// Whole-request refusals.
+pub(crate) enum ItemAdmitError {
+    /// Malformed request (INVALID_ARGUMENT).
+    Invalid(String),
+    /// The engine refused the items (queue full or draining).
+    Refused(rewarddance_engine::SubmitError),
+}
+
+/// An item's answer, pending or known.
+pub(crate) enum Pending {
+    Ticket(rewarddance_engine::Ticket),
+    Done(Box<ItemResult>),
+}
+
+impl Pending {
+    /// Waits for the answer until `until` (then the item misses its deadline).
+    pub(crate) async fn resolve(self, until: Option<Instant>) -> ItemResult {
+        match self {
+            Pending::Done(r) => *r,
+            Pending::Ticket(t) => match until {
+                None => t.wait().await,
+                Some(at) => tokio::time::timeout_at(at.into(), t.wait())
+                    .await
+                    .unwrap_or_else(|_| failed(status::deadline_item_error())),
+            },
+        }
+    }
+}
+
+fn failed(error: ItemError) -> ItemResult {
+    ItemResult {
+        outcome: Err(error),
+        timing: Timing::default(),
+    }
+}
+
+/// A cheap stand-in left behind when an item moves into the engine.
+fn placeholder() -> rewarddance_model::ScoreItem {
+    rewarddance_model::ScoreItem {
+        prompt: String::new(),
+        candidate: rewarddance_model::Candidate::Video(Vec::new()),
+        reference: None,
+        instruction: None,
+        mode: Mode::Pointwise,
+    }
+}
+
+/// Answers a request's items in order into a response.
+pub(crate) async fn collect(
+    items: Vec<(String, Pending)>,
+    until: Option<Instant>,
+    model_id: &str,
+) -> v1::ScoreResponse {
+    let mut results = Vec::with_capacity(items.len());
+    for (index, (id, pending)) in items.into_iter().enumerate() {
+        let r = pending.resolve(until).await;
+        results.push(convert::result(id, index, &r));
+    }
+    v1::ScoreResponse {
+        timing: Some(convert::request_timing(&results)),
+        results,
+        model_id: model_id.to_string(),
+    }
+}
+
+/// When the handler must answer: the call's `grpc-timeout`, less a small margin so the answer
+/// (with per-item DEADLINE_EXCEEDED) leaves before the transport cancels the call.
+pub(crate) fn deadline_of(
+    metadata: &tonic::metadata::MetadataMap,
+    arrived: Instant,
+) -> Option<Instant> {
+    let timeout = parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)?;
+    let margin = (timeout / 20).min(Duration::from_millis(50));
+    Some(arrived + timeout.saturating_sub(margin))
+}
+
+/// Parses a `grpc-timeout` header value: up to 8 digits and a unit (H M S m u n).
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Counts one finished RPC.
+pub(crate) fn record_rpc(method: &'static str, code: tonic::Code, started: Instant) {
+    metrics::counter!(names::REQUESTS_TOTAL, "method" => method, "code" => format!("{code:?}"))
+        .increment(1);
+    metrics::histogram!(names::REQUEST_DURATION_SECONDS, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+}
+
+#[tonic::async_trait]
+impl v1::reward_service_server::RewardService for RewardApi {
+    async fn score(
+        &self,
+        request: Request<v1::ScoreRequest>,
+    ) -> Result<Response<v1::ScoreResponse>, Status> {
+        let started = Instant::now();
+        let deadline = deadline_of(request.metadata(), started);
+        let body = request.into_inner();
+        let span = tracing::info_span!("score", items = body.items.len());
+        let result = async {
+            let items = match self.admit(body, deadline, &tracing::Span::current()) {
+                Ok(items) => items,
+                Err(ItemAdmitError::Invalid(msg)) => return Err(Status::invalid_argument(msg)),
+                Err(ItemAdmitError::Refused(e)) => {
+                    tracing::warn!(error = %e, "request refused");
+                    return Err(status::submit_status(&e));
+                }
+            };
+            let response = collect(items, deadline, &self.model_id).await;
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                "answered"
+            );
+            Ok(Response::new(response))
+        }
+        .instrument(span)
+        .await;
+        let code = result
+            .as_ref()
+            .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        record_rpc("Score", code, started);
+        result
+    }
+
+    type ScoreStreamStream =
+        Pin<Box<dyn Stream<Item = Result<v1::ScoreResponse, Status>> + Send + 'static>>;
+
+    async fn score_stream(
+        &self,
+        request: Request<Streaming<v1::ScoreRequest>>,
+    ) -> Result<Response<Self::ScoreStreamStream>, Status> {
+        if *self.engine.health().borrow() == rewarddance_engine::Health::Draining {
+            record_rpc("ScoreStream", tonic::Code::Unavailable, Instant::now());
+            return Err(status::draining());
+        }
+        let deadline = deadline_of(request.metadata(), Instant::now());
+        let out = stream::spawn(self.clone(), request.into_inner(), deadline);
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn info(
+        &self,
+        _request: Request<v1::InfoRequest>,
+    ) -> Result<Response<v1::InfoResponse>, Status> {
+        record_rpc("Info", tonic::Code::Ok, Instant::now());
+        Ok(Response::new((*self.info).clone()))
+    }
+}
+
+/// The Info answer, computed once.
+fn info(engine: &Engine, args: &ServerArgs) -> v1::InfoResponse {
+    let model = engine.backends()[0].model();
+    let (yes_id, no_id) = model.prompt_builder().answer_ids();
+    let answers = &model.options().answers;
+    let default_instructions = [
+        (Mode::Pointwise, false, v1::Mode::Pointwise),
+        (Mode::Pointwise, true, v1::Mode::Pointwise),
+        (Mode::Pairwise, false, v1::Mode::Pairwise),
+    ]
+    .into_iter()
+    .map(|(mode, video, proto_mode)| v1::DefaultInstruction {
+        mode: proto_mode as i32,
+        video,
+        template: PromptBuilder::default_instruction(mode, video).to_string(),
+    })
+    .collect();
+    v1::InfoResponse {
+        model_id: model.id().to_string(),
+        layout: format!("{:?}", model.config().layout).to_lowercase(),
+        dtype: format!("{:?}", model.dtype()).to_lowercase(),
+        devices: engine.backends().iter().map(|b| b.device_name()).collect(),
+        limits: Some(v1::Limits {
+            max_batch_tokens: args.max_batch_tokens as u32,
+            max_batch_items: args.max_batch_items as u32,
+            max_items_per_request: args.max_items_per_request as u32,
+            max_message_bytes: args.max_message_bytes as u64,
+            max_image_pixels: model.options().max_image_pixels,
+            max_tiles_per_item: model.options().max_tiles_per_item as u32,
+            max_tokens_per_item: model.max_tokens_per_item() as u32,
+            max_queue_items: args.max_queue_items as u32,
+            max_stream_in_flight: args.max_stream_in_flight as u32,
+        }),
+        answer_tokens: Some(v1::AnswerTokens {
+            yes: answers.yes.clone(),
+            no: answers.no.clone(),
+            yes_id,
+            no_id,
+        }),
+        default_instructions,
+        server_version: env!("CARGO_PKG_VERSION").to_string(),
+        tile_size: model.config().tiling.image_size,
+        tokens_per_tile: model.config().tokens_per_tile() as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+    }
+}

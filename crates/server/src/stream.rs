@@ -1,0 +1,152 @@
+//! `ScoreStream`: one response per request message, in order, with a bound on unanswered
+//! items per stream (past it the server stops reading, so HTTP/2 flow control pushes back on
+//! the client). Bad items and a full queue are per-item errors; the stream survives them.
+//! When the client goes away, the pending tickets are dropped and the engine drops their items.
+
+use std::time::Instant;
+
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use rewarddance_engine::Health;
+use rewarddance_proto::v1;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+use tracing::Instrument;
+
+use crate::convert;
+use crate::service::{collect, record_rpc, ItemAdmitError, RewardApi};
+use crate::status;
+
+/// Starts the stream's pump task and returns the response stream.
+pub(crate) fn spawn(
+    api: RewardApi,
+    inbound: Streaming<v1::ScoreRequest>,
+    deadline: Option<Instant>,
+) -> ReceiverStream<Result<v1::ScoreResponse, Status>> {
+    let (tx, rx) = mpsc::channel(4);
+    let span = tracing::info_span!("score_stream");
+    tokio::spawn(pump(api, inbound, tx, deadline).instrument(span));
+    ReceiverStream::new(rx)
+}
+
+async fn pump(
+    api: RewardApi,
+    mut inbound: Streaming<v1::ScoreRequest>,
+    out: mpsc::Sender<Result<v1::ScoreResponse, Status>>,
+    deadline: Option<Instant>,
+) {
+    let started = Instant::now();
+    let mut health = api.engine.health();
+    let mut pending = FuturesOrdered::new();
+    let mut in_flight = 0usize;
+    let mut reading = true;
+    let mut end: Option<Status> = None;
+    let (mut requests, mut items_total) = (0u64, 0u64);
+    loop {
+        if !reading && pending.is_empty() {
+            break;
+        }
+        let can_read = reading && in_flight < api.limits.max_stream_in_flight;
+        tokio::select! {
+            biased;
+            _ = out.closed() => {
+                tracing::debug!("client went away; dropping its pending items");
+                record_rpc("ScoreStream", tonic::Code::Cancelled, started);
+                return;
+            }
+            Some((n, response)) = pending.next(), if !pending.is_empty() => {
+                in_flight -= n;
+                if out.send(Ok(response)).await.is_err() {
+                    record_rpc("ScoreStream", tonic::Code::Cancelled, started);
+                    return;
+                }
+            }
+            changed = health.changed(), if reading => {
+                if changed.is_err() || *health.borrow_and_update() == Health::Draining {
+                    reading = false;
+                    end = Some(status::draining());
+                }
+            }
+            message = inbound.message(), if can_read => match message {
+                Ok(Some(request)) => {
+                    requests += 1;
+                    let n = request.items.len();
+                    items_total += n as u64;
+                    match admit(&api, request, deadline) {
+                        Ok(fut) => {
+                            in_flight += n;
+                            pending.push_back(async move { (n, fut.await) });
+                        }
+                        Err(stop) => {
+                            reading = false;
+                            end = Some(stop);
+                        }
+                    }
+                }
+                Ok(None) => reading = false,
+                Err(e) => {
+                    tracing::debug!(error = %e, "stream read failed");
+                    reading = false;
+                    end = Some(e);
+                }
+            },
+        }
+    }
+    let code = end.as_ref().map_or(tonic::Code::Ok, |s| s.code());
+    tracing::debug!(requests, items = items_total, ?code, "stream finished");
+    record_rpc("ScoreStream", code, started);
+    if let Some(status) = end {
+        let _ = out.send(Err(status)).await;
+    }
+}
+
+type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = v1::ScoreResponse> + Send>>;
+
+/// Admits one request message. `Err(status)` ends the stream (draining);
+/// request-level problems become per-item errors in an immediate response.
+fn admit(
+    api: &RewardApi,
+    request: v1::ScoreRequest,
+    deadline: Option<Instant>,
+) -> Result<Answer, Status> {
+    let ids: Vec<String> = request.items.iter().map(|i| i.id.clone()).collect();
+    let model_id = api.model_id.clone();
+    let error_all = |e: rewarddance_engine::ItemError| -> Answer {
+        let results: Vec<v1::ItemResult> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                convert::result(
+                    id.clone(),
+                    i,
+                    &rewarddance_engine::ItemResult {
+                        outcome: Err(e.clone()),
+                        timing: Default::default(),
+                    },
+                )
+            })
+            .collect();
+        let response = v1::ScoreResponse {
+            timing: Some(convert::request_timing(&results)),
+            results,
+            model_id: model_id.to_string(),
+        };
+        Box::pin(async move { response })
+    };
+    match api.admit(request, deadline, &tracing::Span::current()) {
+        Ok(items) => {
+            let model_id = api.model_id.clone();
+            Ok(Box::pin(async move {
+                collect(items, deadline, &model_id).await
+            }))
+        }
+        Err(ItemAdmitError::Invalid(msg)) => Ok(error_all(rewarddance_engine::ItemError::new(
+            rewarddance_engine::FailureKind::InvalidArgument,
+            msg,
+        ))),
+        Err(ItemAdmitError::Refused(rewarddance_engine::SubmitError::ShuttingDown)) => {
+            Err(status::draining())
+        }
+        Err(ItemAdmitError::Refused(e)) => Ok(error_all(status::submit_item_error(&e))),
+    }
+}

@@ -1,0 +1,197 @@
+//! A real server on a loopback ephemeral port with the bundled model, and a tonic client.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rewarddance_engine::{Backend, Engine};
+use rewarddance_model::{Checkpoint, LoadOptions, PreparedItem, RewardModel, Score};
+use rewarddance_proto::v1;
+use rewarddance_proto::v1::reward_service_client::RewardServiceClient;
+use rewarddance_server::ServerArgs;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// The bundled model with test hooks: a delay per batch, a panic on the prompt "PANIC", a gate
+/// that holds every forward (warm-up included) until opened, and a count of scored items.
+pub struct TestBackend {
+    pub model: RewardModel,
+    pub delay: Duration,
+    pub scored: AtomicUsize,
+    pub gate_open: AtomicBool,
+}
+
+impl TestBackend {
+    pub fn new(delay: Duration) -> Arc<Self> {
+        Arc::new(TestBackend {
+            model: RewardModel::load(&Checkpoint::bundled(), LoadOptions::default())
+                .expect("bundled model"),
+            delay,
+            scored: AtomicUsize::new(0),
+            gate_open: AtomicBool::new(true),
+        })
+    }
+
+    pub fn scored(&self) -> usize {
+        self.scored.load(Ordering::SeqCst)
+    }
+}
+
+impl Backend for TestBackend {
+    fn model(&self) -> &RewardModel {
+        &self.model
+    }
+    fn score_prepared(&self, batch: &[&PreparedItem]) -> rewarddance_model::Result<Vec<Score>> {
+        while !self.gate_open.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if batch.iter().any(|p| p.user_content.contains("PANIC")) {
+            panic!("injected panic");
+        }
+        std::thread::sleep(self.delay);
+        self.scored.fetch_add(batch.len(), Ordering::SeqCst);
+        self.model.score_prepared(batch)
+    }
+}
+
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub engine: Engine,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    /// Starts a server; does not wait for warm-up.
+    pub async fn start_cold(backend: Arc<TestBackend>, mut args: ServerArgs) -> TestServer {
+        args.addr = "127.0.0.1:0".parse().expect("addr");
+        let engine =
+            Engine::start(vec![backend as Arc<dyn Backend>], args.engine_config()).expect("engine");
+        let (listener, addr) = rewarddance_server::bind(&args).await.expect("bind");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let e = engine.clone();
+        let task = tokio::spawn(async move {
+            rewarddance_server::run(e, &args, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        TestServer {
+            addr,
+            engine,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Starts a server and waits until it is SERVING.
+    pub async fn start(backend: Arc<TestBackend>, args: ServerArgs) -> TestServer {
+        let server = Self::start_cold(backend, args).await;
+        tokio::time::timeout(Duration::from_secs(60), server.engine.ready())
+            .await
+            .expect("warm-up in time")
+            .expect("warm-up ok");
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn client(&self) -> RewardServiceClient<Channel> {
+        RewardServiceClient::connect(self.url())
+            .await
+            .expect("connect")
+    }
+
+    /// Signals shutdown and waits for the drain to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(60), task)
+                .await
+                .expect("drained in time")
+                .expect("join")
+                .expect("server ok");
+        }
+    }
+
+    /// Signals shutdown without waiting.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn args() -> ServerArgs {
+    ServerArgs {
+        no_metrics: true,
+        ..ServerArgs::default()
+    }
+}
+
+pub fn raw_image(width: u32, height: u32, seed: u8) -> v1::Image {
+    let data = (0..width * height * 3)
+        .map(|i| (i as u8).wrapping_mul(seed).wrapping_add(seed))
+        .collect();
+    v1::Image {
+        source: Some(v1::image::Source::Rgb8(v1::RawImage {
+            width,
+            height,
+            data,
+        })),
+    }
+}
+
+pub fn png_image(width: u32, height: u32, seed: u8) -> v1::Image {
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([
+            (x as u8).wrapping_mul(seed),
+            (y as u8).wrapping_add(seed),
+            seed,
+        ])
+    });
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut bytes, image::ImageFormat::Png)
+        .expect("png");
+    v1::Image {
+        source: Some(v1::image::Source::Encoded(bytes.into_inner())),
+    }
+}
+
+pub fn item(id: &str, prompt: &str, seed: u8) -> v1::ScoreItem {
+    v1::ScoreItem {
+        id: id.into(),
+        prompt: prompt.into(),
+        candidate: Some(v1::score_item::Candidate::Image(raw_image(
+            40 + seed as u32,
+            30 + seed as u32,
+            seed,
+        ))),
+        ..Default::default()
+    }
+}
+
+pub fn request(items: Vec<v1::ScoreItem>) -> v1::ScoreRequest {
+    v1::ScoreRequest { items }
+}
+
+pub fn score_of(r: &v1::ItemResult) -> &v1::Score {
+    match &r.outcome {
+        Some(v1::item_result::Outcome::Score(s)) => s,
+        other => panic!("item {} not scored: {other:?}", r.id),
+    }
+}
+
+pub fn error_of(r: &v1::ItemResult) -> &v1::ItemError {
+    match &r.outcome {
+        Some(v1::item_result::Outcome::Error(e)) => e,
+        other => panic!("item {} did not fail: {other:?}", r.id),
+    }
+}

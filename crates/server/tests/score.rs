@@ -1,0 +1,388 @@
+//! Score / Info end to end over loopback: parity with in-process scores, bad items, limits,
+//! overload, deadlines, panics, auth, and 64 concurrent clients.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rewarddance_model::{Candidate, ImageInput, Mode, ScoreItem};
+use rewarddance_proto::v1;
+use tonic::Code;
+
+fn to_model_image(img: &v1::Image) -> ImageInput {
+    match img.source.as_ref().expect("source") {
+        v1::image::Source::Encoded(b) => ImageInput::Encoded(b.clone()),
+        v1::image::Source::Rgb8(r) => ImageInput::Rgb8 {
+            width: r.width,
+            height: r.height,
+            data: r.data.clone(),
+        },
+    }
+}
+
+fn to_model_item(item: &v1::ScoreItem) -> ScoreItem {
+    let candidate = match item.candidate.as_ref().expect("candidate") {
+        v1::score_item::Candidate::Image(i) => Candidate::Image(to_model_image(i)),
+        v1::score_item::Candidate::Video(v) => {
+            Candidate::Video(v.frames.iter().map(to_model_image).collect())
+        }
+    };
+    ScoreItem {
+        prompt: item.prompt.clone(),
+        candidate,
+        reference: item.reference.as_ref().map(to_model_image),
+        instruction: item.instruction.clone(),
+        mode: if item.reference.is_some() {
+            Mode::Pairwise
+        } else {
+            Mode::Pointwise
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scores_equal_the_model_crates_in_process_scores() {
+    let backend = TestBackend::new(Duration::ZERO);
+    let server = TestServer::start(backend.clone(), args()).await;
+    let mut items: Vec<v1::ScoreItem> = (1..=4)
+        .map(|s| item(&format!("r{s}"), "a red fox", s))
+        .collect();
+    items.push(v1::ScoreItem {
+        id: "png".into(),
+        prompt: "a blue square".into(),
+        candidate: Some(v1::score_item::Candidate::Image(png_image(500, 300, 3))),
+        ..Default::default()
+    });
+    items.push(v1::ScoreItem {
+        id: "pair".into(),
+        prompt: "two cats".into(),
+        candidate: Some(v1::score_item::Candidate::Image(raw_image(64, 48, 5))),
+        reference: Some(png_image(60, 60, 9)),
+        ..Default::default()
+    });
+    items.push(v1::ScoreItem {
+        id: "video".into(),
+        prompt: "a running dog".into(),
+        candidate: Some(v1::score_item::Candidate::Video(v1::Video {
+            frames: (1..=3).map(|s| raw_image(32, 32, s)).collect(),
+        })),
+        instruction: Some("Rate this video for {prompt}. Answer yes or no.".into()),
+        mode: v1::Mode::Pointwise as i32,
+        ..Default::default()
+    });
+    let mut client = server.client().await;
+    let response = client
+        .score(request(items.clone()))
+        .await
+        .expect("score")
+        .into_inner();
+    assert_eq!(response.model_id, rewarddance_model::BUNDLED_MODEL_ID);
+    assert_eq!(response.results.len(), items.len());
+    for (i, (item, result)) in items.iter().zip(&response.results).enumerate() {
+        assert_eq!(result.id, item.id);
+        assert_eq!(result.index as usize, i);
+        let expected = backend
+            .model
+            .score(&[to_model_item(item)])
+            .remove(0)
+            .expect("in-process");
+        let got = score_of(result);
+        assert!(
+            (got.p_yes - expected.p_yes).abs() < 1e-5,
+            "{}: {got:?} vs {expected:?}",
+            item.id
+        );
+        assert!((got.p_yes_vocab - expected.p_yes_vocab).abs() < 1e-5);
+        assert!((got.logit_yes - expected.logit_yes).abs() < 1e-4);
+        assert!((got.logit_no - expected.logit_no).abs() < 1e-4);
+        let timing = result.timing.as_ref().expect("timing");
+        assert!(timing.batch_items >= 1 && timing.total_ms > 0.0);
+    }
+    assert!(response.timing.expect("timing").inference_ms > 0.0);
+
+    let info = client
+        .info(v1::InfoRequest {})
+        .await
+        .expect("info")
+        .into_inner();
+    assert_eq!(info.model_id, rewarddance_model::BUNDLED_MODEL_ID);
+    assert_eq!(info.devices, vec!["cpu".to_string()]);
+    assert_eq!(info.dtype, "f32");
+    let limits = info.limits.expect("limits");
+    assert_eq!(limits.max_items_per_request, 1024);
+    assert_eq!(limits.max_batch_tokens, 16_384);
+    assert_eq!(info.answer_tokens.expect("answers").yes, "yes");
+    assert_eq!(info.default_instructions.len(), 3);
+    assert!(!info.server_version.is_empty());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_item_amid_good_ones_fails_alone() {
+    let server = TestServer::start(TestBackend::new(Duration::ZERO), args()).await;
+    let mut client = server.client().await;
+    let corrupt = v1::ScoreItem {
+        id: "corrupt".into(),
+        candidate: Some(v1::score_item::Candidate::Image(v1::Image {
+            source: Some(v1::image::Source::Encoded(b"\x89PNG nope".to_vec())),
+        })),
+        ..item("", "x", 1)
+    };
+    let short = v1::ScoreItem {
+        id: "short".into(),
+        candidate: Some(v1::score_item::Candidate::Image(v1::Image {
+            source: Some(v1::image::Source::Rgb8(v1::RawImage {
+                width: 4,
+                height: 4,
+                data: vec![0; 10],
+            })),
+        })),
+        ..item("", "x", 1)
+    };
+    let no_candidate = v1::ScoreItem {
+        id: "none".into(),
+        prompt: "x".into(),
+        ..Default::default()
+    };
+    let pairwise_without_reference = v1::ScoreItem {
+        id: "noref".into(),
+        mode: v1::Mode::Pairwise as i32,
+        ..item("", "x", 2)
+    };
+    let items = vec![
+        item("ok1", "a", 1),
+        corrupt,
+        short,
+        item("ok2", "b", 2),
+        no_candidate,
+        pairwise_without_reference,
+    ];
+    let r = client
+        .score(request(items))
+        .await
+        .expect("call ok")
+        .into_inner();
+    score_of(&r.results[0]);
+    score_of(&r.results[3]);
+    for (i, reason) in [
+        (1, "invalid_image"),
+        (2, "invalid_input"),
+        (4, "invalid_input"),
+        (5, "invalid_input"),
+    ] {
+        let e = error_of(&r.results[i]);
+        assert_eq!(e.code, Code::InvalidArgument as i32, "{e:?}");
+        assert_eq!(e.reason, reason, "{e:?}");
+        assert!(!e.message.is_empty());
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_limits_are_enforced_with_clear_errors() {
+    let limits = rewarddance_server::ServerArgs {
+        max_items_per_request: 3,
+        max_message_bytes: 64 * 1024,
+        ..args()
+    };
+    let server = TestServer::start(TestBackend::new(Duration::ZERO), limits).await;
+    let mut client = server.client().await;
+    let e = client
+        .score(request((1..=4).map(|s| item("", "p", s)).collect()))
+        .await
+        .expect_err("too many items");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("limit of 3"), "{}", e.message());
+    let e = client.score(request(vec![])).await.expect_err("empty");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let big = v1::ScoreItem {
+        candidate: Some(v1::score_item::Candidate::Image(raw_image(200, 200, 1))),
+        ..item("big", "p", 1)
+    };
+    let e = client.score(request(vec![big])).await.expect_err("too big");
+    // tonic reports an over-long message as OUT_OF_RANGE, naming the limit.
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    assert!(e.message().contains("65536"), "{}", e.message());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_concurrent_clients_get_every_answer() {
+    let server = TestServer::start(TestBackend::new(Duration::ZERO), args()).await;
+    let url = server.url();
+    let mut tasks = Vec::new();
+    for c in 0..64u8 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = v1::reward_service_client::RewardServiceClient::connect(url)
+                .await
+                .expect("connect");
+            let mut scored = 0;
+            for round in 0..2u8 {
+                let items = (0..3u8)
+                    .map(|i| item(&format!("{c}-{round}-{i}"), "a tree", c.wrapping_add(i)))
+                    .collect();
+                let r = client
+                    .score(request(items))
+                    .await
+                    .expect("score")
+                    .into_inner();
+                for (i, res) in r.results.iter().enumerate() {
+                    assert_eq!(res.id, format!("{c}-{round}-{i}"));
+                    score_of(res);
+                    scored += 1;
+                }
+            }
+            scored
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .expect("in time")
+            .expect("join");
+    }
+    assert_eq!(total, 64 * 2 * 3);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_returns_resource_exhausted_at_once() {
+    let small_queue = rewarddance_server::ServerArgs {
+        max_queue_items: 4,
+        max_batch_items: 1,
+        ..args()
+    };
+    let backend = TestBackend::new(Duration::from_millis(150));
+    let server = TestServer::start(backend, small_queue).await;
+    let mut first = server.client().await;
+    let busy = tokio::spawn(async move {
+        first
+            .score(request((1..=4).map(|s| item("", "p", s)).collect()))
+            .await
+    });
+    let mut client = server.client().await;
+    // Wait until the first call's items are admitted.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while server.engine.in_flight() < 4 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("first call admitted");
+    let started = std::time::Instant::now();
+    let e = client
+        .score(request(vec![item("", "q", 1)]))
+        .await
+        .expect_err("overloaded");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(started.elapsed() < Duration::from_millis(500));
+    let r = busy
+        .await
+        .expect("join")
+        .expect("first call answered")
+        .into_inner();
+    r.results.iter().for_each(|r| {
+        score_of(r);
+    });
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_deadline_returns_deadline_exceeded_and_skips_compute() {
+    let one_at_a_time = rewarddance_server::ServerArgs {
+        max_batch_items: 1,
+        ..args()
+    };
+    let backend = TestBackend::new(Duration::from_millis(400));
+    let server = TestServer::start(backend.clone(), one_at_a_time).await;
+    let before = backend.scored();
+    let mut first = server.client().await;
+    let busy = tokio::spawn(async move { first.score(request(vec![item("busy", "p", 1)])).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut client = server.client().await;
+    let mut call = tonic::Request::new(request(vec![item("late1", "p", 2), item("late2", "p", 3)]));
+    call.set_timeout(Duration::from_millis(150));
+    match client.score(call).await {
+        Ok(r) => {
+            for res in &r.get_ref().results {
+                assert_eq!(error_of(res).code, Code::DeadlineExceeded as i32);
+            }
+        }
+        Err(status) => assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}"),
+    }
+    busy.await.expect("join").expect("busy call");
+    tokio::time::timeout(Duration::from_secs(10), server.engine.drained())
+        .await
+        .expect("drained");
+    assert_eq!(backend.scored() - before, 1, "expired items were computed");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_batch_fails_internal_and_the_server_stays_healthy() {
+    let server = TestServer::start(TestBackend::new(Duration::ZERO), args()).await;
+    let mut client = server.client().await;
+    let r = client
+        .score(request(vec![item("boom", "PANIC", 1)]))
+        .await
+        .expect("call ok")
+        .into_inner();
+    assert_eq!(error_of(&r.results[0]).code, Code::Internal as i32);
+    let r = client
+        .score(request(vec![item("fine", "a cat", 1)]))
+        .await
+        .expect("call ok")
+        .into_inner();
+    score_of(&r.results[0]);
+    assert!(server.engine.health().borrow().is_serving());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_auth_when_configured() {
+    let with_token = rewarddance_server::ServerArgs {
+        auth_token: Some("s3cret".into()),
+        ..args()
+    };
+    let server = TestServer::start(TestBackend::new(Duration::ZERO), with_token).await;
+    let mut client = server.client().await;
+    let e = client.info(v1::InfoRequest {}).await.expect_err("no token");
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut wrong = tonic::Request::new(v1::InfoRequest {});
+    wrong
+        .metadata_mut()
+        .insert("authorization", "Bearer nope".parse().expect("ascii"));
+    assert_eq!(
+        client.info(wrong).await.expect_err("wrong").code(),
+        Code::Unauthenticated
+    );
+    let mut right = tonic::Request::new(request(vec![item("a", "p", 1)]));
+    right
+        .metadata_mut()
+        .insert("authorization", "Bearer s3cret".parse().expect("ascii"));
+    let r = client.score(right).await.expect("authorised").into_inner();
+    score_of(&r.results[0]);
+    // Health checks need no token.
+    let channel = tonic::transport::Channel::from_shared(server.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: rewarddance_proto::SERVICE_NAME.into(),
+        })
+        .await
+        .expect("health without token")
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    server.shutdown().await;
+}

@@ -1,0 +1,263 @@
+//! ScoreStream, health transitions, drain and the metrics endpoint, over loopback.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use rewarddance_proto::v1;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+async fn health_client(url: String) -> HealthClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Channel::from_shared(url)
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    HealthClient::new(channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_answers_in_order_with_ids_and_survives_bad_items() {
+    let server = TestServer::start(TestBackend::new(Duration::ZERO), args()).await;
+    let mut client = server.client().await;
+    let (tx, rx) = mpsc::channel(16);
+    let mut responses = client
+        .score_stream(ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    for r in 0..5u8 {
+        let mut items = vec![
+            item(&format!("{r}-a"), "a cat", r + 1),
+            item(&format!("{r}-b"), "a dog", r + 2),
+        ];
+        if r == 2 {
+            items.push(v1::ScoreItem {
+                id: "2-bad".into(),
+                prompt: String::new(),
+                ..item("", "", 1)
+            });
+        }
+        tx.send(request(items)).await.expect("send");
+    }
+    tx.send(request(vec![])).await.expect("send empty");
+    drop(tx);
+    let mut got = Vec::new();
+    while let Some(message) = responses.next().await {
+        got.push(message.expect("response"));
+    }
+    assert_eq!(got.len(), 6);
+    for (r, response) in got.iter().take(5).enumerate() {
+        assert_eq!(response.results[0].id, format!("{r}-a"));
+        score_of(&response.results[0]);
+        score_of(&response.results[1]);
+    }
+    let bad = &got[2].results[2];
+    assert_eq!(bad.id, "2-bad");
+    assert_eq!(error_of(bad).code, Code::InvalidArgument as i32);
+    assert!(got[5].results.is_empty());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_stream_leaves_no_work_behind() {
+    let slow = rewarddance_server::ServerArgs {
+        max_batch_items: 1,
+        ..args()
+    };
+    let backend = TestBackend::new(Duration::from_millis(100));
+    let server = TestServer::start(backend.clone(), slow).await;
+    let before = backend.scored();
+    let mut client = server.client().await;
+    let (tx, rx) = mpsc::channel(64);
+    let mut responses = client
+        .score_stream(ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    for r in 0..30u8 {
+        tx.send(request(vec![item(&r.to_string(), "p", r + 1)]))
+            .await
+            .expect("send");
+    }
+    let first = responses.next().await.expect("one").expect("ok");
+    assert_eq!(first.results[0].id, "0");
+    drop(responses);
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while server.engine.in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("queued items dropped");
+    let scored = backend.scored() - before;
+    assert!(
+        scored < 10,
+        "{scored} of 30 items were computed after the cancel"
+    );
+    // Nothing else is computed later.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(backend.scored() - before, scored);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_not_serving_until_warm_up_and_during_drain() {
+    let backend = TestBackend::new(Duration::from_millis(200));
+    backend.gate_open.store(false, Ordering::SeqCst); // holds the warm-up forward
+    let mut server = TestServer::start_cold(backend.clone(), args()).await;
+    let mut health = health_client(server.url()).await;
+    let check = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    for service in ["", rewarddance_proto::SERVICE_NAME] {
+        let s = health
+            .check(check(service))
+            .await
+            .expect("check")
+            .into_inner()
+            .status;
+        assert_eq!(
+            s,
+            ServingStatus::NotServing as i32,
+            "before warm-up ({service:?})"
+        );
+    }
+    let mut watch = health
+        .watch(check(rewarddance_proto::SERVICE_NAME))
+        .await
+        .expect("watch")
+        .into_inner();
+    assert_eq!(
+        watch.next().await.expect("first").expect("ok").status,
+        ServingStatus::NotServing as i32
+    );
+    backend.gate_open.store(true, Ordering::SeqCst);
+    let serving = tokio::time::timeout(Duration::from_secs(30), watch.next())
+        .await
+        .expect("in time")
+        .expect("update")
+        .expect("ok");
+    assert_eq!(serving.status, ServingStatus::Serving as i32);
+
+    // Accepted work in flight, then shutdown: NOT_SERVING, new calls refused, work finished.
+    let mut client = server.client().await;
+    let in_flight = tokio::spawn(async move {
+        client
+            .score(request((1..=3).map(|s| item("", "p", s)).collect()))
+            .await
+    });
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while server.engine.in_flight() < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("admitted");
+    server.begin_shutdown();
+    let draining = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("in time")
+        .expect("update")
+        .expect("ok");
+    assert_eq!(draining.status, ServingStatus::NotServing as i32);
+    let refused = server.engine.submit(vec![], None, &tracing::Span::none());
+    assert!(
+        refused.is_err(),
+        "the engine refuses new work while draining"
+    );
+    let r = in_flight
+        .await
+        .expect("join")
+        .expect("accepted call answered")
+        .into_inner();
+    for res in &r.results {
+        score_of(res);
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_calls_during_drain_get_unavailable() {
+    let backend = TestBackend::new(Duration::from_millis(300));
+    let mut server = TestServer::start(backend, args()).await;
+    let mut busy_client = server.client().await;
+    let mut late_client = server.client().await;
+    let busy =
+        tokio::spawn(async move { busy_client.score(request(vec![item("a", "p", 1)])).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let e = late_client
+        .score(request(vec![item("late", "p", 2)]))
+        .await
+        .expect_err("refused while draining");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    score_of(
+        &busy
+            .await
+            .expect("join")
+            .expect("accepted call")
+            .into_inner()
+            .results[0],
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_exposes_the_named_metrics() {
+    let server = TestServer::start(TestBackend::new(Duration::ZERO), args()).await;
+    let bound = rewarddance_server::telemetry::serve_metrics("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("metrics");
+    let mut client = server.client().await;
+    client
+        .score(request(vec![item("a", "p", 1)]))
+        .await
+        .expect("score");
+    let body = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(bound).expect("connect");
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("read");
+        body
+    })
+    .await
+    .expect("join");
+    assert!(
+        body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
+        "{body}"
+    );
+    use rewarddance_engine::metrics as m;
+    for name in [
+        m::REQUESTS_TOTAL,
+        m::ITEMS_SCORED_TOTAL,
+        m::ITEMS_IN_FLIGHT,
+        m::BATCH_SIZE,
+        m::BATCH_TOKENS,
+        m::PREPROCESS_DURATION_SECONDS,
+        m::INFERENCE_DURATION_SECONDS,
+        m::QUEUE_DURATION_SECONDS,
+        m::REQUEST_DURATION_SECONDS,
+    ] {
+        assert!(body.contains(name), "{name} missing from /metrics:\n{body}");
+    }
+    assert!(
+        body.contains(&format!("{}_bucket", m::INFERENCE_DURATION_SECONDS)),
+        "histograms"
+    );
+    for name in m::ALL {
+        assert!(name.starts_with(m::PREFIX));
+    }
+    server.shutdown().await;
+}
