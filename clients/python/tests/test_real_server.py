@@ -239,3 +239,33 @@ def test_grpo_example_runs(real_server):
                         real_server.target, "--steps", "2"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "advantages" in p.stdout
+
+
+def test_rolling_restart_is_invisible(tmp_path):
+    """Two servers; one is stopped (SIGTERM: drain, then gone) while a client keeps scoring:
+    every call still succeeds, through retries on the other server."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, stop_a = start_real_server(tmp_path / "a", "--no-metrics")
+    try:
+        b, stop_b = start_real_server(tmp_path / "b", "--no-metrics")
+    except BaseException:
+        stop_a()
+        raise
+    paths = [str(p) for p in pngs()[:4]]
+    try:
+        with RewardClient([a.target, b.target], retry=FAST, chunk_size=2, timeout=30) as c:
+            want = c.score(PROMPT, paths).scores
+            stopper = threading.Thread(target=stop_a)
+            stopper.start()
+            for _ in range(20):
+                r = c.score(PROMPT, paths)
+                assert r.ok_mask.all(), r.errors
+                np.testing.assert_allclose(r.scores, want, atol=1e-6)
+            stopper.join()
+            assert a.proc.poll() is not None
+            for _ in range(5):  # chunks keep alternating targets: half of them retry on b
+                assert c.score(PROMPT, paths).ok_mask.all()
+    finally:
+        stop_a()
+        stop_b()
