@@ -7,9 +7,9 @@ import time
 import grpc
 import numpy as np
 import pytest
-
-from fake_server import FakeRewardService, FakeServer
 from conftest import free_port
+from fake_server import FakeServer
+
 from rewarddance import AsyncRewardClient, RetryPolicy, RewardClient, RewardError
 
 FAST = RetryPolicy(max_attempts=5, initial_backoff=0.01, max_backoff=0.05)
@@ -309,7 +309,7 @@ def test_clients_made_before_fork_work_in_children(fake):
     aclient = AsyncRewardClient(fake.target)
     ctx = mp.get_context("fork")
     q = ctx.Queue()
-    for round_ in range(2):  # before and after the parent used the client itself
+    for _ in range(2):  # before and after the parent used the client itself
         procs = [ctx.Process(target=_child_scores, args=(client, aclient, q)) for _ in range(2)]
         for p in procs:
             p.start()

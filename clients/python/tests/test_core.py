@@ -3,8 +3,7 @@ import grpc
 import numpy as np
 import pytest
 
-from rewarddance import RetryPolicy
-from rewarddance import _core
+from rewarddance import RetryPolicy, _core
 from rewarddance.v1 import reward_pb2 as pb
 
 

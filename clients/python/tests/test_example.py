@@ -4,8 +4,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
-
 from conftest import CLIENT_ROOT
 
 _spec = importlib.util.spec_from_file_location("grpo_rewards", CLIENT_ROOT / "examples" / "grpo_rewards.py")

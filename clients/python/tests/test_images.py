@@ -90,8 +90,9 @@ def test_torch_tensors():
     chw11 = chw01 * 2.0 - 1.0
     assert float(chw11.min()) < 0
     np.testing.assert_array_equal(raw(to_image_message(chw11)), a)
-    np.testing.assert_array_equal(raw(to_image_message(chw01.to(torch.bfloat16))),
-                                  np.rint(np.clip(chw01.to(torch.bfloat16).float().permute(1, 2, 0).numpy(), 0, 1) * 255))
+    bf16 = chw01.to(torch.bfloat16)
+    want = np.rint(np.clip(bf16.float().permute(1, 2, 0).numpy(), 0, 1) * 255)
+    np.testing.assert_array_equal(raw(to_image_message(bf16)), want)
     np.testing.assert_array_equal(raw(to_image_message(torch.from_numpy(a).permute(2, 0, 1).contiguous())), a)
 
 

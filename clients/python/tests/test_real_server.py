@@ -13,8 +13,8 @@ import threading
 import grpc
 import numpy as np
 import pytest
-
 from conftest import CLIENT_ROOT, FIXTURE_IMAGES, free_port, start_real_server
+
 from rewarddance import AsyncRewardClient, RetryPolicy, RewardClient, RewardError
 
 PIL = pytest.importorskip("PIL.Image")
