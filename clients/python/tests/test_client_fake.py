@@ -160,7 +160,9 @@ def test_ipv4_multi_address_target_balances():
         target = f"ipv4:127.0.0.1:{a.port},127.0.0.1:{b.port}"
         with RewardClient(target, chunk_size=1) as c:
             c.wait_ready(10)
-            for _ in range(3):  # round_robin connects to both subchannels; give it a moment
+            end = time.monotonic() + 10
+            # round_robin only picks READY subchannels: give the second one time to connect.
+            while not (a.service.calls and b.service.calls) and time.monotonic() < end:
                 assert c.score("p", imgs(8)).ok_mask.all()
         assert a.service.calls and b.service.calls
 

@@ -27,7 +27,8 @@ class AsyncRewardClient:
     any event loop exists, or before a fork. Its `grpc.aio` channels are created on first use
     inside the running loop; used from another loop later (a second `asyncio.run`) or in a forked
     child, it makes fresh ones. Chunks of one `score()` are sent concurrently with
-    `asyncio.gather`. Use `async with` or `await close()`.
+    `asyncio.gather`. Use `async with` or `await close()`. Use one client per event loop (the
+    usual case: one loop per process); it is not meant to be shared between threads.
     """
 
     def __init__(
