@@ -14,6 +14,8 @@ use rewarddance_model::{
     RewardModel, ScoreItem,
 };
 
+use rewarddance_model::ranking::{schedule_pairs, Schedule};
+
 use crate::model_args::parse_device;
 
 /// Arguments of `rewarddance bench-model`.
@@ -44,6 +46,10 @@ pub struct BenchModelArgs {
     /// Timed repetitions per row (after one warm-up).
     #[arg(long, default_value_t = 3)]
     iters: usize,
+    /// Instead of the throughput table, measure reuse: a group of 16 candidates against one
+    /// reference, and an all-pairs ranking of 8 candidates, with and without reuse.
+    #[arg(long)]
+    reuse: bool,
 }
 
 /// Runs the benchmark and prints a table.
@@ -66,8 +72,13 @@ pub fn run(args: BenchModelArgs) -> Result<std::process::ExitCode> {
         device: device.clone(),
         dtype: Some(dtype),
         feature_cache_bytes: 0,
+        prefix_reuse_min_tokens: usize::MAX,
+        reuse_images: false,
         ..LoadOptions::default()
     };
+    if args.reuse {
+        return reuse_table(&checkpoint, options, args.iters);
+    }
     let started = Instant::now();
     let model = RewardModel::load(&checkpoint, options).context("loading the model")?;
     eprintln!(
@@ -113,33 +124,104 @@ pub fn run(args: BenchModelArgs) -> Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// A deterministic noise image of one tile, distinct per `seed`.
+fn noise_image(side: u32, seed: u64) -> ImageInput {
+    let mut state = (seed + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let data = (0..side * side * 3)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    ImageInput::Rgb8 {
+        width: side,
+        height: side,
+        data,
+    }
+}
+
+const BENCH_PROMPT: &str =
+    "a watercolor painting of a lighthouse on a rocky coast at sunset with seagulls";
+
 /// A distinct noise image of one tile, and ~72 text tokens around it.
 fn synthetic_item(model: &RewardModel, mode: Mode, index: usize) -> ScoreItem {
     let side = model.config().tiling.image_size;
-    let image = |salt: u64| {
-        let mut state = (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt;
-        let data = (0..side * side * 3)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
-        ImageInput::Rgb8 {
-            width: side,
-            height: side,
-            data,
-        }
-    };
+    let seed = 2 * index as u64;
     ScoreItem {
-        prompt: "a watercolor painting of a lighthouse on a rocky coast at sunset with seagulls"
-            .into(),
-        candidate: Candidate::Image(image(1)),
-        reference: (mode == Mode::Pairwise).then(|| image(2)),
+        prompt: BENCH_PROMPT.into(),
+        candidate: Candidate::Image(noise_image(side, seed)),
+        reference: (mode == Mode::Pairwise).then(|| noise_image(side, seed + 1)),
         instruction: None,
         mode,
     }
+}
+
+/// Group scoring and all-pairs ranking, with reuse off (every image encoded per item, no shared
+/// prefixes) and on (each distinct image encoded once, shared prefixes computed once).
+fn reuse_table(
+    checkpoint: &Checkpoint,
+    plain: LoadOptions,
+    iters: usize,
+) -> Result<std::process::ExitCode> {
+    let reuse = LoadOptions {
+        prefix_reuse_min_tokens: LoadOptions::default().prefix_reuse_min_tokens,
+        reuse_images: true,
+        ..plain.clone()
+    };
+    let models = [
+        RewardModel::load(checkpoint, plain)?,
+        RewardModel::load(checkpoint, reuse)?,
+    ];
+    let side = models[0].config().tiling.image_size;
+    let pair = |reference: u64, candidate: u64| ScoreItem {
+        prompt: BENCH_PROMPT.into(),
+        candidate: Candidate::Image(noise_image(side, candidate)),
+        reference: Some(noise_image(side, reference)),
+        instruction: None,
+        mode: Mode::Pairwise,
+    };
+    let group: Vec<ScoreItem> = (1..=16).map(|c| pair(0, c)).collect();
+    let ranking: Vec<ScoreItem> = schedule_pairs(8, Schedule::AllPairs)
+        .into_iter()
+        .map(|(i, j)| pair(i as u64, j as u64))
+        .collect();
+    let iters = iters.max(1);
+    println!(
+        "model {}  reuse benchmark ({iters} timed runs each)",
+        models[0].id()
+    );
+    println!("| scenario | items | no reuse ms | reuse ms | speed-up |");
+    println!("|---|---:|---:|---:|---:|");
+    let scenarios = [
+        ("group: 16 candidates vs 1 reference", &group),
+        ("ranking: 8 candidates, all pairs", &ranking),
+    ];
+    for (name, items) in scenarios {
+        let mut ms = [0.0; 2];
+        for (slot, model) in models.iter().enumerate() {
+            let prepared = items
+                .iter()
+                .map(|i| model.prepare(i))
+                .collect::<rewarddance_model::Result<Vec<_>>>()?;
+            let refs: Vec<&PreparedItem> = prepared.iter().collect();
+            model.score_prepared(&refs)?;
+            let t = Instant::now();
+            for _ in 0..iters {
+                model.score_prepared(&refs)?;
+            }
+            ms[slot] = t.elapsed().as_secs_f64() * 1e3 / iters as f64;
+        }
+        println!(
+            "| {name} | {} | {:.1} | {:.1} | {:.2}x |",
+            items.len(),
+            ms[0],
+            ms[1],
+            ms[0] / ms[1]
+        );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// Matmul FLOPs of one item, `2 x params x tokens` as in `shared/NOTES.md`: the ViT over every

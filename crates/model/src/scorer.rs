@@ -4,7 +4,6 @@
 //! [`RewardModel::prepare`] (decode, tile, render, tokenise; `&self`, thread-safe) and
 //! [`RewardModel::score_prepared`] (one packed forward pass on the device).
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -45,6 +44,9 @@ pub struct LoadOptions {
     /// Bytes of projected image features kept for reuse across batches; 0 disables the cache
     /// (repeats inside one batch are still encoded once).
     pub feature_cache_bytes: usize,
+    /// Encode each distinct image once per batch and use the feature cache. `false` encodes
+    /// every occurrence (only useful to measure what reuse saves).
+    pub reuse_images: bool,
     /// Items of a batch that share at least this many leading tokens (system prompt,
     /// instruction, reference image) compute them once; `usize::MAX` disables prefix reuse.
     pub prefix_reuse_min_tokens: usize,
@@ -62,6 +64,7 @@ impl Default for LoadOptions {
             vision_batch_tiles: 32,
             feature_cache_bytes: 256 << 20,
             prefix_reuse_min_tokens: 32,
+            reuse_images: true,
         }
     }
 }
@@ -496,14 +499,19 @@ impl RewardModel {
             let mut start = 0;
             for (key, layout) in item.image_keys.iter().zip(&item.images) {
                 let len = layout.num_tiles * tile_len;
-                let slot = match index.entry(*key) {
-                    Entry::Occupied(seen) => {
+                let seen_before = index
+                    .get(key)
+                    .copied()
+                    .filter(|_| self.options.reuse_images);
+                let slot = match seen_before {
+                    Some(slot) => {
                         self.feature_cache.record_batch_hit();
-                        *seen.get()
+                        slot
                     }
-                    Entry::Vacant(new) => {
+                    None => {
                         distinct.push((*key, &item.pixels[start..start + len], layout.num_tiles));
-                        *new.insert(distinct.len() - 1)
+                        index.insert(*key, distinct.len() - 1);
+                        distinct.len() - 1
                     }
                 };
                 occurrences.push(slot);
@@ -515,7 +523,12 @@ impl RewardModel {
         }
         let mut blocks: Vec<Option<Tensor>> = distinct
             .iter()
-            .map(|(key, _, _)| self.feature_cache.get(key))
+            .map(|(key, _, _)| {
+                self.options
+                    .reuse_images
+                    .then(|| self.feature_cache.get(key))
+                    .flatten()
+            })
             .collect();
         let missing: Vec<usize> = (0..distinct.len())
             .filter(|&i| blocks[i].is_none())
@@ -534,7 +547,9 @@ impl RewardModel {
             for &i in &missing {
                 let rows = distinct[i].2 * rows_per_tile;
                 let block = encoded.narrow(0, row, rows)?;
-                self.feature_cache.insert(distinct[i].0, block.clone());
+                if self.options.reuse_images {
+                    self.feature_cache.insert(distinct[i].0, block.clone());
+                }
                 blocks[i] = Some(block);
                 row += rows;
             }
