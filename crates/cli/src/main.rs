@@ -4,6 +4,7 @@
 //! `bench-model` (throughput and MFU of the model alone). Every flag has a
 //! `REWARDDANCE_*` environment variable.
 
+mod bench;
 mod bench_model;
 mod evaluate;
 mod model_args;
@@ -28,6 +29,8 @@ enum Command {
     BenchModel(bench_model::BenchModelArgs),
     /// Serve the gRPC API (RewardService, health, reflection) with /metrics, until SIGTERM.
     Serve(Box<serve::ServeArgs>),
+    /// Load-test a server (started here, or --target) against in-process scoring.
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +39,7 @@ fn main() -> std::process::ExitCode {
         Command::Score(args) => score::run(*args),
         Command::BenchModel(args) => bench_model::run(args),
         Command::Serve(args) => serve::run(*args),
+        Command::Bench(args) => bench::run(*args),
     };
     match result {
         Ok(code) => code,
