@@ -73,7 +73,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tracing::info!(model = model.id(), %device, dtype = ?model.dtype(), "model loaded");
         backends.push(Arc::new(model));
     }
-    let engine = Engine::start(backends, args.server.engine_config())?;
+    let config = args.server.engine_config();
+    tracing::info!(?config, "engine settings");
+    let engine = Engine::start(backends, config)?;
     if !args.server.no_metrics {
         let bound = telemetry::serve_metrics(args.server.metrics_addr).await?;
         tracing::info!(addr = %bound, "metrics on http://{bound}/metrics");
@@ -131,6 +133,7 @@ fn with_config_file(path: &PathBuf) -> Result<ServeArgs> {
         // Single-threaded here: no runtime or worker threads have started yet.
         std::env::set_var(env, value);
     }
-    let matches = command.try_get_matches_from(std::env::args_os().skip(1))?;
+    // clap reads an argument's environment variable when the command is built: build anew.
+    let matches = Reparse::command().try_get_matches_from(std::env::args_os().skip(1))?;
     Ok(Reparse::from_arg_matches(&matches)?.args)
 }
