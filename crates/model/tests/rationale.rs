@@ -1,0 +1,143 @@
+//! Rationale decoding: greedy tokens equal transformers' (full recomputation), KV-cache decoding
+//! equals recomputing the whole sequence, the score is unchanged, and callers can stop it.
+
+mod common;
+
+use common::{load_model, score_item, Reference};
+use rewarddance_model::{PreparedItem, RationaleOptions, RewardModel, StopReason};
+
+fn greedy(max_tokens: usize) -> Option<RationaleOptions> {
+    Some(RationaleOptions {
+        max_tokens,
+        ..RationaleOptions::default()
+    })
+}
+
+fn prepared(model: &RewardModel, reference: &Reference) -> Vec<PreparedItem> {
+    reference
+        .items()
+        .iter()
+        .map(|item| {
+            model
+                .prepare(&score_item(item))
+                .and_then(|p| p.with_pixels(reference.pixels_of(item)))
+                .expect("prepare")
+        })
+        .collect()
+}
+
+#[test]
+fn greedy_rationales_match_transformers_in_one_batch() {
+    for name in ["tiny-internvl-hf", "tiny-internvl-ogv"] {
+        let model = load_model(name);
+        let reference = Reference::load(name);
+        let items = prepared(&model, &reference);
+        let refs: Vec<&PreparedItem> = items.iter().collect();
+        let plain = model.score_prepared(&refs).unwrap();
+        let options: Vec<_> = items.iter().map(|_| greedy(8)).collect();
+        let out = model
+            .score_with_rationales(&refs, &options, &mut |_, _| true)
+            .unwrap();
+        for ((item, (score, rationale)), plain) in reference.items().iter().zip(&out).zip(&plain) {
+            let id = item["id"].as_str().unwrap();
+            assert_eq!(
+                score, plain,
+                "{name}/{id}: decoding must not change the score"
+            );
+            let want: Vec<u32> =
+                serde_json::from_value(item["expected"]["greedy_ids"].clone()).unwrap();
+            let r = rationale.as_ref().expect("rationale");
+            assert_eq!(r.token_ids, want, "{name}/{id}");
+            let stop = item["expected"]["greedy_stop"].as_str().unwrap();
+            assert_eq!(
+                r.stop,
+                if stop == "max_tokens" {
+                    StopReason::MaxTokens
+                } else {
+                    StopReason::EndOfTurn
+                }
+            );
+        }
+    }
+}
+
+#[test]
+fn kv_cache_decoding_equals_full_recomputation() {
+    let model = load_model("tiny-internvl-ogv");
+    let reference = Reference::load("tiny-internvl-ogv");
+    let items = prepared(&model, &reference);
+    let first = &items[0];
+    let cached = model
+        .score_with_rationales(&[first], &[greedy(6)], &mut |_, _| true)
+        .unwrap();
+    let tokens = cached[0].1.as_ref().unwrap().token_ids.clone();
+    assert_eq!(tokens.len(), 6);
+    for k in 0..tokens.len() {
+        // Feed the prompt plus the first k generated tokens as a fresh prefill.
+        let mut longer = first.clone();
+        longer.input_ids.extend_from_slice(&tokens[..k]);
+        let next = model
+            .score_with_rationales(&[&longer], &[greedy(1)], &mut |_, _| true)
+            .unwrap();
+        assert_eq!(
+            next[0].1.as_ref().unwrap().token_ids,
+            vec![tokens[k]],
+            "step {k}"
+        );
+    }
+}
+
+#[test]
+fn only_items_that_ask_are_decoded_and_callers_can_stop() {
+    let model = load_model("tiny-internvl-ogv");
+    let reference = Reference::load("tiny-internvl-ogv");
+    let items = prepared(&model, &reference);
+    let refs: Vec<&PreparedItem> = items.iter().take(3).collect();
+    let mut seen = Vec::new();
+    let out = model
+        .score_with_rationales(&refs, &[None, greedy(8), greedy(8)], &mut |item, text| {
+            seen.push((item, text.to_string()));
+            // Item 2's caller goes away after its second piece of text.
+            !(item == 2 && seen.iter().filter(|(i, _)| *i == 2).count() >= 2)
+        })
+        .unwrap();
+    assert!(out[0].1.is_none());
+    assert_eq!(out[1].1.as_ref().unwrap().stop, StopReason::MaxTokens);
+    let stopped = out[2].1.as_ref().unwrap();
+    assert_eq!(stopped.stop, StopReason::Stopped);
+    assert!(stopped.token_ids.len() < 8);
+    let streamed: String = seen
+        .iter()
+        .filter(|(i, _)| *i == 1)
+        .map(|(_, t)| t.as_str())
+        .collect();
+    assert_eq!(
+        streamed,
+        out[1].1.as_ref().unwrap().text,
+        "streamed pieces add up to the text"
+    );
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let model = load_model("tiny-internvl-ogv");
+    let reference = Reference::load("tiny-internvl-ogv");
+    let items = prepared(&model, &reference);
+    let hot = |seed| {
+        Some(RationaleOptions {
+            max_tokens: 6,
+            temperature: 1.0,
+            top_p: 0.9,
+            seed,
+        })
+    };
+    let run = |seed| {
+        model
+            .score_with_rationales(&[&items[0]], &[hot(seed)], &mut |_, _| true)
+            .unwrap()[0]
+            .1
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(run(42), run(42));
+}
