@@ -30,6 +30,7 @@ pub mod presets;
 pub mod projector;
 pub mod prompt;
 pub mod ranking;
+pub mod rationale;
 pub mod scorer;
 pub mod sentencepiece;
 pub mod vision;
@@ -41,6 +42,7 @@ pub use feature_cache::CacheStats;
 pub use image::ImageInput;
 pub use item::{Candidate, Mode, Score, ScoreItem};
 pub use prompt::AnswerTokens;
+pub use rationale::{Rationale, RationaleOptions, StopReason};
 pub use scorer::{ImageLayout, LoadOptions, PreparedItem, RewardModel};
 
 /// Re-exported so callers can pick devices and dtypes without depending on candle directly.

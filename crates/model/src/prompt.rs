@@ -156,6 +156,22 @@ impl PromptBuilder {
         })
     }
 
+    /// Id of the token that ends the assistant's turn (the checkpoint's `eos_token`, else
+    /// `<|im_end|>`), where rationale decoding stops.
+    pub fn end_token_id(&self) -> Option<u32> {
+        [self.eos_token.as_str(), "<|im_end|>"]
+            .iter()
+            .filter(|t| !t.is_empty())
+            .find_map(|t| self.tokenizer.token_to_id(t))
+    }
+
+    /// Text of generated token ids (special tokens skipped).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| Error::Tokenizer(format!("decoding: {e}")))
+    }
+
     /// Id of the image-context token.
     pub fn image_context_id(&self) -> u32 {
         self.image_context_id

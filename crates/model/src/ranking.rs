@@ -207,11 +207,13 @@ fn mean_log(pi: &[f64], active: &[bool]) -> f64 {
     }
 }
 
-/// SplitMix64: a tiny, well-known deterministic generator (schedules must be reproducible).
-struct SplitMix64(u64);
+/// SplitMix64: a tiny, well-known deterministic generator (schedules and seeded sampling must
+/// be reproducible).
+pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    /// The next 64 random bits.
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -143,7 +143,7 @@ pub struct RewardModel {
     prompt: PromptBuilder,
     vision: VisionTower,
     projector: Projector,
-    language: LanguageModel,
+    pub(crate) language: LanguageModel,
     device: Device,
     dtype: DType,
     feature_cache: FeatureCache,
@@ -371,6 +371,14 @@ impl RewardModel {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        let (embeds, packing) = self.packed_inputs(batch)?;
+        let hidden = self.language.forward_last(&embeds, &packing)?;
+        self.scores_from_logits(&self.language.logits(&hidden)?)
+    }
+
+    /// The batch's input embeddings (text + spliced image features) laid out for the decoder,
+    /// shared prefixes factored out.
+    pub(crate) fn packed_inputs(&self, batch: &[&PreparedItem]) -> Result<(Tensor, Packing)> {
         let (features, image_rows) = self.batch_image_features(batch)?;
 
         // What each token of each item reads: its text embedding, or a row of the
@@ -439,9 +447,12 @@ impl RewardModel {
             segments: plan.segments,
             outputs: plan.last_tokens,
         };
-        let hidden = self.language.forward_last(&embeds, &packing)?;
-        let logits = self.language.logits(&hidden)?;
-        let lse = logsumexp_last(&logits)?.to_vec1::<f32>()?;
+        Ok((embeds, packing))
+    }
+
+    /// Scores from output-head logits (items, vocab).
+    pub(crate) fn scores_from_logits(&self, logits: &Tensor) -> Result<Vec<Score>> {
+        let lse = logsumexp_last(logits)?.to_vec1::<f32>()?;
         let (yes, no) = self.prompt.answer_ids();
         let answers = logits
             .index_select(&Tensor::new(&[yes, no], &self.device)?, 1)?

@@ -11,6 +11,7 @@
 //! `feed_forward.w{1,2,3}`, `output`).
 
 mod attention;
+mod decode;
 mod internlm2;
 mod qwen2;
 
@@ -21,6 +22,7 @@ use crate::config::{RopeScaling, TextArch, TextConfig};
 use crate::layers::{Linear, Norm};
 use crate::prefix::Segment;
 use attention::{packed_attention, Masks};
+pub use decode::KvCache;
 
 /// Token layout of a packed batch: segments (whole sequences, shared prefixes, and suffixes
 /// that continue a prefix) and the packed rows whose hidden states are returned.
@@ -88,7 +90,15 @@ struct Attention {
 }
 
 impl Attention {
-    fn forward(&self, xs: &Tensor, packing: &Packing, ctx: &BatchContext) -> Result<Tensor> {
+    /// Attention over the packed batch; pushes this layer's rotated (K, V), each
+    /// (kv_heads, T, d), to `kv_out` when given (prefill for decoding).
+    fn forward(
+        &self,
+        xs: &Tensor,
+        packing: &Packing,
+        ctx: &BatchContext,
+        kv_out: Option<&mut Vec<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
         let t = xs.dim(0)?;
         let d = self.head_dim;
         // (T, heads*d) -> (1, heads, T, d), the layout candle's rope kernel expects.
@@ -108,6 +118,9 @@ impl Attention {
         let out = packed_attention(&q, &k, &v, &packing.segments, &ctx.masks)?
             .transpose(0, 1)?
             .reshape((t, self.heads * d))?;
+        if let Some(kv) = kv_out {
+            kv.push((k, v));
+        }
         self.o.forward(&out)
     }
 }
@@ -123,12 +136,22 @@ struct Layer {
 }
 
 impl Layer {
-    fn forward(&self, xs: &Tensor, packing: &Packing, ctx: &BatchContext) -> Result<Tensor> {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        packing: &Packing,
+        ctx: &BatchContext,
+        kv_out: Option<&mut Vec<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
         let attn = self
             .attn
-            .forward(&self.attn_norm.forward(xs)?, packing, ctx)?;
-        let xs = (xs + attn)?;
-        let h = self.mlp_norm.forward(&xs)?;
+            .forward(&self.attn_norm.forward(xs)?, packing, ctx, kv_out)?;
+        self.mlp_residual(&(xs + attn)?)
+    }
+
+    /// `x + down(silu(gate(h)) * up(h))` with `h = norm(x)`.
+    fn mlp_residual(&self, xs: &Tensor) -> Result<Tensor> {
+        let h = self.mlp_norm.forward(xs)?;
         let mlp = (candle_nn::ops::silu(&self.gate.forward(&h)?)? * self.up.forward(&h)?)?;
         xs + self.down.forward(&mlp)?
     }
@@ -182,10 +205,20 @@ impl LanguageModel {
     /// Runs the decoder over packed `embeds` (T, H) and returns the final-normed hidden state of
     /// each output row (each item's last token), (outputs, H).
     pub fn forward_last(&self, embeds: &Tensor, packing: &Packing) -> Result<Tensor> {
+        self.forward_packed(embeds, packing, None)
+    }
+
+    /// [`Self::forward_last`], optionally collecting every layer's packed (K, V).
+    fn forward_packed(
+        &self,
+        embeds: &Tensor,
+        packing: &Packing,
+        mut kv_out: Option<&mut Vec<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
         let ctx = self.batch_context(packing)?;
         let mut xs = embeds.clone();
         for layer in &self.layers {
-            xs = layer.forward(&xs, packing, &ctx)?;
+            xs = layer.forward(&xs, packing, &ctx, kv_out.as_deref_mut())?;
         }
         let rows: Vec<u32> = packing.outputs.iter().map(|&r| r as u32).collect();
         let last = Tensor::new(rows, &self.device)?;
