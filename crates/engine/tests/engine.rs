@@ -295,3 +295,37 @@ async fn close_refuses_new_items_and_finishes_accepted_ones() {
         .await
         .expect("drained");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_share_the_queue_data_parallel() {
+    let (a, b) = (
+        TestBackend::new(Duration::from_millis(60)),
+        TestBackend::new(Duration::from_millis(60)),
+    );
+    let config = EngineConfig {
+        max_batch_items: 1,
+        ..EngineConfig::default()
+    };
+    let backends: Vec<Arc<dyn Backend>> = vec![a.clone(), b.clone()];
+    let engine = Engine::start(backends, config).expect("engine");
+    tokio::time::timeout(Duration::from_secs(60), engine.ready())
+        .await
+        .expect("warm-up in time")
+        .expect("both devices warm");
+    let (a0, b0) = (
+        a.scored.load(Ordering::SeqCst),
+        b.scored.load(Ordering::SeqCst),
+    );
+    let tickets = engine
+        .submit((1..=8).map(|s| item("p", s)).collect(), None, &Span::none())
+        .expect("admitted");
+    for t in tickets {
+        assert!(t.wait().await.outcome.is_ok());
+    }
+    let (da, db) = (
+        a.scored.load(Ordering::SeqCst) - a0,
+        b.scored.load(Ordering::SeqCst) - b0,
+    );
+    assert_eq!(da + db, 8);
+    assert!(da > 0 && db > 0, "both workers pulled batches ({da}, {db})");
+}
