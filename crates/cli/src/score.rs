@@ -53,14 +53,17 @@ pub struct ScoreArgs {
 /// Runs the subcommand. Single items: exit 1 when any item failed. Batch mode: exit 0 once the
 /// run completes (failures are rows in the output and counts in the summary).
 pub fn run(args: ScoreArgs) -> Result<ExitCode> {
+    let (prompt, instruction) = (args.prompt.as_deref(), args.instruction.as_deref());
+    if let (true, Some(url)) = (args.eval.requested(), &args.eval.server) {
+        let token = args.eval.token.clone();
+        let mut remote = evaluate::RemoteScorer::connect(url, args.eval.in_flight, token)?;
+        evaluate::run(&mut remote, &args.eval, prompt, instruction)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let model = args.model.load()?;
     if args.eval.requested() {
-        evaluate::run(
-            &model,
-            &args.eval,
-            args.prompt.as_deref(),
-            args.instruction.as_deref(),
-        )?;
+        let mut local = evaluate::LocalScorer::new(&model);
+        evaluate::run(&mut local, &args.eval, prompt, instruction)?;
         return Ok(ExitCode::SUCCESS);
     }
     let prompt = args.prompt.clone().unwrap_or_default();

@@ -111,3 +111,105 @@ fn a_directory_is_scored_file_by_file() {
     assert_eq!(ids, ["fox_100x60.png", "gray_64x64.png"]);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `rewarddance serve` on ephemeral ports; returns the process and its gRPC URL once SERVING.
+fn serve() -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rewarddance"))
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .env_remove("REWARDDANCE_MODEL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut addr = None;
+    for line in stderr.lines().map_while(Result::ok) {
+        let v: serde_json::Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        let message = v["message"]
+            .as_str()
+            .or(v["fields"]["message"].as_str())
+            .unwrap_or("");
+        if message == "listening" {
+            addr = v["addr"]
+                .as_str()
+                .or(v["fields"]["addr"].as_str())
+                .map(String::from);
+        }
+        if message.contains("SERVING") {
+            break;
+        }
+    }
+    let addr = addr.expect("the server logged its address");
+    (child, format!("http://{addr}"))
+}
+
+#[test]
+fn a_manifest_scored_on_a_server_matches_in_process_scores() {
+    let dir = scratch("remote");
+    let rows: Vec<String> = [
+        "fox_100x60.png",
+        "gray_64x64.png",
+        "tall_30x220.png",
+        "nope.png",
+        "square_130x130.png",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, name)| {
+        format!(
+            r#"{{"id":"r{i}","prompt":"p{i}","image":"{}"}}"#,
+            fixture(name)
+        )
+    })
+    .collect();
+    let manifest = dir.join("rows.jsonl");
+    std::fs::write(&manifest, rows.join("\n")).unwrap();
+    let (local_out, remote_out) = (dir.join("local.jsonl"), dir.join("remote.jsonl"));
+    let (code, _, stderr) = run(&[
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--output",
+        local_out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+
+    let (mut server, url) = serve();
+    let (code, _, stderr) = run(&[
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--output",
+        remote_out.to_str().unwrap(),
+        "--server",
+        &url,
+        "--batch-size",
+        "2",
+        "--in-flight",
+        "2",
+    ]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(code, 0, "{stderr}");
+    let (local, remote) = (lines(&local_out), lines(&remote_out));
+    assert_eq!(local.len(), remote.len());
+    for (l, r) in local.iter().zip(&remote) {
+        assert_eq!(l["id"], r["id"]);
+        match (l["p_yes"].as_f64(), r["p_yes"].as_f64()) {
+            (Some(a), Some(b)) => assert!((a - b).abs() < 1e-5, "{l} vs {r}"),
+            (None, None) => assert!(r["error"].is_string()),
+            _ => panic!("{l} vs {r}"),
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -5,6 +5,7 @@
 //! `--resume` skips ids already present in `--output`. A summary goes to stderr at the end.
 
 mod manifest;
+mod remote;
 mod summary;
 
 use std::collections::HashSet;
@@ -18,6 +19,7 @@ use rewarddance_model::{Error, PreparedItem, RewardModel, Score, ScoreItem};
 use serde_json::json;
 
 use manifest::{count_rows, directory_jobs, manifest_jobs, Job};
+pub use remote::RemoteScorer;
 pub use summary::Summary;
 
 /// Batch-evaluation flags of `rewarddance score`.
@@ -42,6 +44,62 @@ pub struct EvalArgs {
     /// No progress bar even on a terminal.
     #[arg(long)]
     pub quiet: bool,
+    /// Score on a running server (e.g. http://127.0.0.1:50051) over ScoreStream instead of
+    /// loading a model in-process.
+    #[arg(long, env = "REWARDDANCE_SERVER")]
+    pub server: Option<String>,
+    /// Requests (of --batch-size items) in flight on the stream with --server.
+    #[arg(long, default_value_t = 4)]
+    pub in_flight: usize,
+    /// Bearer token for a server started with --auth-token.
+    #[arg(long, env = "REWARDDANCE_CLIENT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// One scored batch: the rows and one result (scores or the row's error) per row.
+pub type ScoredBatch = (Vec<Job>, Vec<std::result::Result<Score, String>>);
+
+/// Where a batch of rows gets scored: in-process or on a server. Batches are answered in the
+/// order they were submitted.
+pub trait BatchScorer {
+    /// Batches that may be submitted before one must be received.
+    fn capacity(&self) -> usize;
+    /// Sends (or computes) one batch.
+    fn submit(&mut self, jobs: Vec<Job>) -> Result<()>;
+    /// The oldest submitted batch with one result per row.
+    fn receive(&mut self) -> Result<ScoredBatch>;
+}
+
+/// In-process scoring: each batch is computed on submit.
+pub struct LocalScorer<'a> {
+    model: &'a RewardModel,
+    ready: std::collections::VecDeque<ScoredBatch>,
+}
+
+impl<'a> LocalScorer<'a> {
+    /// Scores with `model`.
+    pub fn new(model: &'a RewardModel) -> Self {
+        LocalScorer {
+            model,
+            ready: Default::default(),
+        }
+    }
+}
+
+impl BatchScorer for LocalScorer<'_> {
+    fn capacity(&self) -> usize {
+        1
+    }
+
+    fn submit(&mut self, jobs: Vec<Job>) -> Result<()> {
+        let results = score_jobs(self.model, &jobs);
+        self.ready.push_back((jobs, results));
+        Ok(())
+    }
+
+    fn receive(&mut self) -> Result<ScoredBatch> {
+        self.ready.pop_front().context("nothing submitted")
+    }
 }
 
 impl EvalArgs {
@@ -51,9 +109,9 @@ impl EvalArgs {
     }
 }
 
-/// Runs a batch evaluation with an in-process model.
+/// Runs a batch evaluation on `scorer` (in-process or remote).
 pub fn run(
-    model: &RewardModel,
+    scorer: &mut dyn BatchScorer,
     args: &EvalArgs,
     prompt: Option<&str>,
     instruction: Option<&str>,
@@ -87,22 +145,34 @@ pub fn run(
     let progress = progress_bar(total, args.quiet);
     let mut summary = Summary::default();
     let started = Instant::now();
-    let mut pending: Vec<Job> = Vec::with_capacity(args.batch_size);
     let mut jobs = jobs.peekable();
-    while jobs.peek().is_some() {
-        pending.clear();
-        while pending.len() < args.batch_size.max(1) {
-            match jobs.next() {
-                Some(job) if done.contains(&job.id) => {
-                    summary.skipped += 1;
-                    progress.inc(1);
+    let mut in_flight = 0;
+    loop {
+        // Keep the scorer busy: submit while there is room and rows left, else collect one.
+        if in_flight < scorer.capacity() && jobs.peek().is_some() {
+            let mut batch = Vec::with_capacity(args.batch_size);
+            while batch.len() < args.batch_size.max(1) {
+                match jobs.next() {
+                    Some(job) if done.contains(&job.id) => {
+                        summary.skipped += 1;
+                        progress.inc(1);
+                    }
+                    Some(job) => batch.push(job),
+                    None => break,
                 }
-                Some(job) => pending.push(job),
-                None => break,
             }
+            if !batch.is_empty() {
+                scorer.submit(batch)?;
+                in_flight += 1;
+            }
+            continue;
         }
-        let results = score_jobs(model, &pending);
-        for (job, result) in pending.iter().zip(results) {
+        if in_flight == 0 {
+            break;
+        }
+        let (batch, results) = scorer.receive()?;
+        in_flight -= 1;
+        for (job, result) in batch.iter().zip(results) {
             let line = match result {
                 Ok(s) => {
                     summary.record(s.p_yes);
@@ -117,7 +187,7 @@ pub fn run(
             writeln!(out, "{line}")?;
         }
         out.flush()?;
-        progress.inc(pending.len() as u64);
+        progress.inc(batch.len() as u64);
     }
     progress.finish_and_clear();
     eprintln!("{}", summary.to_json(started.elapsed()));

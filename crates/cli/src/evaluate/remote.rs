@@ -1,0 +1,180 @@
+//! Batch evaluation against a running server: rows go out as `ScoreStream` requests, several
+//! in flight, and come back in request order (the stream's contract).
+
+use std::collections::VecDeque;
+
+use anyhow::{Context, Result};
+use rewarddance_model::{Candidate, ImageInput, Mode, Score, ScoreItem};
+use rewarddance_proto::v1 as pb;
+use tokio::sync::mpsc;
+
+use super::manifest::Job;
+use super::{BatchScorer, ScoredBatch};
+
+/// One sent (or locally failed) batch, waiting for its answer.
+struct Pending {
+    jobs: Vec<Job>,
+    /// Per job: `Ok(index in the request)` or its local error (file unreadable, bad row).
+    slots: Vec<std::result::Result<usize, String>>,
+    sent: bool,
+}
+
+/// A `ScoreStream` session with up to `in_flight` unanswered requests.
+pub struct RemoteScorer {
+    runtime: tokio::runtime::Runtime,
+    requests: mpsc::Sender<pb::ScoreRequest>,
+    responses: tonic::Streaming<pb::ScoreResponse>,
+    pending: VecDeque<Pending>,
+    in_flight: usize,
+}
+
+impl RemoteScorer {
+    /// Connects to `url` (e.g. `http://127.0.0.1:50051`) and opens the stream.
+    pub fn connect(url: &str, in_flight: usize, token: Option<String>) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let (tx, rx) = mpsc::channel(in_flight.max(1));
+        let responses = runtime.block_on(async {
+            let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+                .with_context(|| format!("bad server URL {url:?}"))?
+                .connect()
+                .await
+                .with_context(|| format!("connecting to {url}"))?;
+            let header = token
+                .map(|t| format!("Bearer {t}").parse::<tonic::metadata::MetadataValue<_>>())
+                .transpose()
+                .context("auth token is not a valid header value")?;
+            let mut client = pb::reward_service_client::RewardServiceClient::with_interceptor(
+                channel,
+                move |mut req: tonic::Request<()>| {
+                    if let Some(h) = &header {
+                        req.metadata_mut().insert("authorization", h.clone());
+                    }
+                    Ok(req)
+                },
+            )
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+            let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+            anyhow::Ok(
+                client
+                    .score_stream(stream)
+                    .await
+                    .context("opening ScoreStream")?
+                    .into_inner(),
+            )
+        })?;
+        Ok(RemoteScorer {
+            runtime,
+            requests: tx,
+            responses,
+            pending: VecDeque::new(),
+            in_flight: in_flight.max(1),
+        })
+    }
+}
+
+impl BatchScorer for RemoteScorer {
+    fn capacity(&self) -> usize {
+        self.in_flight
+    }
+
+    fn submit(&mut self, jobs: Vec<Job>) -> Result<()> {
+        let mut items = Vec::new();
+        let slots = jobs
+            .iter()
+            .map(|job| {
+                job.load().map(|item| {
+                    items.push(to_proto(&job.id, &item));
+                    items.len() - 1
+                })
+            })
+            .collect();
+        let sent = !items.is_empty();
+        if sent {
+            self.runtime
+                .block_on(self.requests.send(pb::ScoreRequest { items }))
+                .map_err(|_| anyhow::anyhow!("the server closed the stream"))?;
+        }
+        self.pending.push_back(Pending { jobs, slots, sent });
+        Ok(())
+    }
+
+    fn receive(&mut self) -> Result<ScoredBatch> {
+        let front = self.pending.pop_front().context("nothing in flight")?;
+        let results = if front.sent {
+            let response = self
+                .runtime
+                .block_on(self.responses.message())
+                .context("ScoreStream failed")?
+                .context("the server ended the stream early")?;
+            front
+                .slots
+                .iter()
+                .map(|slot| match slot {
+                    Ok(i) => from_proto(response.results.get(*i)),
+                    Err(e) => Err(e.clone()),
+                })
+                .collect()
+        } else {
+            front
+                .slots
+                .iter()
+                .map(|s| Err(s.clone().err().unwrap_or_default()))
+                .collect()
+        };
+        Ok((front.jobs, results))
+    }
+}
+
+fn image(input: &ImageInput) -> pb::Image {
+    let source = match input {
+        ImageInput::Encoded(bytes) => pb::image::Source::Encoded(bytes.clone()),
+        ImageInput::Rgb8 {
+            width,
+            height,
+            data,
+        } => pb::image::Source::Rgb8(pb::RawImage {
+            width: *width,
+            height: *height,
+            data: data.clone(),
+        }),
+    };
+    pb::Image {
+        source: Some(source),
+    }
+}
+
+fn to_proto(id: &str, item: &ScoreItem) -> pb::ScoreItem {
+    pb::ScoreItem {
+        id: id.to_string(),
+        prompt: item.prompt.clone(),
+        candidate: Some(match &item.candidate {
+            Candidate::Image(img) => pb::score_item::Candidate::Image(image(img)),
+            Candidate::Video(frames) => pb::score_item::Candidate::Video(pb::Video {
+                frames: frames.iter().map(image).collect(),
+            }),
+        }),
+        reference: item.reference.as_ref().map(image),
+        instruction: item.instruction.clone(),
+        mode: match item.mode {
+            Mode::Pointwise => pb::Mode::Pointwise as i32,
+            Mode::Pairwise => pb::Mode::Pairwise as i32,
+        },
+    }
+}
+
+fn from_proto(result: Option<&pb::ItemResult>) -> std::result::Result<Score, String> {
+    match result.and_then(|r| r.outcome.as_ref()) {
+        Some(pb::item_result::Outcome::Score(s)) => Ok(Score {
+            p_yes: s.p_yes,
+            p_yes_vocab: s.p_yes_vocab,
+            logit_yes: s.logit_yes,
+            logit_no: s.logit_no,
+        }),
+        Some(pb::item_result::Outcome::Error(e)) => Err(format!("{} ({})", e.message, e.reason)),
+        None => Err("the server returned no result for this item".into()),
+    }
+}
