@@ -2,8 +2,10 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use rewarddance_model::memory::{check_fits, BatchBudget};
 use rewarddance_model::{
-    AnswerTokens, Checkpoint, DType, Device, LoadOptions, RewardModel, BUNDLED_MODEL_ID,
+    AnswerTokens, Checkpoint, DType, Device, LoadOptions, ModelConfig, RewardModel,
+    BUNDLED_MODEL_ID,
 };
 
 /// Which model to load, where, and the per-item limits.
@@ -35,6 +37,10 @@ pub struct ModelArgs {
     /// Most image tiles (all images and frames together) per item.
     #[arg(long, env = "REWARDDANCE_MAX_TILES", default_value_t = 64)]
     pub max_tiles: usize,
+    /// Memory of each device in GiB for the start-up fit check. Default: what the GPU reports,
+    /// or the machine's available memory on CPU.
+    #[arg(long, env = "REWARDDANCE_DEVICE_MEMORY_GIB")]
+    pub device_memory_gib: Option<f64>,
 }
 
 impl ModelArgs {
@@ -49,13 +55,7 @@ impl ModelArgs {
             Some(spec) => Checkpoint::resolve(spec)?,
             None => Checkpoint::bundled(),
         };
-        let dtype = match self.dtype.as_deref() {
-            None => None,
-            Some("f32") => Some(DType::F32),
-            Some("f16") => Some(DType::F16),
-            Some("bf16") => Some(DType::BF16),
-            Some(other) => bail!("unknown dtype {other:?} (expected f32, f16 or bf16)"),
-        };
+        let dtype = self.dtype()?;
         let options = LoadOptions {
             device: self.device()?,
             dtype,
@@ -77,6 +77,92 @@ impl ModelArgs {
         }
         Ok(model)
     }
+}
+
+impl ModelArgs {
+    /// Refuses, before loading anything, a model + batch budget that cannot fit in the memory
+    /// of the device these flags name (see `rewarddance_model::memory`).
+    pub fn check_memory(&self, tokens: usize, items: usize) -> Result<()> {
+        let checkpoint = match &self.model {
+            Some(spec) => Checkpoint::resolve(spec)?,
+            None => Checkpoint::bundled(),
+        };
+        let config = ModelConfig::parse(
+            &checkpoint.config_json,
+            checkpoint.preprocessor_config_json.as_deref(),
+        )?;
+        let device = self.device()?;
+        let dtype = self.dtype()?.unwrap_or(if device.is_cpu() {
+            DType::F32
+        } else {
+            DType::BF16
+        });
+        let Some(available) = self.device_memory_bytes(&device) else {
+            eprintln!(
+                "memory check skipped: cannot read the memory of {} (pass --device-memory-gib)",
+                self.device
+            );
+            return Ok(());
+        };
+        let per_tile = config.tokens_per_tile().max(1);
+        let budget = BatchBudget {
+            tokens,
+            tiles: (items * self.max_tiles).min(tokens / per_tile + items),
+            max_sequence_tokens: config.text.max_position_embeddings.min(tokens),
+            sequences: items,
+        };
+        let estimate = check_fits(&config, dtype, &budget, available)
+            .with_context(|| format!("{} on {}", checkpoint.id, self.device))?;
+        eprintln!(
+            "memory check: {} on {} needs about {estimate}; {:.1} GiB available",
+            checkpoint.id,
+            self.device,
+            available as f64 / (1u64 << 30) as f64
+        );
+        Ok(())
+    }
+
+    fn dtype(&self) -> Result<Option<DType>> {
+        Ok(match self.dtype.as_deref() {
+            None => None,
+            Some("f32") => Some(DType::F32),
+            Some("f16") => Some(DType::F16),
+            Some("bf16") => Some(DType::BF16),
+            Some(other) => bail!("unknown dtype {other:?} (expected f32, f16 or bf16)"),
+        })
+    }
+
+    /// The flag, else the device's own figure: total GPU memory, or MemAvailable on CPU.
+    fn device_memory_bytes(&self, device: &Device) -> Option<u64> {
+        if let Some(gib) = self.device_memory_gib {
+            return Some((gib * (1u64 << 30) as f64) as u64);
+        }
+        if device.is_cpu() {
+            let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+            let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            return Some(kib * 1024);
+        }
+        cuda_total_memory(&self.device)
+    }
+}
+
+/// Total memory of GPU `cuda:N` as `nvidia-smi` (shipped with the driver) reports it; `None`
+/// when it cannot be asked (then the check is skipped with a note).
+fn cuda_total_memory(spec: &str) -> Option<u64> {
+    let ordinal = spec.strip_prefix("cuda:").unwrap_or("0");
+    let out = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=memory.total",
+            "--format=csv,noheader,nounits",
+            "-i",
+            ordinal,
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let mib: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    Some(mib << 20)
 }
 
 /// `cpu`, `cuda` or `cuda:N`.

@@ -67,6 +67,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     for device in &devices {
         let mut per_device = args.model.clone();
         per_device.device = device.clone();
+        per_device.check_memory(args.server.max_batch_tokens, args.server.max_batch_items)?;
         let model = tokio::task::spawn_blocking(move || per_device.load())
             .await
             .context("model loading task")??;
