@@ -19,6 +19,8 @@
 //! Every admitted item is answered exactly once (or dropped because nobody is listening), and
 //! the count of admitted items is what [`Engine::drained`] waits on during shutdown.
 
+#![warn(missing_docs)]
+
 mod backend;
 mod batcher;
 mod config;

@@ -4,6 +4,8 @@
 //! `proto/rewarddance/v1/reward.proto` (package `rewarddance.v1`). Nothing else lives here:
 //! the server and any Rust client depend on this crate, the proto file is the documentation.
 
+#![warn(missing_docs)]
+
 /// Package `rewarddance.v1`: messages, the `RewardService` client and server.
 #[allow(missing_docs, clippy::all)]
 pub mod v1 {

@@ -8,6 +8,8 @@
 //! [`run`] is the whole server; the CLI's `serve` subcommand loads the model, builds the
 //! engine and calls it with a shutdown signal.
 
+#![warn(missing_docs)]
+
 mod auth;
 pub mod config;
 mod convert;

@@ -386,3 +386,39 @@ async fn bearer_auth_when_configured() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_call_leaves_no_work_behind() {
+    let one_at_a_time = rewarddance_server::ServerArgs {
+        max_batch_items: 1,
+        ..args()
+    };
+    let backend = TestBackend::new(Duration::from_millis(100));
+    let server = TestServer::start(backend.clone(), one_at_a_time).await;
+    let before = backend.scored();
+    let mut client = server.client().await;
+    let call = tokio::spawn(async move {
+        client
+            .score(request((1..=20).map(|s| item("", "p", s)).collect()))
+            .await
+    });
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while backend.scored() == before {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("work started");
+    call.abort(); // the client gives up: its HTTP/2 stream is reset
+    tokio::time::timeout(Duration::from_secs(10), server.engine.drained())
+        .await
+        .expect("queued items dropped");
+    let scored = backend.scored() - before;
+    assert!(
+        scored < 10,
+        "{scored} of 20 items computed after the cancel"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(backend.scored() - before, scored, "nothing computed later");
+    server.shutdown().await;
+}
