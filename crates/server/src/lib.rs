@@ -65,6 +65,12 @@ pub async fn run(
     let reward = InterceptedService::new(reward, move |r| checker.check(r));
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    // The reporter starts with "" = SERVING: correct it before the first connection.
+    for name in ["", rewarddance_proto::SERVICE_NAME] {
+        reporter
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
     let health_task = tokio::spawn(mirror_health(engine.clone(), reporter));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(rewarddance_proto::FILE_DESCRIPTOR_SET)
