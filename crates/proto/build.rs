@@ -5,9 +5,10 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
-    // SAFETY of intent: build scripts are single-threaded; prost-build reads PROTOC.
+    // Build scripts are single-threaded; prost-build reads PROTOC.
     std::env::set_var("PROTOC", protoc);
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time (not `env!`): a build-script binary may be reused across checkouts.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let file = root.join("rewarddance/v1/reward.proto");
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed={}", file.display());
