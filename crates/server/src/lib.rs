@@ -13,6 +13,7 @@
 mod auth;
 pub mod config;
 mod convert;
+mod rank;
 mod service;
 pub mod status;
 mod stream;

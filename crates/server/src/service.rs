@@ -257,6 +257,26 @@ impl v1::reward_service_server::RewardService for RewardApi {
         Ok(Response::new(Box::pin(out)))
     }
 
+    async fn rank(
+        &self,
+        request: Request<v1::RankRequest>,
+    ) -> Result<Response<v1::RankResponse>, Status> {
+        let started = Instant::now();
+        let deadline = deadline_of(request.metadata(), started);
+        let body = request.into_inner();
+        let span = tracing::info_span!("rank", candidates = body.candidates.len());
+        let result = self
+            .rank_candidates(body, deadline)
+            .instrument(span)
+            .await
+            .map(Response::new);
+        let code = result
+            .as_ref()
+            .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        record_rpc("Rank", code, started);
+        result
+    }
+
     async fn info(
         &self,
         _request: Request<v1::InfoRequest>,

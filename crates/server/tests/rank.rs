@@ -1,0 +1,157 @@
+//! Rank end to end over loopback: pairwise rankings equal the ranking module applied to
+//! in-process pair scores, pointwise ranks by P(yes), broken candidates are isolated, limits.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rewarddance_model::ranking::{rank_pairwise, schedule_pairs, Schedule};
+use rewarddance_model::{Candidate, ImageInput, Mode, ScoreItem};
+use rewarddance_proto::v1;
+use tonic::Code;
+
+fn model_image(img: &v1::Image) -> ImageInput {
+    match img.source.as_ref().expect("source") {
+        v1::image::Source::Encoded(b) => ImageInput::Encoded(b.clone()),
+        v1::image::Source::Rgb8(r) => ImageInput::Rgb8 {
+            width: r.width,
+            height: r.height,
+            data: r.data.clone(),
+        },
+    }
+}
+
+fn request(candidates: Vec<v1::Image>, method: v1::RankMethod) -> v1::RankRequest {
+    v1::RankRequest {
+        prompt: "a lighthouse at dusk".into(),
+        candidates,
+        instruction: None,
+        method: method as i32,
+        opponents: 0,
+        seed: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairwise_ranking_matches_in_process_pair_scores() {
+    let backend = TestBackend::new(Duration::ZERO);
+    let server = TestServer::start(backend.clone(), args()).await;
+    let candidates: Vec<v1::Image> = (0..4)
+        .map(|s| png_image(40 + 10 * s as u32, 50, s))
+        .collect();
+    let mut client = server.client().await;
+    let got = client
+        .rank(request(candidates.clone(), v1::RankMethod::Unspecified))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.comparisons, 12);
+    assert_eq!(got.candidates.len(), 4);
+
+    let pairs = schedule_pairs(4, Schedule::AllPairs);
+    let items: Vec<ScoreItem> = pairs
+        .iter()
+        .map(|&(i, j)| ScoreItem {
+            prompt: "a lighthouse at dusk".into(),
+            candidate: Candidate::Image(model_image(&candidates[j])),
+            reference: Some(model_image(&candidates[i])),
+            instruction: None,
+            mode: Mode::Pairwise,
+        })
+        .collect();
+    let scores = backend.model.score(&items);
+    let scored: Vec<_> = pairs
+        .iter()
+        .zip(&scores)
+        .map(|(&(i, j), s)| (i, j, s.as_ref().ok().map(|s| s.p_yes)))
+        .collect();
+    let want = rank_pairwise(4, &scored, &[false; 4]);
+    assert_eq!(got.best, want.best.map(|b| b as u32));
+    for (c, cand) in got.candidates.iter().enumerate() {
+        assert_eq!(cand.wins, want.wins[c]);
+        assert!((cand.strength.unwrap() - want.strengths[c].unwrap()).abs() < 1e-4);
+        for (i, p) in got.preference[c].p.iter().enumerate() {
+            match want.preference[c][i] {
+                Some(w) => assert!((p - w).abs() < 1e-5),
+                None => assert!(p.is_nan()),
+            }
+        }
+    }
+    assert_eq!(got.order[0], got.best.unwrap());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_candidate_is_reported_and_the_rest_are_ranked() {
+    let server = TestServer::start(TestBackend::new(Duration::ZERO), args()).await;
+    let mut candidates: Vec<v1::Image> = (0..3).map(|s| png_image(48, 48, s)).collect();
+    candidates.insert(
+        1,
+        v1::Image {
+            source: Some(v1::image::Source::Encoded(b"not an image".to_vec())),
+        },
+    );
+    let mut client = server.client().await;
+    let got = client
+        .rank(request(candidates, v1::RankMethod::Pairwise))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.comparisons, 6, "3 good candidates, both orders");
+    let broken = &got.candidates[1];
+    assert_eq!(
+        broken.error.as_ref().unwrap().code,
+        Code::InvalidArgument as i32
+    );
+    assert!(broken.strength.is_none());
+    assert_eq!(*got.order.last().unwrap(), 1, "failed candidates rank last");
+    assert!(got.best.is_some() && got.best != Some(1));
+
+    let pointwise = client
+        .rank(request(
+            (0..3).map(|s| png_image(30, 60, s)).collect(),
+            v1::RankMethod::Pointwise,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let p: Vec<f64> = pointwise
+        .candidates
+        .iter()
+        .map(|c| c.p_yes.unwrap())
+        .collect();
+    let best = pointwise.best.unwrap() as usize;
+    assert!(p.iter().all(|&x| x <= p[best]));
+    assert_eq!(pointwise.comparisons, 3);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_pairs_and_too_few_candidates_are_refused() {
+    let mut a = args();
+    a.max_items_per_request = 10;
+    let server = TestServer::start(TestBackend::new(Duration::ZERO), a).await;
+    let mut client = server.client().await;
+    let five: Vec<v1::Image> = (0..5).map(|s| raw_image(32, 32, s)).collect();
+    let err = client
+        .rank(request(five.clone(), v1::RankMethod::Pairwise))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("opponents"), "{}", err.message());
+    let mut k1 = request(five, v1::RankMethod::Pairwise);
+    k1.opponents = 1;
+    let ok = client.rank(k1).await.unwrap().into_inner();
+    assert!(
+        ok.comparisons <= 10 && ok.comparisons >= 6,
+        "{}",
+        ok.comparisons
+    );
+    let err = client
+        .rank(request(vec![raw_image(8, 8, 0)], v1::RankMethod::Pairwise))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    server.shutdown().await;
+}
