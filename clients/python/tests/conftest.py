@@ -17,6 +17,14 @@ FIXTURE_IMAGES = REPO_ROOT / "fixtures" / "images"
 sys.path.insert(0, str(HERE))  # fake_server
 
 
+# Every subprocess the tests start from this (grpc-using) process passes close_fds=False: with
+# close_fds=True, Python closes grpc's epoll fd in the forked child before exec while grpc's fork
+# handler has restarted its poller thread there, which can abort the child with "epoll_wait
+# error: Bad file descriptor" (grpc/grpc#43055; seen with Python 3.9, whose subprocess forks
+# instead of using vfork). Python's own fds are non-inheritable anyway (PEP 446).
+SUBPROCESS_KW = {"close_fds": False}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -31,7 +39,8 @@ def _serve_unavailable_reason(binary: pathlib.Path):
     if not binary.exists():
         return f"server binary {binary} not found (build it: cargo build -p rewarddance-cli, or set REWARDDANCE_BIN)"
     try:
-        p = subprocess.run([str(binary), "serve", "--help"], capture_output=True, text=True, timeout=30)
+        p = subprocess.run([str(binary), "serve", "--help"], capture_output=True, text=True, timeout=30,
+                           **SUBPROCESS_KW)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"{binary} serve --help failed: {e}"
     if p.returncode != 0:
@@ -70,7 +79,7 @@ def start_real_server(tmp_dir: pathlib.Path, *extra_args: str):
     logf = open(log, "wb")
     proc = subprocess.Popen(
         [str(binary), "serve", "--addr", f"127.0.0.1:{port}", "--metrics-addr", f"127.0.0.1:{mport}", *extra_args],
-        stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **SUBPROCESS_KW,
     )
     server = RealServer(proc, f"127.0.0.1:{port}", mport, log)
 

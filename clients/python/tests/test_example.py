@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import CLIENT_ROOT
+from conftest import CLIENT_ROOT, SUBPROCESS_KW
 
 _spec = importlib.util.spec_from_file_location("grpo_rewards", CLIENT_ROOT / "examples" / "grpo_rewards.py")
 grpo = importlib.util.module_from_spec(_spec)
@@ -33,6 +33,7 @@ def test_group_advantages_equal_scores():
 
 def test_example_runs_against_fake(fake):
     p = subprocess.run([sys.executable, str(CLIENT_ROOT / "examples" / "grpo_rewards.py"), "--target",
-                        fake.target, "--steps", "1"], capture_output=True, text=True, timeout=60)
+                        fake.target, "--steps", "1"], capture_output=True, text=True, timeout=60,
+                       **SUBPROCESS_KW)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "scored 7/8" in p.stdout and "item 1 masked" in p.stdout and "advantages" in p.stdout

@@ -13,7 +13,7 @@ import threading
 import grpc
 import numpy as np
 import pytest
-from conftest import CLIENT_ROOT, FIXTURE_IMAGES, free_port, start_real_server
+from conftest import CLIENT_ROOT, FIXTURE_IMAGES, SUBPROCESS_KW, free_port, start_real_server
 
 from rewarddance import AsyncRewardClient, RetryPolicy, RewardClient, RewardError
 
@@ -218,7 +218,8 @@ def test_async_client(real_server):
     client = AsyncRewardClient(real_server.target, retry=FAST)  # no loop yet
 
     async def main():
-        assert await client.health()
+        status = await client.health_status()
+        assert all(v == "SERVING" for v in status.values()), status
         info = await client.info()
         r = await client.score(PROMPT, paths, chunk_size=2)
         rs = await asyncio.gather(*(client.score(PROMPT, paths[:3]) for _ in range(4)))
@@ -228,7 +229,8 @@ def test_async_client(real_server):
     asyncio.run(client.close())
     with RewardClient(real_server.target) as sync:
         want = sync.score(PROMPT, paths).scores
-    assert info.model_id and r.ok_mask.all()
+    assert info.model_id, info
+    assert r.ok_mask.all(), r.errors
     np.testing.assert_allclose(r.scores, want, atol=1e-6)
     for x in rs:
         np.testing.assert_allclose(x.scores, want[:3], atol=1e-6)
@@ -236,7 +238,8 @@ def test_async_client(real_server):
 
 def test_grpo_example_runs(real_server):
     p = subprocess.run([sys.executable, str(CLIENT_ROOT / "examples" / "grpo_rewards.py"), "--target",
-                        real_server.target, "--steps", "2"], capture_output=True, text=True, timeout=120)
+                        real_server.target, "--steps", "2"], capture_output=True, text=True, timeout=120,
+                       **SUBPROCESS_KW)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "advantages" in p.stdout
 

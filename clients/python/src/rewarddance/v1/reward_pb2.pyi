@@ -11,9 +11,18 @@ class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODE_UNSPECIFIED: _ClassVar[Mode]
     MODE_POINTWISE: _ClassVar[Mode]
     MODE_PAIRWISE: _ClassVar[Mode]
+
+class RankMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RANK_METHOD_UNSPECIFIED: _ClassVar[RankMethod]
+    RANK_METHOD_PAIRWISE: _ClassVar[RankMethod]
+    RANK_METHOD_POINTWISE: _ClassVar[RankMethod]
 MODE_UNSPECIFIED: Mode
 MODE_POINTWISE: Mode
 MODE_PAIRWISE: Mode
+RANK_METHOD_UNSPECIFIED: RankMethod
+RANK_METHOD_PAIRWISE: RankMethod
+RANK_METHOD_POINTWISE: RankMethod
 
 class ScoreRequest(_message.Message):
     __slots__ = ("items",)
@@ -124,6 +133,58 @@ class Timing(_message.Message):
     batch_items: int
     batch_tokens: int
     def __init__(self, queue_ms: _Optional[float] = ..., preprocess_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., batch_items: _Optional[int] = ..., batch_tokens: _Optional[int] = ...) -> None: ...
+
+class RankRequest(_message.Message):
+    __slots__ = ("prompt", "candidates", "instruction", "method", "opponents", "seed")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    OPPONENTS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    candidates: _containers.RepeatedCompositeFieldContainer[Image]
+    instruction: str
+    method: RankMethod
+    opponents: int
+    seed: int
+    def __init__(self, prompt: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., instruction: _Optional[str] = ..., method: _Optional[_Union[RankMethod, str]] = ..., opponents: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class RankResponse(_message.Message):
+    __slots__ = ("candidates", "order", "best", "preference", "comparisons", "model_id")
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    BEST_FIELD_NUMBER: _ClassVar[int]
+    PREFERENCE_FIELD_NUMBER: _ClassVar[int]
+    COMPARISONS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    candidates: _containers.RepeatedCompositeFieldContainer[CandidateRanking]
+    order: _containers.RepeatedScalarFieldContainer[int]
+    best: int
+    preference: _containers.RepeatedCompositeFieldContainer[PreferenceRow]
+    comparisons: int
+    model_id: str
+    def __init__(self, candidates: _Optional[_Iterable[_Union[CandidateRanking, _Mapping]]] = ..., order: _Optional[_Iterable[int]] = ..., best: _Optional[int] = ..., preference: _Optional[_Iterable[_Union[PreferenceRow, _Mapping]]] = ..., comparisons: _Optional[int] = ..., model_id: _Optional[str] = ...) -> None: ...
+
+class CandidateRanking(_message.Message):
+    __slots__ = ("index", "error", "wins", "strength", "p_yes")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    WINS_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    P_YES_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    error: ItemError
+    wins: float
+    strength: float
+    p_yes: float
+    def __init__(self, index: _Optional[int] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., wins: _Optional[float] = ..., strength: _Optional[float] = ..., p_yes: _Optional[float] = ...) -> None: ...
+
+class PreferenceRow(_message.Message):
+    __slots__ = ("p",)
+    P_FIELD_NUMBER: _ClassVar[int]
+    p: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, p: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()

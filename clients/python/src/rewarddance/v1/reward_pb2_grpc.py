@@ -54,6 +54,11 @@ class RewardServiceStub(object):
                 request_serializer=rewarddance_dot_v1_dot_reward__pb2.InfoRequest.SerializeToString,
                 response_deserializer=rewarddance_dot_v1_dot_reward__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.Rank = channel.unary_unary(
+                '/rewarddance.v1.RewardService/Rank',
+                request_serializer=rewarddance_dot_v1_dot_reward__pb2.RankRequest.SerializeToString,
+                response_deserializer=rewarddance_dot_v1_dot_reward__pb2.RankResponse.FromString,
+                _registered_method=True)
 
 
 class RewardServiceServicer(object):
@@ -102,6 +107,20 @@ class RewardServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rank(self, request, context):
+        """Ranks N candidate images for one prompt (Best-of-N). Pairwise (default): every scheduled
+        ordered pair (i as reference, j as candidate) is scored, both orders of each pair, and the
+        result is a preference matrix, win counts, Bradley-Terry strengths and the best index.
+        Pointwise: each candidate is scored alone and ranked by P(yes). A candidate that cannot be
+        scored carries its own error and is left out; the others are still ranked.
+        Call-level errors: INVALID_ARGUMENT (fewer than 2 candidates, or more pairs than
+        `Limits.max_items_per_request`: use `opponents`), RESOURCE_EXHAUSTED, UNAVAILABLE,
+        UNAUTHENTICATED, as for Score. The call's deadline applies to every pair.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RewardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -119,6 +138,11 @@ def add_RewardServiceServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=rewarddance_dot_v1_dot_reward__pb2.InfoRequest.FromString,
                     response_serializer=rewarddance_dot_v1_dot_reward__pb2.InfoResponse.SerializeToString,
+            ),
+            'Rank': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rank,
+                    request_deserializer=rewarddance_dot_v1_dot_reward__pb2.RankRequest.FromString,
+                    response_serializer=rewarddance_dot_v1_dot_reward__pb2.RankResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -207,6 +231,33 @@ class RewardService(object):
             '/rewarddance.v1.RewardService/Info',
             rewarddance_dot_v1_dot_reward__pb2.InfoRequest.SerializeToString,
             rewarddance_dot_v1_dot_reward__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rewarddance.v1.RewardService/Rank',
+            rewarddance_dot_v1_dot_reward__pb2.RankRequest.SerializeToString,
+            rewarddance_dot_v1_dot_reward__pb2.RankResponse.FromString,
             options,
             channel_credentials,
             insecure,
