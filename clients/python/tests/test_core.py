@@ -82,3 +82,24 @@ def test_default_chunk_size_from_info():
     assert _core.limits_from_info(info, None) == (2, 1000)
     assert _core.limits_from_info(info, 7) == (7, 1000)  # explicit wins
     assert _core.limits_from_info(None, None) == (_core.DEFAULT_CHUNK_SIZE, _core.DEFAULT_MAX_MESSAGE_BYTES)
+
+
+def test_rank_result_alignment():
+    from rewarddance._types import ItemErrorInfo
+
+    resp = pb.RankResponse(order=[1, 0, 2], best=1, comparisons=2, model_id="m")
+    resp.candidates.add(index=0, wins=0.0, strength=-0.5)
+    resp.candidates.add(index=1, wins=1.0, strength=0.5)
+    resp.candidates.add(index=2, error=pb.ItemError(code=3, reason="invalid_input", message="candidate 2: empty"))
+    for _ in range(3):
+        resp.preference.add(p=[float("nan")] * 3)
+    client_err = ItemErrorInfo(3, "client_invalid_input", "cannot read x")
+    r = _core.rank_result(resp, 3, [None, None, client_err])
+    assert r.order == [1, 0, 2] and r.best == 1 and r.ok_mask.tolist() == [True, True, False]
+    assert r.errors[2] is client_err and r.strength.tolist()[:2] == [-0.5, 0.5] and np.isnan(r.p_yes).all()
+    assert r.preference.shape == (3, 3)
+    assert _core.rank_result(pb.RankResponse(), 2, [None, None]).best is None
+    assert not _core.rank_result(pb.RankResponse(), 2, [None, None]).ok_mask.any()
+    req, errs = _core.rank_request("p", [b"x", "/nonexistent.png", b"y"], method="pointwise")
+    assert len(req.candidates) == 3 and errs[1].reason == "client_invalid_input"
+    assert req.method == pb.RANK_METHOD_POINTWISE and not req.candidates[1].WhichOneof("source")

@@ -272,3 +272,46 @@ def test_rolling_restart_is_invisible(tmp_path):
     finally:
         stop_a()
         stop_b()
+
+
+def test_rank_pairwise_and_pointwise(client):
+    paths = [str(p) for p in pngs()[:4]]
+    r = client.rank(PROMPT, paths)
+    assert r.ok_mask.all() and r.errors == [None] * 4
+    assert sorted(r.order) == [0, 1, 2, 3] and r.best == r.order[0]
+    assert r.comparisons == 4 * 3  # every ordered pair
+    pref = r.preference
+    assert pref.shape == (4, 4) and np.isnan(np.diag(pref)).all()
+    off = ~np.eye(4, dtype=bool)
+    np.testing.assert_allclose((pref + pref.T)[off], 1.0, atol=1e-6)  # both orders averaged
+    assert not np.isnan(r.strength).any() and not np.isnan(r.wins).any()
+
+    pw = client.rank(PROMPT, paths, method="pointwise")
+    want = client.score(PROMPT, paths).scores
+    np.testing.assert_allclose(pw.p_yes, want, atol=1e-6)
+    assert pw.order == list(np.argsort(-want, kind="stable")) and pw.best == int(np.argmax(want))
+    assert pw.preference is None or np.isnan(pw.preference).all()
+
+
+def test_rank_reports_bad_candidates(client):
+    paths = [str(p) for p in pngs()[:3]]
+    r = client.rank(PROMPT, paths + [b"junk", FIXTURE_IMAGES / "missing.png"], opponents=1, seed=7)
+    assert r.ok_mask.tolist() == [True, True, True, False, False]
+    assert r.errors[3].code == 3 and "invalid image" in r.errors[3].message
+    assert r.errors[4].reason == "client_invalid_input"
+    assert r.order[-2:] == [3, 4] or sorted(r.order[-2:]) == [3, 4]
+    assert r.best in (0, 1, 2)
+    with pytest.raises(RewardError) as ei:
+        client.rank(PROMPT, paths[:1])
+    assert ei.value.code == grpc.StatusCode.INVALID_ARGUMENT and ei.value.attempts == 1
+
+
+def test_async_rank(real_server):
+    paths = [str(p) for p in pngs()[:3]]
+
+    async def main():
+        async with AsyncRewardClient(real_server.target) as c:
+            return await c.rank(PROMPT, paths, method="pointwise")
+
+    r = asyncio.run(main())
+    assert r.ok_mask.all() and sorted(r.order) == [0, 1, 2]

@@ -9,7 +9,7 @@ See `RewardClient`, `AsyncRewardClient` and `ScoreResult`. The generated protobu
 """
 from ._core import NO_RETRY, RetryPolicy
 from ._images import DEFAULT_RAW_MAX_BYTES, ImageConversionError, to_image_message
-from ._types import ItemErrorInfo, RewardError, ScoreResult
+from ._types import ItemErrorInfo, RankResult, RewardError, ScoreResult
 from .aio import AsyncRewardClient
 from .client import RewardClient
 
@@ -21,6 +21,7 @@ __all__ = [
     "ImageConversionError",
     "ItemErrorInfo",
     "NO_RETRY",
+    "RankResult",
     "RetryPolicy",
     "RewardClient",
     "RewardError",

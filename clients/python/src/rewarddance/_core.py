@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 
 from . import _images
-from ._types import ItemErrorInfo, ScoreResult
+from ._types import ItemErrorInfo, RankResult, ScoreResult
 from .v1 import reward_pb2 as pb
 
 DEFAULT_TIMEOUT = 120.0
@@ -257,6 +257,74 @@ def prepare(
         items.append(item)
         errors.append(None)
     return Prepared(n, items, errors)
+
+
+def parse_rank_method(method: Any) -> int:
+    if method is None:
+        return pb.RANK_METHOD_UNSPECIFIED
+    if isinstance(method, str):
+        table = {"": pb.RANK_METHOD_UNSPECIFIED, "pairwise": pb.RANK_METHOD_PAIRWISE,
+                 "pointwise": pb.RANK_METHOD_POINTWISE}
+        m = method.strip().lower()
+        if m not in table:
+            raise ValueError(f"unknown rank method {method!r}: expected 'pairwise' or 'pointwise'")
+        return table[m]
+    return int(method)
+
+
+def rank_request(prompt: str, candidates: Any, *, instruction: Optional[str] = None, method: Any = None,
+                 opponents: int = 0, seed: int = 0, raw_max_bytes: int = _images.DEFAULT_RAW_MAX_BYTES,
+                 value_range: Any = None) -> Tuple[pb.RankRequest, List[Optional[ItemErrorInfo]]]:
+    """A RankRequest and the client-side conversion errors. A candidate the client cannot
+    convert is sent as an empty Image, so that indices stay aligned and the server reports it
+    as that candidate's own error; the client's error replaces the server's in the result."""
+    cands = _image_list(candidates, "candidates")
+    req = pb.RankRequest(prompt=prompt, method=parse_rank_method(method), opponents=int(opponents),
+                         seed=int(seed))
+    if instruction is not None:
+        req.instruction = instruction
+    errors: List[Optional[ItemErrorInfo]] = []
+    for c in cands:
+        try:
+            img = _images.to_image_message(c, raw_max_bytes=raw_max_bytes, value_range=value_range)
+        except _images.ImageConversionError as e:
+            req.candidates.add()
+            errors.append(ItemErrorInfo(INVALID_ARGUMENT, "client_invalid_input", str(e)))
+            continue
+        req.candidates.add().CopyFrom(img)
+        errors.append(None)
+    return req, errors
+
+
+def rank_result(resp: pb.RankResponse, n: int, client_errors: List[Optional[ItemErrorInfo]]) -> RankResult:
+    nan = np.full(n, np.nan)
+    wins, strength, p_yes = nan.copy(), nan.copy(), nan.copy()
+    ok = np.ones(n, dtype=bool)
+    errors: List[Optional[ItemErrorInfo]] = [None] * n
+    for pos, c in enumerate(resp.candidates):
+        i = c.index if c.index < n else pos
+        if c.HasField("error"):
+            ok[i] = False
+            errors[i] = client_errors[i] or ItemErrorInfo(c.error.code, c.error.reason, c.error.message)
+            continue
+        wins[i] = c.wins
+        if c.HasField("strength"):
+            strength[i] = c.strength
+        if c.HasField("p_yes"):
+            p_yes[i] = c.p_yes
+    for i, e in enumerate(client_errors):
+        if e is not None:
+            ok[i], errors[i] = False, e
+    if len(resp.candidates) != n:
+        ok[:] = False
+        errors = [ItemErrorInfo(grpc.StatusCode.INTERNAL.value[0], "bad_response",
+                                f"server ranked {len(resp.candidates)} candidates of {n}")] * n
+    preference = None
+    if len(resp.preference) == n and n:
+        preference = np.array([list(row.p) for row in resp.preference], dtype=np.float64)
+    return RankResult(order=list(resp.order), best=resp.best if resp.HasField("best") else None, ok_mask=ok,
+                      errors=errors, wins=wins, strength=strength, p_yes=p_yes, preference=preference,
+                      comparisons=resp.comparisons, model_id=resp.model_id)
 
 
 def make_chunks(items: Sequence[Optional[pb.ScoreItem]], chunk_size: int, max_bytes: int) -> List[List[int]]:

@@ -75,6 +75,33 @@ class ScoreResult(_ScoreResultBase):
         return int((~self.ok_mask).sum())
 
 
+@dataclass(frozen=True)
+class RankResult:
+    """The ranking of N candidates for one prompt (`RewardClient.rank`), indexed like the input.
+
+    - `order`: candidate indices from best to worst (failed candidates last);
+    - `best`: index of the best candidate, None when none could be ranked;
+    - `ok_mask` / `errors`: which candidates could be scored, and why not;
+    - `wins`, `strength` (pairwise: comparisons won, Bradley-Terry log-strength) and `p_yes`
+      (pointwise): float64 arrays, NaN where not applicable;
+    - `preference`: pairwise, an N x N array, `preference[j, i]` = P(candidate j beats candidate
+      i) averaged over both presentation orders (NaN on the diagonal and for unscored pairs);
+      None for pointwise;
+    - `comparisons`: items the model scored; `model_id`.
+    """
+
+    order: List[int]
+    best: Optional[int]
+    ok_mask: np.ndarray
+    errors: List[Optional[ItemErrorInfo]]
+    wins: np.ndarray
+    strength: np.ndarray
+    p_yes: np.ndarray
+    preference: Optional[np.ndarray]
+    comparisons: int
+    model_id: str
+
+
 class RewardError(Exception):
     """A call failed as a whole (after retries, where the code is retryable).
 

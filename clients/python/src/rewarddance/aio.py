@@ -12,7 +12,7 @@ import grpc.aio
 
 from . import _core, _images
 from ._core import RetryPolicy, Targets
-from ._types import RewardError, ScoreResult
+from ._types import RankResult, RewardError, ScoreResult
 from .v1 import reward_pb2 as pb
 from .v1 import reward_pb2_grpc as pb_grpc
 
@@ -197,6 +197,35 @@ class AsyncRewardClient:
             else:
                 raise err
         return asm.result()
+
+    async def rank(
+        self,
+        prompt: str,
+        candidates: Any,
+        *,
+        method: Any = None,
+        opponents: int = 0,
+        seed: int = 0,
+        instruction: Optional[str] = None,
+        timeout: Optional[float] = None,
+        value_range: Optional[Tuple[float, float]] = None,
+    ) -> RankResult:
+        """See `RewardClient.rank`. Ranks N candidate images for one prompt (Best-of-N) with the server's Rank RPC.
+
+        `method`: "pairwise" (default: every ordered pair, or `opponents` K random opponents per
+        candidate drawn with `seed`, both orders, Bradley-Terry) or "pointwise" (P(yes) each).
+        Candidates take the same input kinds as `score()`. A candidate that cannot be scored is
+        reported in `errors` / `ok_mask` and ranked last; the call fails as a whole
+        (`RewardError`) only for call-level errors, after retries as for `score()`.
+        """
+        self._ensure()
+        loop = asyncio.get_running_loop()
+        req, client_errors = await loop.run_in_executor(None, lambda: _core.rank_request(
+            prompt, candidates, instruction=instruction, method=method, opponents=opponents, seed=seed,
+            raw_max_bytes=self.raw_max_bytes, value_range=value_range))
+        md = self._metadata
+        resp = await self._call(lambda stub, t: stub.Rank(req, timeout=t, metadata=md), timeout)
+        return _core.rank_result(resp, len(req.candidates), client_errors)
 
     async def close(self) -> None:
         self._closed = True

@@ -12,7 +12,7 @@ import grpc
 
 from . import _core, _images
 from ._core import RetryPolicy, Targets
-from ._types import RewardError, ScoreResult
+from ._types import RankResult, RewardError, ScoreResult
 from .v1 import reward_pb2 as pb
 from .v1 import reward_pb2_grpc as pb_grpc
 
@@ -265,6 +265,34 @@ class RewardClient:
             else:
                 raise err
         return asm.result()
+
+    def rank(
+        self,
+        prompt: str,
+        candidates: Any,
+        *,
+        method: Any = None,
+        opponents: int = 0,
+        seed: int = 0,
+        instruction: Optional[str] = None,
+        timeout: Optional[float] = None,
+        value_range: Optional[Tuple[float, float]] = None,
+    ) -> RankResult:
+        """Ranks N candidate images for one prompt (Best-of-N) with the server's Rank RPC.
+
+        `method`: "pairwise" (default: every ordered pair, or `opponents` K random opponents per
+        candidate drawn with `seed`, both orders, Bradley-Terry) or "pointwise" (P(yes) each).
+        Candidates take the same input kinds as `score()`. A candidate that cannot be scored is
+        reported in `errors` / `ok_mask` and ranked last; the call fails as a whole
+        (`RewardError`) only for call-level errors, after retries as for `score()`.
+        """
+        self._ensure()
+        req, client_errors = _core.rank_request(prompt, candidates, instruction=instruction, method=method,
+                                                opponents=opponents, seed=seed, raw_max_bytes=self.raw_max_bytes,
+                                                value_range=value_range)
+        md = self._metadata
+        resp = self._call(lambda stub, t: stub.Rank(req, timeout=t, metadata=md), timeout)
+        return _core.rank_result(resp, len(req.candidates), client_errors)
 
     def close(self) -> None:
         with self._lock:
