@@ -8,6 +8,7 @@ mod bench;
 mod bench_model;
 mod evaluate;
 mod model_args;
+mod rank;
 mod score;
 mod serve;
 
@@ -31,6 +32,8 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Load-test a server (started here, or --target) against in-process scoring.
     Bench(Box<bench::BenchArgs>),
+    /// Rank N candidate images for one prompt (pairwise Bradley-Terry or pointwise).
+    Rank(Box<rank::RankArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +43,7 @@ fn main() -> std::process::ExitCode {
         Command::BenchModel(args) => bench_model::run(args),
         Command::Serve(args) => serve::run(*args),
         Command::Bench(args) => bench::run(*args),
+        Command::Rank(args) => rank::run(*args),
     };
     match result {
         Ok(code) => code,

@@ -74,6 +74,8 @@ pub struct Ranking {
     pub strengths: Vec<Option<f64>>,
     /// Index of the best candidate (most wins, ties broken by strength), if any was ranked.
     pub best: Option<usize>,
+    /// Candidate indices from best to worst by (wins, strength); failed candidates last.
+    pub order: Vec<usize>,
 }
 
 /// Builds the ranking of `n` candidates from scored pairs `(reference, candidate, p_yes)`;
@@ -115,18 +117,27 @@ pub fn rank_pairwise(n: usize, scored: &[(usize, usize, Option<f64>)], failed: &
         .map(|c| !failed.get(c).copied().unwrap_or(false))
         .collect();
     let strengths = bradley_terry(&preference, &active);
-    let best = (0..n).filter(|&c| active[c]).max_by(|&a, &b| {
-        let key = |c: usize| (wins[c], strengths[c].unwrap_or(f64::NEG_INFINITY));
-        key(a)
-            .partial_cmp(&key(b))
+    let key = |c: usize| {
+        (
+            active[c],
+            wins[c],
+            strengths[c].unwrap_or(f64::NEG_INFINITY),
+        )
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| {
+        key(b)
+            .partial_cmp(&key(a))
             .unwrap_or(std::cmp::Ordering::Equal)
-            .then(b.cmp(&a))
+            .then(a.cmp(&b))
     });
+    let best = order.first().copied().filter(|&c| active[c]);
     Ranking {
         preference,
         wins,
         strengths,
         best,
+        order,
     }
 }
 
@@ -268,6 +279,7 @@ mod tests {
         let truth = [0.0, 1.5, -0.7, 0.4];
         let r = rank_pairwise(4, &synthetic(&truth, 0.8), &[false; 4]);
         assert_eq!(r.best, Some(1));
+        assert_eq!(r.order, vec![1, 3, 0, 2]);
         // True order 1 > 3 > 0 > 2.
         assert_eq!(r.wins, vec![1.0, 3.0, 0.0, 2.0]);
         // Symmetric preferences despite the bias.

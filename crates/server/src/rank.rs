@@ -123,20 +123,7 @@ impl RewardApi {
                 out.wins = ranking.wins[c];
                 out.strength = ranking.strengths[c];
             }
-            let mut order: Vec<usize> = (0..n).collect();
-            let key = |c: usize| {
-                (
-                    !failed[c],
-                    ranking.wins[c],
-                    ranking.strengths[c].unwrap_or(f64::NEG_INFINITY),
-                )
-            };
-            order.sort_by(|&a, &b| {
-                key(b)
-                    .partial_cmp(&key(a))
-                    .unwrap_or(std::cmp::Ordering::Equal)
-                    .then(a.cmp(&b))
-            });
+            let order = ranking.order.clone();
             let preference = ranking
                 .preference
                 .iter()

@@ -1,0 +1,196 @@
+//! `rewarddance rank`: rank N candidate images for one prompt (Best-of-N), in-process or on a
+//! server's `Rank` RPC; prints one JSON object.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use rewarddance_model::image::{decode, DecodeLimits};
+use rewarddance_model::ranking::{rank_pairwise, rank_pointwise, schedule_pairs, Schedule};
+use rewarddance_model::{Candidate, ImageInput, Mode, ScoreItem};
+use rewarddance_proto::v1;
+use serde_json::json;
+
+use crate::model_args::ModelArgs;
+
+/// Arguments of `rewarddance rank`.
+#[derive(Args, Debug)]
+pub struct RankArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The generation prompt of all candidates.
+    #[arg(long)]
+    prompt: String,
+    /// Candidate image files (at least two).
+    #[arg(long = "image", required = true, num_args = 1..)]
+    images: Vec<PathBuf>,
+    /// Rank by pointwise P(yes) instead of pairwise comparisons.
+    #[arg(long)]
+    pointwise: bool,
+    /// Pairwise: compare each candidate with K random opponents instead of all others.
+    #[arg(long, default_value_t = 0)]
+    opponents: u32,
+    /// Seed of the opponent draw.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Instruction template override (`{prompt}` substituted).
+    #[arg(long)]
+    instruction: Option<String>,
+    /// Rank on a running server (http://host:port) instead of in-process.
+    #[arg(long, env = "REWARDDANCE_SERVER")]
+    server: Option<String>,
+}
+
+/// Runs the subcommand.
+pub fn run(args: RankArgs) -> Result<ExitCode> {
+    if args.images.len() < 2 {
+        bail!("ranking needs at least two --image");
+    }
+    let bytes = args
+        .images
+        .iter()
+        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let out = match &args.server {
+        Some(url) => remote(&args, url, bytes)?,
+        None => local(&args, bytes)?,
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn local(args: &RankArgs, bytes: Vec<Vec<u8>>) -> Result<serde_json::Value> {
+    let model = args.model.load()?;
+    let n = bytes.len();
+    let images: Vec<ImageInput> = bytes.into_iter().map(ImageInput::Encoded).collect();
+    let limits = DecodeLimits {
+        max_pixels: model.options().max_image_pixels,
+    };
+    let errors: Vec<Option<String>> = images
+        .iter()
+        .map(|i| decode(i, &limits).err().map(|e| e.to_string()))
+        .collect();
+    let failed: Vec<bool> = errors.iter().map(Option::is_some).collect();
+    let item = |reference: Option<usize>, candidate: usize| ScoreItem {
+        prompt: args.prompt.clone(),
+        candidate: Candidate::Image(images[candidate].clone()),
+        reference: reference.map(|r| images[r].clone()),
+        instruction: args.instruction.clone(),
+        mode: if reference.is_some() {
+            Mode::Pairwise
+        } else {
+            Mode::Pointwise
+        },
+    };
+    let mut candidates: Vec<serde_json::Value> = args
+        .images
+        .iter()
+        .zip(&errors)
+        .enumerate()
+        .map(
+            |(c, (path, e))| json!({ "index": c, "input": path.display().to_string(), "error": e }),
+        )
+        .collect();
+    if args.pointwise {
+        let scores: Vec<Option<f64>> = (0..n)
+            .map(|c| {
+                if failed[c] {
+                    None
+                } else {
+                    model.score(&[item(None, c)])[0]
+                        .as_ref()
+                        .ok()
+                        .map(|s| s.p_yes)
+                }
+            })
+            .collect();
+        for (c, s) in scores.iter().enumerate() {
+            candidates[c]["p_yes"] = json!(s);
+        }
+        let order = rank_pointwise(&scores);
+        let best = order.first().copied().filter(|&c| scores[c].is_some());
+        return Ok(
+            json!({ "model": model.id(), "method": "pointwise", "order": order, "best": best, "candidates": candidates }),
+        );
+    }
+    let schedule = match args.opponents {
+        0 => Schedule::AllPairs,
+        k => Schedule::RandomOpponents {
+            k: k as usize,
+            seed: args.seed,
+        },
+    };
+    let pairs: Vec<(usize, usize)> = schedule_pairs(n, schedule)
+        .into_iter()
+        .filter(|&(i, j)| !failed[i] && !failed[j])
+        .collect();
+    let items: Vec<ScoreItem> = pairs.iter().map(|&(i, j)| item(Some(i), j)).collect();
+    let mut scored = Vec::with_capacity(pairs.len());
+    for (chunk_pairs, chunk_items) in pairs.chunks(64).zip(items.chunks(64)) {
+        for (&(i, j), s) in chunk_pairs.iter().zip(model.score(chunk_items)) {
+            scored.push((i, j, s.ok().map(|s| s.p_yes)));
+        }
+    }
+    let ranking = rank_pairwise(n, &scored, &failed);
+    for (c, cand) in candidates.iter_mut().enumerate() {
+        cand["wins"] = json!(ranking.wins[c]);
+        cand["strength"] = json!(ranking.strengths[c]);
+    }
+    let order = &ranking.order;
+    Ok(json!({
+        "model": model.id(), "method": "pairwise", "comparisons": pairs.len(), "order": order,
+        "best": ranking.best, "candidates": candidates, "preference": ranking.preference,
+    }))
+}
+
+fn remote(args: &RankArgs, url: &str, bytes: Vec<Vec<u8>>) -> Result<serde_json::Value> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let response = runtime.block_on(async {
+        let mut client = v1::reward_service_client::RewardServiceClient::connect(url.to_string())
+            .await
+            .with_context(|| format!("connecting to {url}"))?
+            .max_encoding_message_size(256 << 20)
+            .max_decoding_message_size(64 << 20);
+        let request = v1::RankRequest {
+            prompt: args.prompt.clone(),
+            candidates: bytes
+                .into_iter()
+                .map(|b| v1::Image {
+                    source: Some(v1::image::Source::Encoded(b)),
+                })
+                .collect(),
+            instruction: args.instruction.clone(),
+            method: if args.pointwise {
+                v1::RankMethod::Pointwise
+            } else {
+                v1::RankMethod::Pairwise
+            } as i32,
+            opponents: args.opponents,
+            seed: args.seed,
+        };
+        anyhow::Ok(client.rank(request).await.context("Rank")?.into_inner())
+    })?;
+    let candidates: Vec<serde_json::Value> = response
+        .candidates
+        .iter()
+        .zip(&args.images)
+        .map(|(c, path)| {
+            json!({ "index": c.index, "input": path.display().to_string(),
+                    "error": c.error.as_ref().map(|e| e.message.clone()),
+                    "wins": c.wins, "strength": c.strength, "p_yes": c.p_yes })
+        })
+        .collect();
+    let preference: Vec<Vec<Option<f64>>> = response
+        .preference
+        .iter()
+        .map(|row| row.p.iter().map(|p| (!p.is_nan()).then_some(*p)).collect())
+        .collect();
+    Ok(json!({
+        "model": response.model_id, "method": if args.pointwise { "pointwise" } else { "pairwise" },
+        "comparisons": response.comparisons, "order": response.order, "best": response.best,
+        "candidates": candidates, "preference": preference,
+    }))
+}
