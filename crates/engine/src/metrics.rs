@@ -44,6 +44,17 @@ pub const WORKER_HEALTHY: &str = "rewarddance_worker_healthy";
 /// Gauge: 1 while the service reports SERVING on gRPC health.
 pub const SERVING: &str = "rewarddance_serving";
 
+/// Counter: images whose vision features were reused (cache or same batch), label `device`.
+pub const FEATURE_CACHE_HITS_TOTAL: &str = "rewarddance_feature_cache_hits_total";
+/// Counter: images that had to be encoded, label `device`.
+pub const FEATURE_CACHE_MISSES_TOTAL: &str = "rewarddance_feature_cache_misses_total";
+/// Counter: feature-cache entries evicted to stay under the byte budget, label `device`.
+pub const FEATURE_CACHE_EVICTIONS_TOTAL: &str = "rewarddance_feature_cache_evictions_total";
+/// Gauge: bytes held by the feature cache, label `device`.
+pub const FEATURE_CACHE_BYTES: &str = "rewarddance_feature_cache_bytes";
+/// Counter: language-model tokens not computed thanks to shared prefixes, label `device`.
+pub const PREFIX_TOKENS_SAVED_TOTAL: &str = "rewarddance_prefix_tokens_saved_total";
+
 /// Every metric name above, for checks that manifests and dashboards reference real metrics.
 pub const ALL: &[&str] = &[
     REQUESTS_TOTAL,
@@ -58,6 +69,11 @@ pub const ALL: &[&str] = &[
     PREPROCESS_DURATION_SECONDS,
     INFERENCE_DURATION_SECONDS,
     REJECTED_ITEMS_TOTAL,
+    FEATURE_CACHE_HITS_TOTAL,
+    FEATURE_CACHE_MISSES_TOTAL,
+    FEATURE_CACHE_EVICTIONS_TOTAL,
+    FEATURE_CACHE_BYTES,
+    PREFIX_TOKENS_SAVED_TOTAL,
     WORKER_FAILURES_TOTAL,
     WORKER_RESTARTS_TOTAL,
     WORKER_HEALTHY,
@@ -115,6 +131,26 @@ pub fn describe() {
     );
     describe_gauge!(WORKER_HEALTHY, "1 while the device worker is healthy.");
     describe_gauge!(SERVING, "1 while gRPC health reports SERVING.");
+    describe_counter!(
+        FEATURE_CACHE_HITS_TOTAL,
+        "Images whose vision features were reused (cache or same batch)."
+    );
+    describe_counter!(
+        FEATURE_CACHE_MISSES_TOTAL,
+        "Images encoded by the vision tower."
+    );
+    describe_counter!(
+        FEATURE_CACHE_EVICTIONS_TOTAL,
+        "Feature-cache entries evicted to stay under the byte budget."
+    );
+    describe_gauge!(
+        FEATURE_CACHE_BYTES,
+        "Bytes held by the vision-feature cache."
+    );
+    describe_counter!(
+        PREFIX_TOKENS_SAVED_TOTAL,
+        "Language-model tokens not computed thanks to shared prefixes."
+    );
 }
 
 pub(crate) fn record_item_ok(timing: &Timing) {
@@ -134,6 +170,20 @@ pub(crate) fn record_batch(device: &str, items: usize, tokens: usize, seconds: f
     histogram!(BATCH_SIZE).record(items as f64);
     histogram!(BATCH_TOKENS).record(tokens as f64);
     histogram!(INFERENCE_DURATION_SECONDS, "device" => device.to_string()).record(seconds);
+}
+
+/// Publishes the model's cumulative reuse counters for `device` (absolute values).
+pub(crate) fn record_reuse(
+    device: &str,
+    cache: &rewarddance_model::CacheStats,
+    prefix_tokens_saved: u64,
+) {
+    let d = device.to_string();
+    counter!(FEATURE_CACHE_HITS_TOTAL, "device" => d.clone()).absolute(cache.hits);
+    counter!(FEATURE_CACHE_MISSES_TOTAL, "device" => d.clone()).absolute(cache.misses);
+    counter!(FEATURE_CACHE_EVICTIONS_TOTAL, "device" => d.clone()).absolute(cache.evictions);
+    gauge!(FEATURE_CACHE_BYTES, "device" => d.clone()).set(cache.bytes as f64);
+    counter!(PREFIX_TOKENS_SAVED_TOTAL, "device" => d).absolute(prefix_tokens_saved);
 }
 
 pub(crate) fn set_queue_depth(depth: usize) {

@@ -157,6 +157,12 @@ impl Worker {
         let result = catch_unwind(AssertUnwindSafe(|| self.backend.score_prepared(&refs)));
         let elapsed = start.elapsed();
         metrics::record_batch(&self.device, jobs.len(), tokens, elapsed.as_secs_f64());
+        let model = self.backend.model();
+        metrics::record_reuse(
+            &self.device,
+            &model.feature_cache_stats(),
+            model.prefix_tokens_saved(),
+        );
         let n = jobs.len();
         let (outcome, failure) = match result {
             Ok(Ok(scores)) if scores.len() == n => {
