@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::{load_model, score_item, Reference};
-use rewarddance_model::{PreparedItem, RationaleOptions, RewardModel, StopReason};
+use common::{load_model, Reference};
+use rewarddance_model::{PreparedItem, RationaleOptions, StopReason};
 
 fn greedy(max_tokens: usize) -> Option<RationaleOptions> {
     Some(RationaleOptions {
@@ -13,25 +13,12 @@ fn greedy(max_tokens: usize) -> Option<RationaleOptions> {
     })
 }
 
-fn prepared(model: &RewardModel, reference: &Reference) -> Vec<PreparedItem> {
-    reference
-        .items()
-        .iter()
-        .map(|item| {
-            model
-                .prepare(&score_item(item))
-                .and_then(|p| p.with_pixels(reference.pixels_of(item)))
-                .expect("prepare")
-        })
-        .collect()
-}
-
 #[test]
 fn greedy_rationales_match_transformers_in_one_batch() {
     for name in ["tiny-internvl-hf", "tiny-internvl-ogv"] {
         let model = load_model(name);
         let reference = Reference::load(name);
-        let items = prepared(&model, &reference);
+        let items = reference.prepared(&model);
         let refs: Vec<&PreparedItem> = items.iter().collect();
         let plain = model.score_prepared(&refs).unwrap();
         let options: Vec<_> = items.iter().map(|_| greedy(8)).collect();
@@ -65,7 +52,7 @@ fn greedy_rationales_match_transformers_in_one_batch() {
 fn kv_cache_decoding_equals_full_recomputation() {
     let model = load_model("tiny-internvl-ogv");
     let reference = Reference::load("tiny-internvl-ogv");
-    let items = prepared(&model, &reference);
+    let items = reference.prepared(&model);
     let first = &items[0];
     let cached = model
         .score_with_rationales(&[first], &[greedy(6)], &mut |_, _| true)
@@ -91,7 +78,7 @@ fn kv_cache_decoding_equals_full_recomputation() {
 fn only_items_that_ask_are_decoded_and_callers_can_stop() {
     let model = load_model("tiny-internvl-ogv");
     let reference = Reference::load("tiny-internvl-ogv");
-    let items = prepared(&model, &reference);
+    let items = reference.prepared(&model);
     let refs: Vec<&PreparedItem> = items.iter().take(3).collect();
     let mut seen = Vec::new();
     let out = model
@@ -122,7 +109,7 @@ fn only_items_that_ask_are_decoded_and_callers_can_stop() {
 fn seeded_sampling_is_reproducible() {
     let model = load_model("tiny-internvl-ogv");
     let reference = Reference::load("tiny-internvl-ogv");
-    let items = prepared(&model, &reference);
+    let items = reference.prepared(&model);
     let hot = |seed| {
         Some(RationaleOptions {
             max_tokens: 6,

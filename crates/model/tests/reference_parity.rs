@@ -85,16 +85,7 @@ fn prepared_with_reference_pixels(
 ) -> (rewarddance_model::RewardModel, Reference, Vec<PreparedItem>) {
     let model = load_model(name);
     let reference = Reference::load(name);
-    let prepared = reference
-        .items()
-        .iter()
-        .map(|item| {
-            model
-                .prepare(&score_item(item))
-                .and_then(|p| p.with_pixels(reference.pixels_of(item)))
-                .expect("prepare")
-        })
-        .collect();
+    let prepared = reference.prepared(&model);
     (model, reference, prepared)
 }
 

@@ -7,20 +7,9 @@ use std::time::Duration;
 
 use common::*;
 use rewarddance_model::ranking::{rank_pairwise, schedule_pairs, Schedule};
-use rewarddance_model::{Candidate, ImageInput, Mode, ScoreItem};
+use rewarddance_model::{Candidate, Mode, ScoreItem};
 use rewarddance_proto::v1;
 use tonic::Code;
-
-fn model_image(img: &v1::Image) -> ImageInput {
-    match img.source.as_ref().expect("source") {
-        v1::image::Source::Encoded(b) => ImageInput::Encoded(b.clone()),
-        v1::image::Source::Rgb8(r) => ImageInput::Rgb8 {
-            width: r.width,
-            height: r.height,
-            data: r.data.clone(),
-        },
-    }
-}
 
 fn request(candidates: Vec<v1::Image>, method: v1::RankMethod) -> v1::RankRequest {
     v1::RankRequest {
@@ -54,8 +43,8 @@ async fn pairwise_ranking_matches_in_process_pair_scores() {
         .iter()
         .map(|&(i, j)| ScoreItem {
             prompt: "a lighthouse at dusk".into(),
-            candidate: Candidate::Image(model_image(&candidates[j])),
-            reference: Some(model_image(&candidates[i])),
+            candidate: Candidate::Image(to_model_image(&candidates[j])),
+            reference: Some(to_model_image(&candidates[i])),
             instruction: None,
             mode: Mode::Pairwise,
         })

@@ -6,20 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use rewarddance_model::{Candidate, ImageInput, Mode, ScoreItem};
+use rewarddance_model::{Candidate, Mode, ScoreItem};
 use rewarddance_proto::v1;
 use tonic::Code;
-
-fn to_model_image(img: &v1::Image) -> ImageInput {
-    match img.source.as_ref().expect("source") {
-        v1::image::Source::Encoded(b) => ImageInput::Encoded(b.clone()),
-        v1::image::Source::Rgb8(r) => ImageInput::Rgb8 {
-            width: r.width,
-            height: r.height,
-            data: r.data.clone(),
-        },
-    }
-}
 
 fn to_model_item(item: &v1::ScoreItem) -> ScoreItem {
     let candidate = match item.candidate.as_ref().expect("candidate") {

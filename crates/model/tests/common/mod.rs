@@ -49,6 +49,20 @@ impl Reference {
         self.json["items"].as_array().expect("items")
     }
 
+    /// Every item prepared by `model`, with the reference's pixel values swapped in (so model
+    /// parity is tested apart from image decoding).
+    pub fn prepared(&self, model: &RewardModel) -> Vec<rewarddance_model::PreparedItem> {
+        self.items()
+            .iter()
+            .map(|item| {
+                model
+                    .prepare(&score_item(item))
+                    .and_then(|p| p.with_pixels(self.pixels_of(item)))
+                    .expect("prepare")
+            })
+            .collect()
+    }
+
     /// Reference pixel values of an item, flattened.
     pub fn pixels_of(&self, item: &Value) -> Vec<f32> {
         let key = item["expected"]["pixel_values_key"].as_str().expect("key");

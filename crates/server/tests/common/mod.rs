@@ -195,3 +195,15 @@ pub fn error_of(r: &v1::ItemResult) -> &v1::ItemError {
         other => panic!("item {} did not fail: {other:?}", r.id),
     }
 }
+
+/// The model crate's view of a proto image (for in-process comparisons).
+pub fn to_model_image(img: &v1::Image) -> rewarddance_model::ImageInput {
+    match img.source.as_ref().expect("source") {
+        v1::image::Source::Encoded(b) => rewarddance_model::ImageInput::Encoded(b.clone()),
+        v1::image::Source::Rgb8(r) => rewarddance_model::ImageInput::Rgb8 {
+            width: r.width,
+            height: r.height,
+            data: r.data.clone(),
+        },
+    }
+}
