@@ -37,6 +37,17 @@ pub struct ModelArgs {
     /// Most image tiles (all images and frames together) per item.
     #[arg(long, env = "REWARDDANCE_MAX_TILES", default_value_t = 64)]
     pub max_tiles: usize,
+    /// Vision-feature cache per device in MiB (0 disables it; repeats inside a batch are still
+    /// encoded once).
+    #[arg(long, env = "REWARDDANCE_FEATURE_CACHE_MIB", default_value_t = 256)]
+    pub feature_cache_mib: usize,
+    /// Items of a batch sharing at least this many leading tokens compute them once.
+    #[arg(
+        long,
+        env = "REWARDDANCE_PREFIX_REUSE_MIN_TOKENS",
+        default_value_t = 32
+    )]
+    pub prefix_reuse_min_tokens: usize,
     /// Memory of each device in GiB for the start-up fit check. Default: what the GPU reports,
     /// or the machine's available memory on CPU.
     #[arg(long, env = "REWARDDANCE_DEVICE_MEMORY_GIB")]
@@ -65,6 +76,8 @@ impl ModelArgs {
             },
             max_image_pixels: self.max_image_pixels,
             max_tiles_per_item: self.max_tiles,
+            feature_cache_bytes: self.feature_cache_mib << 20,
+            prefix_reuse_min_tokens: self.prefix_reuse_min_tokens,
             ..LoadOptions::default()
         };
         let model = RewardModel::load(&checkpoint, options)
@@ -104,6 +117,8 @@ impl ModelArgs {
             );
             return Ok(());
         };
+        // The feature cache is held on the device too.
+        let available = available.saturating_sub((self.feature_cache_mib as u64) << 20);
         let per_tile = config.tokens_per_tile().max(1);
         let budget = BatchBudget {
             tokens,
