@@ -178,7 +178,10 @@ impl RewardApi {
                     .await
                     .unwrap_or(None)
                     .map(|e| {
-                        ItemError::new(FailureKind::InvalidArgument, format!("candidate {c}: {e}"))
+                        // Same code and reason as `Score` gives a broken image.
+                        let mut err = ItemError::from_model(&e);
+                        err.message = format!("candidate {c}: {}", err.message);
+                        err
                     }),
                 Ok(_) => Some(ItemError::new(
                     FailureKind::InvalidArgument,
