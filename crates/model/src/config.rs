@@ -177,20 +177,7 @@ impl ModelConfig {
         if text_type != "qwen2" {
             return Err(unsupported_llm(text_type));
         }
-        let vision = VisionConfig {
-            hidden_size: req_usize(v, "vision_config.hidden_size")?,
-            num_layers: req_usize(v, "vision_config.num_hidden_layers")?,
-            num_heads: req_usize(v, "vision_config.num_attention_heads")?,
-            intermediate_size: req_usize(v, "vision_config.intermediate_size")?,
-            image_size: side(&v["image_size"]).unwrap_or(448),
-            patch_size: side(&v["patch_size"]).unwrap_or(14),
-            qkv_bias: v["attention_bias"].as_bool().unwrap_or(false),
-            qk_norm: v["use_qk_norm"].as_bool().unwrap_or(false),
-            norm: norm_kind(v["norm_type"].as_str())?,
-            norm_eps: v["layer_norm_eps"].as_f64().unwrap_or(1e-6),
-            final_layernorm: !v["use_mean_pooling"].as_bool().unwrap_or(true),
-        };
-        check_activation(v["hidden_act"].as_str(), "gelu", "vision_config.hidden_act")?;
+        let vision = parse_vision(v, Layout::HuggingFace)?;
         check_activation(
             root["projector_hidden_act"].as_str(),
             "gelu",
@@ -268,20 +255,7 @@ impl ModelConfig {
                 )));
             }
         }
-        let vision = VisionConfig {
-            hidden_size: req_usize(v, "vision_config.hidden_size")?,
-            num_layers: req_usize(v, "vision_config.num_hidden_layers")?,
-            num_heads: req_usize(v, "vision_config.num_attention_heads")?,
-            intermediate_size: req_usize(v, "vision_config.intermediate_size")?,
-            image_size: side(&v["image_size"]).unwrap_or(448),
-            patch_size: side(&v["patch_size"]).unwrap_or(14),
-            qkv_bias: v["qkv_bias"].as_bool().unwrap_or(true),
-            qk_norm: v["qk_normalization"].as_bool().unwrap_or(false),
-            norm: norm_kind(v["norm_type"].as_str())?,
-            norm_eps: v["layer_norm_eps"].as_f64().unwrap_or(1e-6),
-            final_layernorm: false,
-        };
-        check_activation(v["hidden_act"].as_str(), "gelu", "vision_config.hidden_act")?;
+        let vision = parse_vision(v, Layout::OpenGvLab)?;
         let text = match text_arch {
             TextArch::Qwen2 => parse_qwen2(t, "llm_config", None)?,
             TextArch::InternLm2 => parse_internlm2(t, "llm_config")?,
@@ -376,9 +350,75 @@ impl ModelConfig {
     }
 }
 
+/// InternViT's `vision_config`; the two layouts name the bias, QK-norm and final-norm switches
+/// differently (HF: `attention_bias`, `use_qk_norm`, `use_mean_pooling`; OpenGVLab: `qkv_bias`,
+/// `qk_normalization`, no final norm).
+fn parse_vision(v: &Value, layout: Layout) -> Result<VisionConfig> {
+    check_activation(v["hidden_act"].as_str(), "gelu", "vision_config.hidden_act")?;
+    let (qkv_bias, qk_norm, final_layernorm) = match layout {
+        Layout::HuggingFace => (
+            v["attention_bias"].as_bool().unwrap_or(false),
+            v["use_qk_norm"].as_bool().unwrap_or(false),
+            !v["use_mean_pooling"].as_bool().unwrap_or(true),
+        ),
+        Layout::OpenGvLab => (
+            v["qkv_bias"].as_bool().unwrap_or(true),
+            v["qk_normalization"].as_bool().unwrap_or(false),
+            false,
+        ),
+    };
+    Ok(VisionConfig {
+        hidden_size: req_usize(v, "vision_config.hidden_size")?,
+        num_layers: req_usize(v, "vision_config.num_hidden_layers")?,
+        num_heads: req_usize(v, "vision_config.num_attention_heads")?,
+        intermediate_size: req_usize(v, "vision_config.intermediate_size")?,
+        image_size: side(&v["image_size"]).unwrap_or(448),
+        patch_size: side(&v["patch_size"]).unwrap_or(14),
+        qkv_bias,
+        qk_norm,
+        norm: norm_kind(v["norm_type"].as_str())?,
+        norm_eps: v["layer_norm_eps"].as_f64().unwrap_or(1e-6),
+        final_layernorm,
+    })
+}
+
+/// The fields every decoder config spells the same way (Qwen2 and InternLM2), with the
+/// activation check both share.
+struct DecoderShape {
+    hidden_size: usize,
+    num_layers: usize,
+    num_heads: usize,
+    num_kv_heads: usize,
+    intermediate_size: usize,
+    vocab_size: usize,
+    rms_norm_eps: f64,
+}
+
+impl DecoderShape {
+    fn parse(t: &Value, section: &str) -> Result<Self> {
+        let num_heads = req_usize(t, &format!("{section}.num_attention_heads"))?;
+        check_activation(
+            t["hidden_act"].as_str(),
+            "silu",
+            &format!("{section}.hidden_act"),
+        )?;
+        Ok(DecoderShape {
+            hidden_size: req_usize(t, &format!("{section}.hidden_size"))?,
+            num_layers: req_usize(t, &format!("{section}.num_hidden_layers"))?,
+            num_heads,
+            num_kv_heads: t["num_key_value_heads"]
+                .as_u64()
+                .map(|x| x as usize)
+                .unwrap_or(num_heads),
+            intermediate_size: req_usize(t, &format!("{section}.intermediate_size"))?,
+            vocab_size: req_usize(t, &format!("{section}.vocab_size"))?,
+            rms_norm_eps: t["rms_norm_eps"].as_f64().unwrap_or(1e-6),
+        })
+    }
+}
+
 fn parse_qwen2(t: &Value, section: &str, tie_default: Option<bool>) -> Result<TextConfig> {
-    let hidden_size = req_usize(t, &format!("{section}.hidden_size"))?;
-    let num_heads = req_usize(t, &format!("{section}.num_attention_heads"))?;
+    let shape = DecoderShape::parse(t, section)?;
     if let Some(scaling) = t.get("rope_scaling").filter(|s| !s.is_null()) {
         let kind = scaling["rope_type"].as_str().or(scaling["type"].as_str());
         if !matches!(kind, None | Some("default")) {
@@ -404,26 +444,18 @@ fn parse_qwen2(t: &Value, section: &str, tie_default: Option<bool>) -> Result<Te
             "{section}.use_sliding_window is not supported"
         )));
     }
-    check_activation(
-        t["hidden_act"].as_str(),
-        "silu",
-        &format!("{section}.hidden_act"),
-    )?;
     Ok(TextConfig {
-        hidden_size,
-        num_layers: req_usize(t, &format!("{section}.num_hidden_layers"))?,
-        num_heads,
-        num_kv_heads: t["num_key_value_heads"]
-            .as_u64()
-            .map(|x| x as usize)
-            .unwrap_or(num_heads),
         head_dim: t["head_dim"]
             .as_u64()
             .map(|x| x as usize)
-            .unwrap_or(hidden_size / num_heads.max(1)),
-        intermediate_size: req_usize(t, &format!("{section}.intermediate_size"))?,
-        vocab_size: req_usize(t, &format!("{section}.vocab_size"))?,
-        rms_norm_eps: t["rms_norm_eps"].as_f64().unwrap_or(1e-6),
+            .unwrap_or(shape.hidden_size / shape.num_heads.max(1)),
+        hidden_size: shape.hidden_size,
+        num_layers: shape.num_layers,
+        num_heads: shape.num_heads,
+        num_kv_heads: shape.num_kv_heads,
+        intermediate_size: shape.intermediate_size,
+        vocab_size: shape.vocab_size,
+        rms_norm_eps: shape.rms_norm_eps,
         rope_theta,
         rope_scaling: RopeScaling::None,
         max_position_embeddings: t["max_position_embeddings"].as_u64().unwrap_or(32_768) as usize,
@@ -439,18 +471,13 @@ fn parse_qwen2(t: &Value, section: &str, tie_default: Option<bool>) -> Result<Te
 /// `InternLM2Config` (OpenGVLab's `configuration_internlm2.py`): head_dim = hidden / heads,
 /// `bias` on `wqkv`/`wo`, `rope_scaling` `{"type": "dynamic" | "linear", "factor": f}`.
 fn parse_internlm2(t: &Value, section: &str) -> Result<TextConfig> {
-    let hidden_size = req_usize(t, &format!("{section}.hidden_size"))?;
-    let num_heads = req_usize(t, &format!("{section}.num_attention_heads"))?;
+    let shape = DecoderShape::parse(t, section)?;
+    let (hidden_size, num_heads) = (shape.hidden_size, shape.num_heads);
     if num_heads == 0 || !hidden_size.is_multiple_of(num_heads) {
         return Err(Error::Checkpoint(format!(
             "{section}.hidden_size {hidden_size} is not divisible by num_attention_heads {num_heads}"
         )));
     }
-    check_activation(
-        t["hidden_act"].as_str(),
-        "silu",
-        &format!("{section}.hidden_act"),
-    )?;
     let max_pos = t["max_position_embeddings"].as_u64().unwrap_or(2048) as usize;
     let (rope_scaling, context) = match t.get("rope_scaling").filter(|s| !s.is_null()) {
         None => (RopeScaling::None, max_pos),
@@ -485,17 +512,14 @@ fn parse_internlm2(t: &Value, section: &str) -> Result<TextConfig> {
     };
     Ok(TextConfig {
         arch: TextArch::InternLm2,
-        hidden_size,
-        num_layers: req_usize(t, &format!("{section}.num_hidden_layers"))?,
-        num_heads,
-        num_kv_heads: t["num_key_value_heads"]
-            .as_u64()
-            .map(|x| x as usize)
-            .unwrap_or(num_heads),
         head_dim: hidden_size / num_heads,
-        intermediate_size: req_usize(t, &format!("{section}.intermediate_size"))?,
-        vocab_size: req_usize(t, &format!("{section}.vocab_size"))?,
-        rms_norm_eps: t["rms_norm_eps"].as_f64().unwrap_or(1e-6),
+        hidden_size,
+        num_layers: shape.num_layers,
+        num_heads,
+        num_kv_heads: shape.num_kv_heads,
+        intermediate_size: shape.intermediate_size,
+        vocab_size: shape.vocab_size,
+        rms_norm_eps: shape.rms_norm_eps,
         rope_theta: t["rope_theta"].as_f64().unwrap_or(10_000.0),
         rope_scaling,
         max_position_embeddings: context,
