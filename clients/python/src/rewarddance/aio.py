@@ -210,14 +210,7 @@ class AsyncRewardClient:
         timeout: Optional[float] = None,
         value_range: Optional[Tuple[float, float]] = None,
     ) -> RankResult:
-        """See `RewardClient.rank`. Ranks N candidate images for one prompt (Best-of-N) with the server's Rank RPC.
-
-        `method`: "pairwise" (default: every ordered pair, or `opponents` K random opponents per
-        candidate drawn with `seed`, both orders, Bradley-Terry) or "pointwise" (P(yes) each).
-        Candidates take the same input kinds as `score()`. A candidate that cannot be scored is
-        reported in `errors` / `ok_mask` and ranked last; the call fails as a whole
-        (`RewardError`) only for call-level errors, after retries as for `score()`.
-        """
+        """Awaitable `RewardClient.rank` (same arguments, same result)."""
         self._ensure()
         loop = asyncio.get_running_loop()
         req, client_errors = await loop.run_in_executor(None, lambda: _core.rank_request(
