@@ -42,7 +42,7 @@ pub use feature_cache::CacheStats;
 pub use image::ImageInput;
 pub use item::{Candidate, Mode, Score, ScoreItem};
 pub use prompt::AnswerTokens;
-pub use rationale::{Rationale, RationaleOptions, StopReason};
+pub use rationale::{Generation, Rationale, RationaleOptions, StopReason, Token};
 pub use scorer::{ImageLayout, LoadOptions, PreparedItem, RewardModel};
 
 /// Re-exported so callers can pick devices and dtypes without depending on candle directly.

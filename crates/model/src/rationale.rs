@@ -9,6 +9,7 @@ use candle_core::Tensor;
 
 use crate::error::Result;
 use crate::item::Score;
+use crate::language::KvCache;
 use crate::ranking::SplitMix64;
 use crate::scorer::{PreparedItem, RewardModel};
 
@@ -23,6 +24,9 @@ pub struct RationaleOptions {
     pub top_p: f32,
     /// Seed of the item's sampler (same seed and inputs, same text).
     pub seed: u64,
+    /// Keep decoding past the end-of-turn token until `max_tokens` (benchmarks only, like
+    /// vLLM's `ignore_eos`).
+    pub ignore_end: bool,
 }
 
 impl Default for RationaleOptions {
@@ -32,6 +36,7 @@ impl Default for RationaleOptions {
             temperature: 0.0,
             top_p: 1.0,
             seed: 0,
+            ignore_end: false,
         }
     }
 }
@@ -59,102 +64,219 @@ pub struct Rationale {
     pub stop: StopReason,
 }
 
-struct Active {
-    item: usize,
+/// One item's rationale in progress: its key/value cache, its sampler and the text so far.
+///
+/// A generation is advanced in two halves so that a server can interleave many of them with
+/// other work on the device: [`RewardModel::next_token`] picks the next token from the pending
+/// distribution on the host, and [`RewardModel::decode_forward`] feeds the picked tokens of
+/// many generations (from any number of prefill batches) through the decoder in one step.
+pub struct Generation {
+    /// Position of the item in the batch it was prefilled with.
+    pub item: usize,
     options: RationaleOptions,
     rng: SplitMix64,
     ids: Vec<u32>,
     text: String,
+    /// The prefix of `text` already handed out as increments.
+    emitted: String,
+    cache: KvCache,
+    /// Logits of the next token (vocabulary-sized), when it has not been picked yet.
+    pending: Option<Vec<f32>>,
+}
+
+/// What [`RewardModel::next_token`] produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Token {
+    /// New text since the last increment (may be empty while a character is incomplete).
+    pub text: String,
+    /// Set when the generation ended with this step.
+    pub stop: Option<StopReason>,
+}
+
+impl Generation {
+    /// Tokens generated so far.
+    pub fn tokens(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// The options it decodes with.
+    pub fn options(&self) -> &RationaleOptions {
+        &self.options
+    }
+
+    /// Ends the generation with `stop` and returns what it decoded.
+    pub fn finish(self, stop: StopReason) -> Rationale {
+        Rationale {
+            token_ids: self.ids,
+            text: self.text,
+            stop,
+        }
+    }
 }
 
 impl RewardModel {
-    /// Scores `batch` and decodes a rationale for every item whose `options` entry is set.
-    /// `on_text(item, new_text)` receives each increment of an item's text as it is decoded
-    /// and returns `false` to stop that item (its rationale then ends with
-    /// [`StopReason::Stopped`]).
+    /// Prefills `batch` once: returns every item's score and, for each item whose `options`
+    /// entry is set, a [`Generation`] ready for its first [`RewardModel::next_token`].
+    pub fn prefill_for_rationales(
+        &self,
+        batch: &[&PreparedItem],
+        options: &[Option<RationaleOptions>],
+    ) -> Result<(Vec<Score>, Vec<Option<Generation>>)> {
+        if batch.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let (embeds, packing) = self.packed_inputs(batch)?;
+        let (hidden, caches) = self.language.prefill_with_cache(&embeds, &packing)?;
+        let logits = self.language.logits(&hidden)?;
+        let scores = self.scores_from_logits(&logits)?;
+        let wanted: Vec<u32> = (0..batch.len())
+            .filter(|&i| matches!(options.get(i), Some(Some(_))))
+            .map(|i| i as u32)
+            .collect();
+        let mut rows = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            logits
+                .index_select(&Tensor::new(wanted.as_slice(), self.device())?, 0)?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec2::<f32>()?
+        }
+        .into_iter();
+        let mut generations = Vec::with_capacity(batch.len());
+        for (i, cache) in caches.into_iter().enumerate() {
+            generations.push(match options.get(i) {
+                Some(Some(opts)) => Some(Generation {
+                    item: i,
+                    options: *opts,
+                    rng: SplitMix64(opts.seed),
+                    ids: Vec::new(),
+                    text: String::new(),
+                    emitted: String::new(),
+                    cache,
+                    pending: rows.next(),
+                }),
+                _ => None,
+            });
+        }
+        Ok((scores, generations))
+    }
+
+    /// Picks `generation`'s next token from its pending distribution (host only) and returns
+    /// the text it adds. After a token that does not end the generation, the generation must
+    /// go through [`RewardModel::decode_forward`] before its next `next_token`.
+    pub fn next_token(&self, generation: &mut Generation) -> Result<Token> {
+        let g = generation;
+        let Some(logits) = g.pending.take() else {
+            return Err(misuse("next_token called twice without a decode step"));
+        };
+        let id = sample(&logits, &g.options, &mut g.rng);
+        if Some(id) == self.prompt_builder().end_token_id() && !g.options.ignore_end {
+            return Ok(Token {
+                text: g.flush(),
+                stop: Some(StopReason::EndOfTurn),
+            });
+        }
+        g.ids.push(id);
+        g.text = self.prompt_builder().decode(&g.ids)?;
+        let stop = (g.ids.len() >= g.options.max_tokens).then_some(StopReason::MaxTokens);
+        let text = if stop.is_some() {
+            g.flush()
+        } else {
+            g.increment()
+        };
+        Ok(Token { text, stop })
+    }
+
+    /// One batched decoder step: feeds each generation's last picked token and leaves the
+    /// distribution of its next token pending. Generations may come from different prefills.
+    pub fn decode_forward(&self, generations: &mut [&mut Generation]) -> Result<()> {
+        if generations.is_empty() {
+            return Ok(());
+        }
+        let mut ids = Vec::with_capacity(generations.len());
+        for g in generations.iter() {
+            match (g.pending.is_none(), g.ids.last()) {
+                (true, Some(&id)) => ids.push(id),
+                _ => {
+                    return Err(misuse(
+                        "decode_forward needs a freshly picked token per generation",
+                    ))
+                }
+            }
+        }
+        let mut caches: Vec<&mut KvCache> = generations.iter_mut().map(|g| &mut g.cache).collect();
+        let hidden = self.language.decode_step(&ids, &mut caches)?;
+        let rows = self
+            .language
+            .logits(&hidden)?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec2::<f32>()?;
+        for (g, row) in generations.iter_mut().zip(rows) {
+            g.pending = Some(row);
+        }
+        Ok(())
+    }
+
+    /// Scores `batch` and decodes a rationale for every item whose `options` entry is set,
+    /// running the generations to completion together. `on_text(item, new_text)` receives
+    /// each increment of an item's text as it is decoded and returns `false` to stop that item
+    /// (its rationale then ends with [`StopReason::Stopped`]).
     pub fn score_with_rationales(
         &self,
         batch: &[&PreparedItem],
         options: &[Option<RationaleOptions>],
         on_text: &mut dyn FnMut(usize, &str) -> bool,
     ) -> Result<Vec<(Score, Option<Rationale>)>> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (embeds, packing) = self.packed_inputs(batch)?;
-        let (hidden, caches) = self.language.prefill_with_cache(&embeds, &packing)?;
-        let logits = self.language.logits(&hidden)?;
-        let scores = self.scores_from_logits(&logits)?;
-        let end = self.prompt_builder().end_token_id();
-
+        let (scores, generations) = self.prefill_for_rationales(batch, options)?;
         let mut done: Vec<Option<Rationale>> = vec![None; batch.len()];
-        let mut active: Vec<Active> = Vec::new();
-        let mut active_caches = Vec::new();
-        for (i, cache) in caches.into_iter().enumerate() {
-            if let Some(Some(opts)) = options.get(i) {
-                active.push(Active {
-                    item: i,
-                    options: *opts,
-                    rng: SplitMix64(opts.seed),
-                    ids: Vec::new(),
-                    text: String::new(),
-                });
-                active_caches.push(cache);
-            }
-        }
-        let rows: Vec<u32> = active.iter().map(|a| a.item as u32).collect();
-        let mut step_logits = if rows.is_empty() {
-            None
-        } else {
-            Some(logits.index_select(&Tensor::new(rows, self.device())?, 0)?)
-        };
-        while let Some(current) = step_logits.take() {
-            let rows: Vec<Vec<f32>> = current.to_vec2::<f32>()?;
-            let mut next_ids = Vec::with_capacity(active.len());
-            let mut keep = Vec::with_capacity(active.len());
-            for (a, row) in active.iter_mut().zip(rows) {
-                let id = sample(&row, &a.options, &mut a.rng);
-                let stop = if Some(id) == end {
-                    Some(StopReason::EndOfTurn)
-                } else {
-                    a.ids.push(id);
-                    let text = self.prompt_builder().decode(&a.ids)?;
-                    let fresh = text
-                        .strip_prefix(a.text.as_str())
-                        .unwrap_or(&text)
-                        .to_string();
-                    a.text = text;
-                    if !fresh.is_empty() && !on_text(a.item, &fresh) {
-                        Some(StopReason::Stopped)
-                    } else if a.ids.len() >= a.options.max_tokens {
-                        Some(StopReason::MaxTokens)
-                    } else {
-                        None
-                    }
-                };
-                keep.push(stop.is_none());
-                match stop {
-                    Some(stop) => {
-                        done[a.item] = Some(Rationale {
-                            token_ids: std::mem::take(&mut a.ids),
-                            text: std::mem::take(&mut a.text),
-                            stop,
-                        })
-                    }
-                    None => next_ids.push(id),
+        let mut active: Vec<Generation> = generations.into_iter().flatten().collect();
+        while !active.is_empty() {
+            let mut running = Vec::with_capacity(active.len());
+            for mut g in active {
+                let token = self.next_token(&mut g)?;
+                let item = g.item;
+                let wanted = token.text.is_empty() || on_text(item, &token.text);
+                match (token.stop, wanted) {
+                    (Some(stop), _) => done[item] = Some(g.finish(stop)),
+                    (None, false) => done[item] = Some(g.finish(StopReason::Stopped)),
+                    (None, true) => running.push(g),
                 }
             }
-            let mut flags = keep.iter();
-            active.retain(|_| *flags.next().unwrap_or(&false));
-            let mut flags = keep.iter();
-            active_caches.retain(|_| *flags.next().unwrap_or(&false));
-            if !active.is_empty() {
-                let hidden = self.language.decode_step(&next_ids, &mut active_caches)?;
-                step_logits = Some(self.language.logits(&hidden)?);
-            }
+            let mut refs: Vec<&mut Generation> = running.iter_mut().collect();
+            self.decode_forward(&mut refs)?;
+            active = running;
         }
         Ok(scores.into_iter().zip(done).collect())
     }
+}
+
+impl Generation {
+    /// Text decoded since the last increment, held back while it ends in an incomplete
+    /// character (U+FFFD) or while detokenisation rewrote already emitted text.
+    fn increment(&mut self) -> String {
+        if self.text.ends_with('\u{FFFD}') {
+            return String::new();
+        }
+        self.flush()
+    }
+
+    /// Everything not yet emitted (the end of a generation). Nothing when detokenising the
+    /// longer sequence changed text already emitted: the final `text` is authoritative.
+    fn flush(&mut self) -> String {
+        match self.text.strip_prefix(self.emitted.as_str()) {
+            Some(fresh) if !fresh.is_empty() => {
+                let fresh = fresh.to_string();
+                self.emitted.push_str(&fresh);
+                fresh
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+/// An API misuse inside the crate's callers (a bug, not a bad item).
+fn misuse(what: &str) -> crate::Error {
+    crate::Error::Compute(candle_core::Error::Msg(what.to_string()))
 }
 
 /// Greedy at temperature 0; otherwise softmax at `temperature`, nucleus `top_p`, one draw.

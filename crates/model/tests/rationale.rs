@@ -116,6 +116,7 @@ fn seeded_sampling_is_reproducible() {
             temperature: 1.0,
             top_p: 0.9,
             seed,
+            ..RationaleOptions::default()
         })
     };
     let run = |seed| {
@@ -127,4 +128,64 @@ fn seeded_sampling_is_reproducible() {
             .unwrap()
     };
     assert_eq!(run(42), run(42));
+}
+
+#[test]
+fn generations_from_different_prefills_share_decode_steps() {
+    // A server keeps decoding while new batches are prefilled: a generation that joins late
+    // must decode exactly as it would alone.
+    let model = load_model("tiny-internvl-ogv");
+    let reference = Reference::load("tiny-internvl-ogv");
+    let items = reference.prepared(&model);
+    let alone = |i: usize| {
+        model
+            .score_with_rationales(&[&items[i]], &[greedy(6)], &mut |_, _| true)
+            .unwrap()[0]
+            .1
+            .clone()
+            .unwrap()
+    };
+    let start = |i: usize| {
+        let (_, mut g) = model
+            .prefill_for_rationales(&[&items[i]], &[greedy(6)])
+            .unwrap();
+        g[0].take().expect("a generation")
+    };
+    let mut early = start(0);
+    let mut texts = [String::new(), String::new()];
+    // Two steps alone, then the second item joins and both step together.
+    for _ in 0..2 {
+        let t = model.next_token(&mut early).unwrap();
+        assert!(t.stop.is_none());
+        texts[0] += &t.text;
+        model.decode_forward(&mut [&mut early]).unwrap();
+    }
+    let mut late = start(1);
+    let mut running = vec![(0usize, early), (1usize, late)];
+    let mut finished = Vec::new();
+    while !running.is_empty() {
+        let mut next = Vec::new();
+        for (k, mut g) in running {
+            let t = model.next_token(&mut g).unwrap();
+            texts[k] += &t.text;
+            match t.stop {
+                Some(stop) => finished.push((k, g.finish(stop))),
+                None => next.push((k, g)),
+            }
+        }
+        let mut refs: Vec<_> = next.iter_mut().map(|(_, g)| g).collect();
+        model.decode_forward(&mut refs).unwrap();
+        running = next;
+    }
+    finished.sort_by_key(|(k, _)| *k);
+    for (k, r) in finished {
+        assert_eq!(r, alone(k), "item {k}");
+        assert_eq!(texts[k], r.text, "item {k}: increments add up to the text");
+    }
+    late = start(1);
+    model.next_token(&mut late).unwrap();
+    assert!(
+        model.next_token(&mut late).is_err(),
+        "a second pick without a decode step is refused"
+    );
 }

@@ -81,7 +81,7 @@ impl LanguageModel {
 
     /// One decode step: token `ids[i]` is appended to sequence `caches[i]`; returns the
     /// final-normed hidden states of the new tokens, (B, H).
-    pub fn decode_step(&self, ids: &[u32], caches: &mut [KvCache]) -> Result<Tensor> {
+    pub fn decode_step(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
         let b = ids.len();
         if b != caches.len() {
             candle_core::bail!("{b} tokens for {} caches", caches.len());
