@@ -2,9 +2,12 @@
 //! so that tests can inject faults (slow batches, panics) without touching the model.
 
 use candle_core::DeviceLocation;
-use rewarddance_model::{Device, PreparedItem, Result, RewardModel, Score, ScoreItem};
+use rewarddance_model::{
+    Device, Generation, PreparedItem, RationaleOptions, Result, RewardModel, Score, ScoreItem,
+    Token,
+};
 
-/// A model on one device. Both methods must be pure per item (batching never changes a score).
+/// A model on one device. Every method must be pure per item (batching never changes a score).
 pub trait Backend: Send + Sync + 'static {
     /// The underlying model (identity, config and limits for `Info`).
     fn model(&self) -> &RewardModel;
@@ -18,6 +21,26 @@ pub trait Backend: Send + Sync + 'static {
     /// worker thread only.
     fn score_prepared(&self, batch: &[&PreparedItem]) -> Result<Vec<Score>> {
         self.model().score_prepared(batch)
+    }
+
+    /// Device half when some items want a rationale: one prefill, the scores, and a
+    /// [`Generation`] for each item whose `options` entry is set.
+    fn prefill_for_rationales(
+        &self,
+        batch: &[&PreparedItem],
+        options: &[Option<RationaleOptions>],
+    ) -> Result<(Vec<Score>, Vec<Option<Generation>>)> {
+        self.model().prefill_for_rationales(batch, options)
+    }
+
+    /// Picks a generation's next token (host side).
+    fn next_token(&self, generation: &mut Generation) -> Result<Token> {
+        self.model().next_token(generation)
+    }
+
+    /// One batched decode step over generations from any prefills.
+    fn decode_forward(&self, generations: &mut [&mut Generation]) -> Result<()> {
+        self.model().decode_forward(generations)
     }
 
     /// Device label for logs, metrics and `Info`: `cpu`, `cuda:N`.

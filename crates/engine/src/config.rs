@@ -21,6 +21,9 @@ pub struct EngineConfig {
     pub preprocess_threads: usize,
     /// Consecutive failed batches after which a device is reported unhealthy.
     pub max_consecutive_failures: u32,
+    /// Most rationales one device decodes at once; at the limit it takes no new batch until
+    /// one finishes (bounds key/value-cache memory).
+    pub max_decoding_sequences: usize,
 }
 
 impl Default for EngineConfig {
@@ -32,6 +35,7 @@ impl Default for EngineConfig {
             max_queue_items: 4096,
             preprocess_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             max_consecutive_failures: 3,
+            max_decoding_sequences: 64,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rewarddance_model::{Candidate, ImageInput, Mode, ScoreItem};
+use rewarddance_model::{Candidate, ImageInput, Mode, RationaleOptions, ScoreItem};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::Span;
 
@@ -54,20 +54,50 @@ pub enum SubmitError {
     ShuttingDown,
 }
 
+/// One unit of work: an item to score and, optionally, a rationale to decode after it.
+#[derive(Debug, Clone)]
+pub struct Work {
+    /// The item.
+    pub item: ScoreItem,
+    /// Decode a rationale (absent: score only, no decoding).
+    pub rationale: Option<RationaleOptions>,
+}
+
+impl From<ScoreItem> for Work {
+    fn from(item: ScoreItem) -> Self {
+        Work {
+            item,
+            rationale: None,
+        }
+    }
+}
+
 /// One item's pending answer. Dropping it tells the engine nobody waits any more: the item is
-/// dropped before compute.
+/// dropped before compute, or its rationale stops decoding.
 #[derive(Debug)]
-pub struct Ticket(oneshot::Receiver<ItemResult>);
+pub struct Ticket {
+    result: oneshot::Receiver<ItemResult>,
+    text: Option<mpsc::UnboundedReceiver<String>>,
+}
 
 impl Ticket {
+    /// Takes the stream of rationale text increments (only for work that asked for a
+    /// rationale). It ends when the item is answered; the increments add up to the final
+    /// rationale's text. Not taking it costs nothing.
+    pub fn take_text(&mut self) -> Option<mpsc::UnboundedReceiver<String>> {
+        self.text.take()
+    }
+
     /// Waits for the item's result.
     pub async fn wait(self) -> ItemResult {
-        self.0.await.unwrap_or_else(|_| ItemResult {
-            outcome: Err(ItemError::new(
+        // Text nobody took is not kept while the rationale decodes.
+        let Ticket { result, text } = self;
+        drop(text);
+        result.await.unwrap_or_else(|_| {
+            ItemResult::failed(ItemError::new(
                 FailureKind::Internal,
                 "the engine dropped the item without an answer",
-            )),
-            timing: Timing::default(),
+            ))
         })
     }
 }
@@ -142,6 +172,7 @@ impl Engine {
                 warmup.clone(),
                 inner.to_batcher.clone(),
                 inner.config.max_consecutive_failures,
+                inner.config.max_decoding_sequences,
             )?;
         }
         tokio::spawn(batcher::run(
@@ -189,13 +220,14 @@ impl Engine {
         self.inner.in_flight.load(Ordering::Acquire)
     }
 
-    /// Admits `items` as a whole or not at all, and returns one ticket per item, in order.
+    /// Admits `items` (each a [`ScoreItem`] or a [`Work`]) as a whole or not at all, and
+    /// returns one ticket per item, in order.
     /// `deadline` applies to each item: one still waiting for a batch when it passes is
     /// answered with [`FailureKind::DeadlineExceeded`] and never computed. `span` is the
     /// request's tracing span, carried through preprocessing and the batch.
-    pub fn submit(
+    pub fn submit<W: Into<Work>>(
         &self,
-        items: Vec<ScoreItem>,
+        items: Vec<W>,
         deadline: Option<Instant>,
         span: &Span,
     ) -> Result<Vec<Ticket>, SubmitError> {
@@ -228,11 +260,21 @@ impl Engine {
         metrics::set_in_flight(current + n);
         let admitted = Instant::now();
         let mut tickets = Vec::with_capacity(n);
-        for item in items {
-            let (reply, rx) = oneshot::channel();
-            tickets.push(Ticket(rx));
+        for work in items {
+            let Work { item, rationale } = work.into();
+            let (reply, result) = oneshot::channel();
+            let (text_tx, text) = match rationale {
+                Some(_) => {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    (Some(tx), Some(rx))
+                }
+                None => (None, None),
+            };
+            tickets.push(Ticket { result, text });
             let job = Job {
                 item,
+                rationale,
+                text: text_tx,
                 reply,
                 deadline,
                 span: span.clone(),

@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use rewarddance_model::{PreparedItem, Score, ScoreItem};
-use tokio::sync::oneshot;
+use rewarddance_model::{PreparedItem, RationaleOptions, Score, ScoreItem};
+use tokio::sync::{mpsc, oneshot};
 use tracing::Span;
 
 use crate::engine::Slot;
@@ -96,6 +96,8 @@ pub struct Timing {
     pub preprocess: Duration,
     /// The forward pass of the item's batch.
     pub inference: Duration,
+    /// Decoding the rationale, from the end of the prefill to the last token.
+    pub decode: Duration,
     /// Admission to answer.
     pub total: Duration,
     /// Items in the item's batch.
@@ -104,19 +106,60 @@ pub struct Timing {
     pub batch_tokens: usize,
 }
 
+/// Why a rationale ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RationaleEnd {
+    /// The model ended its turn.
+    EndOfTurn,
+    /// The item's `max_tokens` were generated.
+    MaxTokens,
+    /// The caller's deadline passed: the text is a prefix.
+    Deadline,
+    /// Decoding failed on the device: the text is a prefix (the score is still valid).
+    Failed,
+}
+
+/// A decoded rationale.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RationaleOutput {
+    /// The text (authoritative: streamed increments add up to it).
+    pub text: String,
+    /// Generated token ids, the end-of-turn token excluded.
+    pub token_ids: Vec<u32>,
+    /// Why decoding stopped.
+    pub end: RationaleEnd,
+}
+
 /// The answer for one item.
 #[derive(Debug, Clone)]
 pub struct ItemResult {
     /// The score, or why there is none.
     pub outcome: Result<Score, ItemError>,
+    /// The rationale, when the item asked for one and was scored.
+    pub rationale: Option<RationaleOutput>,
     /// Timings.
     pub timing: Timing,
+}
+
+impl ItemResult {
+    /// A result without a score.
+    pub fn failed(error: ItemError) -> Self {
+        ItemResult {
+            outcome: Err(error),
+            rationale: None,
+            timing: Timing::default(),
+        }
+    }
 }
 
 /// An admitted item on its way through the engine. Dropping it unanswered frees its queue
 /// slot; the ticket then reports an internal error (or nobody is listening any more).
 pub(crate) struct Job {
     pub item: ScoreItem,
+    /// Decode a rationale after the score.
+    pub rationale: Option<RationaleOptions>,
+    /// Where rationale text increments go as they are decoded (receiver may be gone).
+    pub text: Option<mpsc::UnboundedSender<String>>,
     pub reply: oneshot::Sender<ItemResult>,
     pub deadline: Option<Instant>,
     pub span: Span,
@@ -143,14 +186,22 @@ impl Job {
         self.deadline.is_some_and(|d| now >= d)
     }
 
-    /// Answers with a score.
-    pub fn succeed(mut self, score: Score) {
+    /// Answers with a score (and the rationale, when one was decoded).
+    pub fn succeed(mut self, score: Score, rationale: Option<RationaleOutput>) {
         self.timing.total = self.admitted.elapsed();
         metrics::record_item_ok(&self.timing);
         let _ = self.reply.send(ItemResult {
             outcome: Ok(score),
+            rationale,
             timing: self.timing,
         });
+    }
+
+    /// Hands a piece of rationale text to the caller (if it still listens for text).
+    pub fn stream_text(&self, text: &str) {
+        if let Some(tx) = &self.text {
+            let _ = tx.send(text.to_string());
+        }
     }
 
     /// Answers with an error (and counts it).
@@ -159,6 +210,7 @@ impl Job {
         metrics::record_item_failure(error.reason);
         let _ = self.reply.send(ItemResult {
             outcome: Err(error),
+            rationale: None,
             timing: self.timing,
         });
     }

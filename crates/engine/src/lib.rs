@@ -15,6 +15,18 @@
 //!    skipping items whose caller is gone or whose deadline passed.
 //! 4. The device worker (an OS thread) runs one packed forward pass and answers every item of
 //!    the batch; a failure or panic fails only that batch, with [`FailureKind::Internal`].
+//! 5. Items that asked for a rationale stay on their worker after the prefill and join its
+//!    running decode batch (continuous batching; see *Decoding* below).
+//!
+//! # Decoding
+//! How prefill and decode share a device: the worker alternates. Between two decode steps it
+//! takes at most one prefill batch if the batcher has one ready for it, so a new batch waits
+//! at most one decode step (the score latency trainers see stays the prefill latency), and
+//! running rationales advance by one token per prefill batch at worst (no starvation). All
+//! rationales on a device decode together, one token each per step, whatever batch they were
+//! prefilled in; a finished, cancelled or expired one leaves the step at once. While
+//! `max_decoding_sequences` rationales run, the worker takes no new prefill batch (other
+//! devices still do), which bounds the memory held by key/value caches.
 //!
 //! Every admitted item is answered exactly once (or dropped because nobody is listening), and
 //! the count of admitted items is what [`Engine::drained`] waits on during shutdown.
@@ -24,6 +36,7 @@
 mod backend;
 mod batcher;
 mod config;
+mod decoding;
 mod engine;
 mod job;
 pub mod metrics;
@@ -31,5 +44,5 @@ mod worker;
 
 pub use backend::{device_name, Backend};
 pub use config::EngineConfig;
-pub use engine::{Engine, Health, SubmitError, Ticket};
-pub use job::{FailureKind, ItemError, ItemResult, Timing};
+pub use engine::{Engine, Health, SubmitError, Ticket, Work};
+pub use job::{FailureKind, ItemError, ItemResult, RationaleEnd, RationaleOutput, Timing};

@@ -3,17 +3,22 @@
 //! fails only its own items; after a panic the worker loop is re-entered fresh (a restart;
 //! model weights are immutable, so nothing needs rebuilding), and a device that keeps failing
 //! is reported as failing to the batcher, which turns health NOT_SERVING.
+//!
+//! Items that asked for a rationale join the worker's [`DecodeSet`] after their prefill; the
+//! worker then alternates between at most one new prefill batch and one decode step (see the
+//! crate docs, *Decoding*).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rewarddance_model::{PreparedItem, ScoreItem};
+use rewarddance_model::{PreparedItem, RationaleOptions, ScoreItem};
 use tokio::sync::mpsc;
 
 use crate::backend::Backend;
 use crate::batcher::{Batch, BatcherMsg, WorkerStatus};
+use crate::decoding::{DecodeSet, Decoding, StepOutcome};
 use crate::job::{FailureKind, ItemError};
 use crate::metrics;
 
@@ -25,6 +30,7 @@ pub(crate) fn spawn(
     warmup: ScoreItem,
     to_batcher: mpsc::UnboundedSender<BatcherMsg>,
     max_consecutive_failures: u32,
+    max_decoding_sequences: usize,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name(format!("rd-worker-{device}"))
@@ -36,6 +42,8 @@ pub(crate) fn spawn(
                 to_batcher,
                 max_consecutive_failures: max_consecutive_failures.max(1),
                 consecutive_failures: 0,
+                max_decoding_sequences: max_decoding_sequences.max(1),
+                decoding: DecodeSet::default(),
             };
             worker.run(&warmup);
         })?;
@@ -49,6 +57,8 @@ struct Worker {
     to_batcher: mpsc::UnboundedSender<BatcherMsg>,
     max_consecutive_failures: u32,
     consecutive_failures: u32,
+    max_decoding_sequences: usize,
+    decoding: DecodeSet,
 }
 
 /// How one batch went.
@@ -70,43 +80,77 @@ impl Worker {
         metrics::set_worker_healthy(&self.device, status == WorkerStatus::Healthy);
         self.report(status);
         let (tx, rx) = std_mpsc::channel::<Batch>();
+        // Whether the batcher holds a `Ready` from this worker that it has not answered yet.
+        let mut asked = false;
+        let mut batcher_gone = false;
         loop {
-            let ready = BatcherMsg::Ready {
-                worker: self.index,
-                tx: tx.clone(),
-            };
-            if self.to_batcher.send(ready).is_err() {
-                return;
+            if !asked && !batcher_gone && self.decoding.len() < self.max_decoding_sequences {
+                let ready = BatcherMsg::Ready {
+                    worker: self.index,
+                    tx: tx.clone(),
+                };
+                asked = self.to_batcher.send(ready).is_ok();
+                batcher_gone = !asked;
             }
-            let Ok(batch) = rx.recv() else { return };
-            match self.run_batch(batch) {
-                Outcome::Ok => {
-                    if self.consecutive_failures >= self.max_consecutive_failures {
-                        tracing::info!(device = %self.device, "device recovered");
-                        metrics::set_worker_healthy(&self.device, true);
-                        self.report(WorkerStatus::Healthy);
-                    }
-                    self.consecutive_failures = 0;
+            let batch = if self.decoding.is_empty() {
+                if batcher_gone {
+                    return;
                 }
-                outcome => {
-                    let panicked = matches!(outcome, Outcome::Panicked);
-                    metrics::record_worker_failure(&self.device, panicked);
-                    if panicked {
-                        tracing::warn!(device = %self.device, "worker restarted after a panic");
-                    }
-                    self.consecutive_failures += 1;
-                    if self.consecutive_failures == self.max_consecutive_failures {
-                        tracing::error!(
-                            device = %self.device,
-                            failures = self.consecutive_failures,
-                            "device keeps failing; reporting NOT_SERVING"
-                        );
-                        metrics::set_worker_healthy(&self.device, false);
-                        self.report(WorkerStatus::Failing(format!(
-                            "{} consecutive batches failed",
-                            self.consecutive_failures
-                        )));
-                    }
+                match rx.recv() {
+                    Ok(batch) => Some(batch),
+                    Err(_) => return,
+                }
+            } else {
+                // Decoding: take a waiting prefill batch first, but never wait for one.
+                rx.try_recv().ok()
+            };
+            if let Some(batch) = batch {
+                asked = false;
+                let outcome = self.run_batch(batch);
+                self.record(outcome);
+            }
+            if !self.decoding.is_empty() {
+                match self.decoding.step(self.backend.as_ref(), &self.device) {
+                    StepOutcome::Ok => {}
+                    StepOutcome::Failed { panicked } => self.record(if panicked {
+                        Outcome::Panicked
+                    } else {
+                        Outcome::Failed
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Tracks consecutive failures of batches and decode steps; reports health changes.
+    fn record(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Ok => {
+                if self.consecutive_failures >= self.max_consecutive_failures {
+                    tracing::info!(device = %self.device, "device recovered");
+                    metrics::set_worker_healthy(&self.device, true);
+                    self.report(WorkerStatus::Healthy);
+                }
+                self.consecutive_failures = 0;
+            }
+            outcome => {
+                let panicked = matches!(outcome, Outcome::Panicked);
+                metrics::record_worker_failure(&self.device, panicked);
+                if panicked {
+                    tracing::warn!(device = %self.device, "worker restarted after a panic");
+                }
+                self.consecutive_failures += 1;
+                if self.consecutive_failures == self.max_consecutive_failures {
+                    tracing::error!(
+                        device = %self.device,
+                        failures = self.consecutive_failures,
+                        "device keeps failing; reporting NOT_SERVING"
+                    );
+                    metrics::set_worker_healthy(&self.device, false);
+                    self.report(WorkerStatus::Failing(format!(
+                        "{} consecutive batches failed",
+                        self.consecutive_failures
+                    )));
                 }
             }
         }
@@ -131,8 +175,9 @@ impl Worker {
         catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|_| Err("panicked".into()))
     }
 
-    /// Scores one batch and answers each of its items.
-    fn run_batch(&self, batch: Batch) -> Outcome {
+    /// Scores one batch and answers each of its items, except those that asked for a
+    /// rationale: they join the decode set with their score.
+    fn run_batch(&mut self, batch: Batch) -> Outcome {
         let cut = Instant::now();
         // Callers may have gone or expired while the batch waited for this thread.
         let mut jobs = Vec::with_capacity(batch.jobs.len());
@@ -153,8 +198,17 @@ impl Worker {
         }
         let _entered = span.enter();
         let refs: Vec<&PreparedItem> = jobs.iter().map(|p| &p.prepared).collect();
+        let options: Vec<Option<RationaleOptions>> = jobs.iter().map(|p| p.job.rationale).collect();
         let start = Instant::now();
-        let result = catch_unwind(AssertUnwindSafe(|| self.backend.score_prepared(&refs)));
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            if options.iter().all(Option::is_none) {
+                // The fast path: trainers want the number only.
+                let scores = self.backend.score_prepared(&refs)?;
+                Ok((scores, Vec::new()))
+            } else {
+                self.backend.prefill_for_rationales(&refs, &options)
+            }
+        }));
         let elapsed = start.elapsed();
         metrics::record_batch(&self.device, jobs.len(), tokens, elapsed.as_secs_f64());
         let model = self.backend.model();
@@ -165,18 +219,28 @@ impl Worker {
         );
         let n = jobs.len();
         let (outcome, failure) = match result {
-            Ok(Ok(scores)) if scores.len() == n => {
+            Ok(Ok((scores, generations))) if scores.len() == n => {
+                let mut generations = generations.into_iter();
+                let started = Instant::now();
                 for (p, score) in jobs.into_iter().zip(scores) {
                     let mut job = p.job;
                     job.timing.inference = elapsed;
                     job.timing.batch_items = n;
                     job.timing.batch_tokens = tokens;
-                    job.succeed(score);
+                    match generations.next().flatten() {
+                        Some(generation) => self.decoding.join(Decoding {
+                            generation,
+                            job,
+                            score,
+                            started,
+                        }),
+                        None => job.succeed(score, None),
+                    }
                 }
                 tracing::debug!(elapsed_ms = elapsed.as_secs_f64() * 1e3, "batch scored");
                 return Outcome::Ok;
             }
-            Ok(Ok(scores)) => (
+            Ok(Ok((scores, _))) => (
                 Outcome::Failed,
                 format!("the model returned {} scores for {n} items", scores.len()),
             ),

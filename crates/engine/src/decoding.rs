@@ -1,0 +1,148 @@
+//! The rationales a device worker is decoding: continuous batching across prefill batches.
+//!
+//! After a prefill, items that asked for a rationale join the worker's [`DecodeSet`] with
+//! their score already known. Each [`DecodeSet::step`] picks one token per sequence on the
+//! host, streams the new text to its caller, answers the sequences that ended (end of turn,
+//! `max_tokens`, deadline) or drops those whose caller went away, and runs one batched
+//! decoder step for the rest.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
+
+use rewarddance_model::{Generation, Score, StopReason};
+
+use crate::backend::Backend;
+use crate::job::{Job, RationaleEnd, RationaleOutput};
+use crate::metrics;
+
+/// One item decoding its rationale.
+pub(crate) struct Decoding {
+    pub generation: Generation,
+    pub job: Job,
+    pub score: Score,
+    /// When its prefill ended.
+    pub started: Instant,
+}
+
+impl Decoding {
+    /// Answers the item with its score and the rationale so far.
+    fn finish(mut self, end: RationaleEnd) {
+        let stop = match end {
+            RationaleEnd::EndOfTurn => StopReason::EndOfTurn,
+            RationaleEnd::MaxTokens => StopReason::MaxTokens,
+            RationaleEnd::Deadline | RationaleEnd::Failed => StopReason::Stopped,
+        };
+        let rationale = self.generation.finish(stop);
+        self.job.timing.decode = self.started.elapsed();
+        self.job.succeed(
+            self.score,
+            Some(RationaleOutput {
+                text: rationale.text,
+                token_ids: rationale.token_ids,
+                end,
+            }),
+        );
+    }
+}
+
+/// The rationales one device is decoding.
+#[derive(Default)]
+pub(crate) struct DecodeSet {
+    running: Vec<Decoding>,
+}
+
+/// How a step went.
+pub(crate) enum StepOutcome {
+    /// Every sequence advanced (or ended normally).
+    Ok,
+    /// The decoder step failed or panicked: its sequences were answered with what they had.
+    Failed { panicked: bool },
+}
+
+impl DecodeSet {
+    /// Sequences decoding.
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Whether nothing is decoding.
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// Adds a freshly prefilled sequence.
+    pub fn join(&mut self, decoding: Decoding) {
+        self.running.push(decoding);
+    }
+
+    /// One token for every sequence, then one batched decoder step.
+    pub fn step(&mut self, backend: &dyn Backend, device: &str) -> StepOutcome {
+        let start = Instant::now();
+        let mut next = Vec::with_capacity(self.running.len());
+        let mut tokens = 0usize;
+        for mut d in self.running.drain(..) {
+            if d.job.abandoned() {
+                // Cancellation: nobody reads the text any more, stop decoding it.
+                d.job.discard();
+                continue;
+            }
+            if d.job.expired(start) {
+                d.finish(RationaleEnd::Deadline);
+                continue;
+            }
+            match catch_unwind(AssertUnwindSafe(|| backend.next_token(&mut d.generation))) {
+                Ok(Ok(token)) => {
+                    if token.stop != Some(StopReason::EndOfTurn) {
+                        tokens += 1;
+                    }
+                    if !token.text.is_empty() {
+                        d.job.stream_text(&token.text);
+                    }
+                    match token.stop {
+                        Some(StopReason::EndOfTurn) => d.finish(RationaleEnd::EndOfTurn),
+                        Some(_) => d.finish(RationaleEnd::MaxTokens),
+                        None => next.push(d),
+                    }
+                }
+                Ok(Err(err)) => {
+                    tracing::error!(parent: &d.job.span, error = %err, "picking a token failed");
+                    d.finish(RationaleEnd::Failed);
+                }
+                Err(_) => {
+                    tracing::error!(parent: &d.job.span, "picking a token panicked");
+                    d.finish(RationaleEnd::Failed);
+                }
+            }
+        }
+        let outcome = if next.is_empty() {
+            StepOutcome::Ok
+        } else {
+            let mut refs: Vec<&mut Generation> =
+                next.iter_mut().map(|d| &mut d.generation).collect();
+            match catch_unwind(AssertUnwindSafe(|| backend.decode_forward(&mut refs))) {
+                Ok(Ok(())) => StepOutcome::Ok,
+                Ok(Err(err)) => {
+                    tracing::error!(device, error = %err, "decode step failed");
+                    StepOutcome::Failed { panicked: false }
+                }
+                Err(_) => {
+                    tracing::error!(device, "decode step panicked");
+                    StepOutcome::Failed { panicked: true }
+                }
+            }
+        };
+        if matches!(outcome, StepOutcome::Failed { .. }) {
+            for d in next.drain(..) {
+                d.finish(RationaleEnd::Failed);
+            }
+        }
+        self.running = next;
+        metrics::record_decode_step(
+            device,
+            tokens,
+            start.elapsed().as_secs_f64(),
+            self.running.len(),
+        );
+        outcome
+    }
+}
