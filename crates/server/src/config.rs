@@ -63,6 +63,20 @@ pub struct ServerArgs {
     /// Unanswered items one ScoreStream may have before the server stops reading it.
     #[arg(long, env = "REWARDDANCE_MAX_STREAM_IN_FLIGHT", default_value_t = 256)]
     pub max_stream_in_flight: usize,
+    /// Most rationale tokens one item may ask for (`RationaleOptions.max_tokens`).
+    #[arg(long, env = "REWARDDANCE_MAX_RATIONALE_TOKENS", default_value_t = 1024)]
+    pub max_rationale_tokens: u32,
+    /// Rationale tokens for items that leave `max_tokens` at 0.
+    #[arg(
+        long,
+        env = "REWARDDANCE_DEFAULT_RATIONALE_TOKENS",
+        default_value_t = 256
+    )]
+    pub default_rationale_tokens: u32,
+    /// Rationales one device decodes at once; at the limit the device takes no new batch
+    /// until one finishes (bounds key/value-cache memory).
+    #[arg(long, env = "REWARDDANCE_MAX_DECODING_SEQUENCES", default_value_t = 64)]
+    pub max_decoding_sequences: usize,
     /// Consecutive failed batches after which a device reports NOT_SERVING.
     #[arg(long, env = "REWARDDANCE_MAX_WORKER_FAILURES", default_value_t = 3)]
     pub max_worker_failures: u32,
@@ -106,6 +120,7 @@ impl ServerArgs {
                 .preprocess_threads
                 .unwrap_or(defaults.preprocess_threads),
             max_consecutive_failures: self.max_worker_failures,
+            max_decoding_sequences: self.max_decoding_sequences,
         }
     }
 

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use rewarddance_engine::{FailureKind, ItemError, ItemResult, Timing};
-use rewarddance_model::{Candidate, ImageInput, Mode, ScoreItem};
+use rewarddance_engine::{FailureKind, ItemError, ItemResult, RationaleEnd, Timing};
+use rewarddance_model::{Candidate, ImageInput, Mode, RationaleOptions, ScoreItem};
 use rewarddance_proto::v1;
 
 use crate::status;
@@ -54,6 +54,61 @@ pub fn item(item: v1::ScoreItem, max_image_pixels: u64) -> Result<ScoreItem, Ite
         instruction: item.instruction,
         mode,
     })
+}
+
+/// Limits on what an item may ask of the rationale decoder.
+#[derive(Debug, Clone, Copy)]
+pub struct RationaleLimits {
+    /// Most tokens per item.
+    pub max_tokens: u32,
+    /// Tokens when the item leaves `max_tokens` at 0.
+    pub default_tokens: u32,
+}
+
+/// Converts an item's rationale options (absent: no decoding). Returns the model's options
+/// and whether the text should be streamed.
+pub fn rationale(
+    options: Option<v1::RationaleOptions>,
+    limits: RationaleLimits,
+) -> Result<Option<(RationaleOptions, bool)>, ItemError> {
+    let Some(o) = options else {
+        return Ok(None);
+    };
+    let max_tokens = match o.max_tokens {
+        0 => limits.default_tokens.min(limits.max_tokens),
+        n if n > limits.max_tokens => {
+            return Err(invalid(format!(
+                "rationale.max_tokens {n} exceeds the limit of {}",
+                limits.max_tokens
+            )))
+        }
+        n => n,
+    };
+    if !o.temperature.is_finite() || o.temperature < 0.0 {
+        return Err(invalid(format!(
+            "rationale.temperature must be finite and >= 0, got {}",
+            o.temperature
+        )));
+    }
+    let top_p = match o.top_p {
+        0.0 => 1.0,
+        p if p > 0.0 && p <= 1.0 => p,
+        p => {
+            return Err(invalid(format!(
+                "rationale.top_p must be in (0, 1] (0 means 1), got {p}"
+            )))
+        }
+    };
+    Ok(Some((
+        RationaleOptions {
+            max_tokens: max_tokens.max(1) as usize,
+            temperature: o.temperature,
+            top_p,
+            seed: o.seed,
+            ignore_end: false,
+        },
+        o.stream,
+    )))
 }
 
 /// Converts one image; raw pixels are checked for shape and the pixel limit here (encoded
@@ -114,6 +169,7 @@ pub fn timing(t: &Timing) -> v1::Timing {
         total_ms: ms(t.total),
         batch_items: t.batch_items as u32,
         batch_tokens: t.batch_tokens as u32,
+        decode_ms: ms(t.decode),
     }
 }
 
@@ -128,11 +184,22 @@ pub fn result(id: String, index: usize, r: &ItemResult) -> v1::ItemResult {
         }),
         Err(e) => v1::item_result::Outcome::Error(status::item_error(e)),
     };
+    let rationale = r.rationale.as_ref().map(|x| v1::Rationale {
+        text: x.text.clone(),
+        token_ids: x.token_ids.clone(),
+        stop: match x.end {
+            RationaleEnd::EndOfTurn => v1::RationaleStop::EndOfTurn,
+            RationaleEnd::MaxTokens => v1::RationaleStop::MaxTokens,
+            RationaleEnd::Deadline => v1::RationaleStop::Deadline,
+            RationaleEnd::Failed => v1::RationaleStop::Failed,
+        } as i32,
+    });
     v1::ItemResult {
         id,
         index: index as u32,
         outcome: Some(outcome),
         timing: Some(timing(&r.timing)),
+        rationale,
     }
 }
 
@@ -146,6 +213,7 @@ pub fn request_timing(items: &[v1::ItemResult]) -> v1::Timing {
         t.total_ms = t.total_ms.max(it.total_ms);
         t.batch_items = t.batch_items.max(it.batch_items);
         t.batch_tokens = t.batch_tokens.max(it.batch_tokens);
+        t.decode_ms = t.decode_ms.max(it.decode_ms);
     }
     t
 }
@@ -193,6 +261,40 @@ mod tests {
         assert_eq!(item(it.clone(), 100).expect("ok").mode, Mode::Pairwise);
         it.mode = 9;
         assert!(item(it, 100).is_err());
+    }
+
+    #[test]
+    fn rationale_options_are_checked_and_defaulted() {
+        let limits = RationaleLimits {
+            max_tokens: 100,
+            default_tokens: 32,
+        };
+        assert_eq!(rationale(None, limits).unwrap(), None);
+        let (o, stream) = rationale(Some(v1::RationaleOptions::default()), limits)
+            .unwrap()
+            .expect("options");
+        assert_eq!(
+            (o.max_tokens, o.temperature, o.top_p, stream),
+            (32, 0.0, 1.0, false)
+        );
+        let ask = |f: fn(&mut v1::RationaleOptions)| {
+            let mut o = v1::RationaleOptions::default();
+            f(&mut o);
+            rationale(Some(o), limits)
+        };
+        assert_eq!(
+            ask(|o| o.max_tokens = 100).unwrap().unwrap().0.max_tokens,
+            100
+        );
+        assert!(ask(|o| o.max_tokens = 101)
+            .unwrap_err()
+            .message
+            .contains("limit of 100"));
+        assert!(ask(|o| o.temperature = -1.0).is_err());
+        assert!(ask(|o| o.temperature = f32::NAN).is_err());
+        assert!(ask(|o| o.top_p = 1.5).is_err());
+        assert!(ask(|o| o.top_p = -0.1).is_err());
+        assert_eq!(ask(|o| o.top_p = 0.5).unwrap().unwrap().0.top_p, 0.5);
     }
 
     #[test]

@@ -82,6 +82,7 @@ impl RewardApi {
                     } else {
                         v1::Mode::Pointwise
                     } as i32,
+                    rationale: None,
                 })
                 .collect();
             let admitted = self
@@ -94,7 +95,7 @@ impl RewardApi {
                     ItemAdmitError::Invalid(msg) => Status::invalid_argument(msg),
                     ItemAdmitError::Refused(e) => status::submit_status(&e),
                 })?;
-            collect(admitted, deadline, &self.model_id)
+            collect(admitted, deadline, &self.model_id, None)
                 .await
                 .results
                 .into_iter()
@@ -168,6 +169,7 @@ impl RewardApi {
                 reference: None,
                 instruction: None,
                 mode: v1::Mode::Pointwise as i32,
+                rationale: None,
             };
             let checked = match crate::convert::item(probe, limits.max_pixels) {
                 Err(e) => Some(e),

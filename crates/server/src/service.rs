@@ -4,7 +4,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rewarddance_engine::{metrics as names, Engine, ItemError, ItemResult, Timing};
+use futures_util::future::join_all;
+use rewarddance_engine::{metrics as names, Engine, ItemError, ItemResult, Work};
 use rewarddance_model::prompt::PromptBuilder;
 use rewarddance_model::Mode;
 use rewarddance_proto::v1;
@@ -24,7 +25,15 @@ pub struct Limits {
     pub max_stream_in_flight: usize,
     /// Pixel limit for raw images (the model checks encoded ones).
     pub max_image_pixels: u64,
+    /// What an item may ask of the rationale decoder.
+    pub rationale: convert::RationaleLimits,
 }
+
+/// How much earlier than the call's own deadline the engine stops work: an item still
+/// decoding its rationale then is answered with its score and the text so far (stop reason
+/// DEADLINE) before the handler's timer answers DEADLINE_EXCEEDED without a score. Best
+/// effort: the engine checks between decode steps.
+const ENGINE_DEADLINE_LEAD: Duration = Duration::from_millis(20);
 
 /// The service implementation (cheap to clone).
 #[derive(Clone)]
@@ -43,6 +52,10 @@ impl RewardApi {
             max_items_per_request: args.max_items_per_request,
             max_stream_in_flight: args.max_stream_in_flight.max(1),
             max_image_pixels: model.options().max_image_pixels,
+            rationale: convert::RationaleLimits {
+                max_tokens: args.max_rationale_tokens,
+                default_tokens: args.default_rationale_tokens,
+            },
         };
         let info = Arc::new(info(&engine, args));
         RewardApi {
@@ -75,28 +88,39 @@ impl RewardApi {
         let mut converted = Vec::with_capacity(n);
         for item in request.items {
             ids.push(item.id.clone());
-            converted.push(convert::item(item, self.limits.max_image_pixels));
+            let rationale = convert::rationale(item.rationale, self.limits.rationale);
+            converted.push(
+                convert::item(item, self.limits.max_image_pixels).and_then(|item| {
+                    let (rationale, stream) = rationale?.unzip();
+                    Ok((Work { item, rationale }, stream.unwrap_or(false)))
+                }),
+            );
         }
-        let good: Vec<_> = converted
+        let good: Vec<Work> = converted
             .iter_mut()
-            .filter_map(|c| c.as_mut().ok().map(|i| std::mem::replace(i, placeholder())))
+            .filter_map(|c| {
+                c.as_mut()
+                    .ok()
+                    .map(|(w, _)| std::mem::replace(w, placeholder()))
+            })
             .collect();
+        let engine_deadline = deadline.map(|d| d.checked_sub(ENGINE_DEADLINE_LEAD).unwrap_or(d));
         let mut tickets = self
             .engine
-            .submit(good, deadline, span)
+            .submit(good, engine_deadline, span)
             .map_err(ItemAdmitError::Refused)?
             .into_iter();
         let mut out = Vec::with_capacity(n);
         for (id, c) in ids.into_iter().zip(converted) {
             let pending = match c {
-                Ok(_) => match tickets.next() {
-                    Some(t) => Pending::Ticket(t),
-                    None => Pending::Done(Box::new(failed(ItemError::new(
+                Ok((_, stream)) => match tickets.next() {
+                    Some(ticket) => Pending::Ticket { ticket, stream },
+                    None => Pending::Done(Box::new(ItemResult::failed(ItemError::new(
                         rewarddance_engine::FailureKind::Internal,
                         "lost ticket",
                     )))),
                 },
-                Err(e) => Pending::Done(Box::new(failed(e))),
+                Err(e) => Pending::Done(Box::new(ItemResult::failed(e))),
             };
             out.push((id, pending));
         }
@@ -114,34 +138,59 @@ pub(crate) enum ItemAdmitError {
 
 /// An item's answer, pending or known.
 pub(crate) enum Pending {
-    Ticket(rewarddance_engine::Ticket),
+    /// In the engine; `stream`: the caller wants its rationale text as it is decoded.
+    Ticket {
+        ticket: rewarddance_engine::Ticket,
+        stream: bool,
+    },
     Done(Box<ItemResult>),
 }
 
+/// Where a stream's rationale text goes while it is decoded.
+pub(crate) struct DeltaSink {
+    /// The stream's progress channel.
+    pub tx: tokio::sync::mpsc::UnboundedSender<v1::RationaleDelta>,
+    /// Position of the request message on the stream.
+    pub request: u64,
+}
+
 impl Pending {
-    /// Waits for the answer until `until` (then the item misses its deadline).
-    pub(crate) async fn resolve(self, until: Option<Instant>) -> ItemResult {
-        match self {
-            Pending::Done(r) => *r,
-            Pending::Ticket(t) => match until {
-                None => t.wait().await,
-                Some(at) => tokio::time::timeout_at(at.into(), t.wait())
-                    .await
-                    .unwrap_or_else(|_| failed(status::deadline_item_error())),
-            },
+    /// Waits for the answer until `until` (then the item misses its deadline), forwarding
+    /// streamed rationale text to `sink` first (so every delta precedes the result).
+    pub(crate) async fn resolve(
+        self,
+        until: Option<Instant>,
+        sink: Option<(&DeltaSink, usize, &str)>,
+    ) -> ItemResult {
+        let (mut ticket, stream) = match self {
+            Pending::Done(r) => return *r,
+            Pending::Ticket { ticket, stream } => (ticket, stream),
+        };
+        let text = if stream { ticket.take_text() } else { None };
+        let answer = async move {
+            if let (Some(mut text), Some((sink, index, id))) = (text, sink) {
+                while let Some(piece) = text.recv().await {
+                    let _ = sink.tx.send(v1::RationaleDelta {
+                        request: sink.request,
+                        index: index as u32,
+                        id: id.to_string(),
+                        text: piece,
+                    });
+                }
+            }
+            ticket.wait().await
+        };
+        match until {
+            None => answer.await,
+            Some(at) => tokio::time::timeout_at(at.into(), answer)
+                .await
+                .unwrap_or_else(|_| ItemResult::failed(status::deadline_item_error())),
         }
     }
 }
 
-fn failed(error: ItemError) -> ItemResult {
-    ItemResult {
-        outcome: Err(error),
-        timing: Timing::default(),
-    }
-}
-
 /// A cheap stand-in left behind when an item moves into the engine.
-fn placeholder() -> rewarddance_model::ScoreItem {
+fn placeholder() -> Work {
     rewarddance_model::ScoreItem {
         prompt: String::new(),
         candidate: rewarddance_model::Candidate::Video(Vec::new()),
@@ -149,23 +198,31 @@ fn placeholder() -> rewarddance_model::ScoreItem {
         instruction: None,
         mode: Mode::Pointwise,
     }
+    .into()
 }
 
-/// Answers a request's items in order into a response.
+/// Answers a request's items into a response (in request order; items resolve concurrently,
+/// so one item's streamed text is never held up behind another's).
 pub(crate) async fn collect(
     items: Vec<(String, Pending)>,
     until: Option<Instant>,
     model_id: &str,
+    sink: Option<&DeltaSink>,
 ) -> v1::ScoreResponse {
-    let mut results = Vec::with_capacity(items.len());
-    for (index, (id, pending)) in items.into_iter().enumerate() {
-        let r = pending.resolve(until).await;
-        results.push(convert::result(id, index, &r));
-    }
+    let results = join_all(items.into_iter().enumerate().map(
+        |(index, (id, pending))| async move {
+            let r = pending
+                .resolve(until, sink.map(|s| (s, index, id.as_str())))
+                .await;
+            convert::result(id, index, &r)
+        },
+    ))
+    .await;
     v1::ScoreResponse {
         timing: Some(convert::request_timing(&results)),
         results,
         model_id: model_id.to_string(),
+        rationale_deltas: Vec::new(),
     }
 }
 
@@ -225,7 +282,7 @@ impl v1::reward_service_server::RewardService for RewardApi {
                     return Err(status::submit_status(&e));
                 }
             };
-            let response = collect(items, deadline, &self.model_id).await;
+            let response = collect(items, deadline, &self.model_id, None).await;
             tracing::debug!(
                 elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
                 "answered"
@@ -318,6 +375,9 @@ fn info(engine: &Engine, args: &ServerArgs) -> v1::InfoResponse {
             max_tokens_per_item: model.max_tokens_per_item() as u32,
             max_queue_items: args.max_queue_items as u32,
             max_stream_in_flight: args.max_stream_in_flight as u32,
+            max_rationale_tokens: args.max_rationale_tokens,
+            default_rationale_tokens: args.default_rationale_tokens.min(args.max_rationale_tokens),
+            max_decoding_sequences: args.max_decoding_sequences as u32,
         }),
         answer_tokens: Some(v1::AnswerTokens {
             yes: answers.yes.clone(),

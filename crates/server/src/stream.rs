@@ -1,7 +1,12 @@
-//! `ScoreStream`: one response per request message, in order, with a bound on unanswered
-//! items per stream (past it the server stops reading, so HTTP/2 flow control pushes back on
-//! the client). Bad items and a full queue are per-item errors; the stream survives them.
-//! When the client goes away, the pending tickets are dropped and the engine drops their items.
+//! `ScoreStream`: one final response per request message, in order, with a bound on
+//! unanswered items per stream (past it the server stops reading, so HTTP/2 flow control
+//! pushes back on the client). Bad items and a full queue are per-item errors; the stream
+//! survives them. When the client goes away, the pending tickets are dropped and the engine
+//! drops their items (or stops decoding their rationales).
+//!
+//! Rationale text that items asked to stream travels on a side channel as progress messages
+//! (`rationale_deltas` only). An item's text is forwarded before its result resolves, and
+//! progress is sent before finals, so every delta of a request precedes its final message.
 
 use std::time::Instant;
 
@@ -14,7 +19,7 @@ use tonic::{Status, Streaming};
 use tracing::Instrument;
 
 use crate::convert;
-use crate::service::{collect, record_rpc, ItemAdmitError, RewardApi};
+use crate::service::{collect, record_rpc, DeltaSink, ItemAdmitError, RewardApi};
 use crate::status;
 
 /// Starts the stream's pump task and returns the response stream.
@@ -42,6 +47,7 @@ async fn pump(
     let mut reading = true;
     let mut end: Option<Status> = None;
     let (mut requests, mut items_total) = (0u64, 0u64);
+    let (deltas_tx, mut deltas) = mpsc::unbounded_channel::<v1::RationaleDelta>();
     loop {
         if !reading && pending.is_empty() {
             break;
@@ -54,9 +60,21 @@ async fn pump(
                 record_rpc("ScoreStream", tonic::Code::Cancelled, started);
                 return;
             }
+            Some(first) = deltas.recv() => {
+                if !send_progress(&out, first, &mut deltas).await {
+                    record_rpc("ScoreStream", tonic::Code::Cancelled, started);
+                    return;
+                }
+            }
             Some((n, response)) = pending.next(), if !pending.is_empty() => {
                 in_flight -= n;
-                if out.send(Ok(response)).await.is_err() {
+                // The request's last deltas may have been queued while its answer resolved
+                // within this same poll: they go first.
+                let flushed = match deltas.try_recv() {
+                    Ok(first) => send_progress(&out, first, &mut deltas).await,
+                    Err(_) => true,
+                };
+                if !flushed || out.send(Ok(response)).await.is_err() {
                     record_rpc("ScoreStream", tonic::Code::Cancelled, started);
                     return;
                 }
@@ -69,10 +87,14 @@ async fn pump(
             }
             message = inbound.message(), if can_read => match message {
                 Ok(Some(request)) => {
+                    let sink = DeltaSink {
+                        tx: deltas_tx.clone(),
+                        request: requests,
+                    };
                     requests += 1;
                     let n = request.items.len();
                     items_total += n as u64;
-                    match admit(&api, request, deadline) {
+                    match admit(&api, request, deadline, sink) {
                         Ok(fut) => {
                             in_flight += n;
                             pending.push_back(async move { (n, fut.await) });
@@ -100,6 +122,24 @@ async fn pump(
     }
 }
 
+/// Sends `first` and every delta already queued as one progress message; false when the
+/// client is gone.
+async fn send_progress(
+    out: &mpsc::Sender<Result<v1::ScoreResponse, Status>>,
+    first: v1::RationaleDelta,
+    deltas: &mut mpsc::UnboundedReceiver<v1::RationaleDelta>,
+) -> bool {
+    let mut batch = vec![first];
+    while let Ok(more) = deltas.try_recv() {
+        batch.push(more);
+    }
+    let progress = v1::ScoreResponse {
+        rationale_deltas: batch,
+        ..Default::default()
+    };
+    out.send(Ok(progress)).await.is_ok()
+}
+
 type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = v1::ScoreResponse> + Send>>;
 
 /// Admits one request message. `Err(status)` ends the stream (draining);
@@ -108,6 +148,7 @@ fn admit(
     api: &RewardApi,
     request: v1::ScoreRequest,
     deadline: Option<Instant>,
+    sink: DeltaSink,
 ) -> Result<Answer, Status> {
     let ids: Vec<String> = request.items.iter().map(|i| i.id.clone()).collect();
     let model_id = api.model_id.clone();
@@ -119,10 +160,7 @@ fn admit(
                 convert::result(
                     id.clone(),
                     i,
-                    &rewarddance_engine::ItemResult {
-                        outcome: Err(e.clone()),
-                        timing: Default::default(),
-                    },
+                    &rewarddance_engine::ItemResult::failed(e.clone()),
                 )
             })
             .collect();
@@ -130,6 +168,7 @@ fn admit(
             timing: Some(convert::request_timing(&results)),
             results,
             model_id: model_id.to_string(),
+            rationale_deltas: Vec::new(),
         };
         Box::pin(async move { response })
     };
@@ -137,7 +176,7 @@ fn admit(
         Ok(items) => {
             let model_id = api.model_id.clone();
             Ok(Box::pin(async move {
-                collect(items, deadline, &model_id).await
+                collect(items, deadline, &model_id, Some(&sink)).await
             }))
         }
         Err(ItemAdmitError::Invalid(msg)) => Ok(error_all(rewarddance_engine::ItemError::new(

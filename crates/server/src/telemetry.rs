@@ -43,6 +43,11 @@ pub fn prometheus() -> anyhow::Result<PrometheusHandle> {
     ] {
         builder = buckets(builder, name, names::DURATION_BUCKETS)?;
     }
+    builder = buckets(
+        builder,
+        names::DECODE_STEP_SECONDS,
+        names::DECODE_STEP_BUCKETS,
+    )?;
     builder = buckets(builder, names::BATCH_SIZE, names::BATCH_SIZE_BUCKETS)?;
     builder = buckets(builder, names::BATCH_TOKENS, names::BATCH_TOKENS_BUCKETS)?;
     let handle = match builder.install_recorder() {

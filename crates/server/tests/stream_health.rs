@@ -169,7 +169,11 @@ async fn health_is_not_serving_until_warm_up_and_during_drain() {
         .expect("update")
         .expect("ok");
     assert_eq!(draining.status, ServingStatus::NotServing as i32);
-    let refused = server.engine.submit(vec![], None, &tracing::Span::none());
+    let refused = server.engine.submit(
+        Vec::<rewarddance_engine::Work>::new(),
+        None,
+        &tracing::Span::none(),
+    );
     assert!(
         refused.is_err(),
         "the engine refuses new work while draining"

@@ -163,6 +163,7 @@ fn to_proto(id: &str, item: &ScoreItem) -> pb::ScoreItem {
             Mode::Pointwise => pb::Mode::Pointwise as i32,
             Mode::Pairwise => pb::Mode::Pairwise as i32,
         },
+        rationale: None,
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rewarddance_engine::{Backend, Engine};
-use rewarddance_model::{Checkpoint, LoadOptions, PreparedItem, RewardModel, Score};
+use rewarddance_model::{Checkpoint, Generation, LoadOptions, PreparedItem, RewardModel, Score};
 use rewarddance_proto::v1;
 use rewarddance_proto::v1::reward_service_client::RewardServiceClient;
 use rewarddance_server::ServerArgs;
@@ -16,23 +16,36 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 /// The bundled model with test hooks: a delay per batch, a panic on the prompt "PANIC", a gate
-/// that holds every forward (warm-up included) until opened, and a count of scored items.
+/// that holds every forward (warm-up included) until opened, a count of scored items, and a
+/// delay and count per rationale decode step.
 pub struct TestBackend {
     pub model: RewardModel,
     pub delay: Duration,
     pub scored: AtomicUsize,
     pub gate_open: AtomicBool,
+    pub step_delay: Duration,
+    pub decode_steps: AtomicUsize,
 }
 
 impl TestBackend {
     pub fn new(delay: Duration) -> Arc<Self> {
+        Self::with_step_delay(delay, Duration::ZERO)
+    }
+
+    pub fn with_step_delay(delay: Duration, step_delay: Duration) -> Arc<Self> {
         Arc::new(TestBackend {
             model: RewardModel::load(&Checkpoint::bundled(), LoadOptions::default())
                 .expect("bundled model"),
             delay,
             scored: AtomicUsize::new(0),
             gate_open: AtomicBool::new(true),
+            step_delay,
+            decode_steps: AtomicUsize::new(0),
         })
+    }
+
+    pub fn decode_steps(&self) -> usize {
+        self.decode_steps.load(Ordering::SeqCst)
     }
 
     pub fn scored(&self) -> usize {
@@ -54,6 +67,11 @@ impl Backend for TestBackend {
         std::thread::sleep(self.delay);
         self.scored.fetch_add(batch.len(), Ordering::SeqCst);
         self.model.score_prepared(batch)
+    }
+    fn decode_forward(&self, generations: &mut [&mut Generation]) -> rewarddance_model::Result<()> {
+        std::thread::sleep(self.step_delay);
+        self.decode_steps.fetch_add(1, Ordering::SeqCst);
+        self.model.decode_forward(generations)
     }
 }
 

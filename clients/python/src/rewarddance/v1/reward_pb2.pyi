@@ -12,6 +12,14 @@ class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODE_POINTWISE: _ClassVar[Mode]
     MODE_PAIRWISE: _ClassVar[Mode]
 
+class RationaleStop(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RATIONALE_STOP_UNSPECIFIED: _ClassVar[RationaleStop]
+    RATIONALE_STOP_END_OF_TURN: _ClassVar[RationaleStop]
+    RATIONALE_STOP_MAX_TOKENS: _ClassVar[RationaleStop]
+    RATIONALE_STOP_DEADLINE: _ClassVar[RationaleStop]
+    RATIONALE_STOP_FAILED: _ClassVar[RationaleStop]
+
 class RankMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RANK_METHOD_UNSPECIFIED: _ClassVar[RankMethod]
@@ -20,6 +28,11 @@ class RankMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 MODE_UNSPECIFIED: Mode
 MODE_POINTWISE: Mode
 MODE_PAIRWISE: Mode
+RATIONALE_STOP_UNSPECIFIED: RationaleStop
+RATIONALE_STOP_END_OF_TURN: RationaleStop
+RATIONALE_STOP_MAX_TOKENS: RationaleStop
+RATIONALE_STOP_DEADLINE: RationaleStop
+RATIONALE_STOP_FAILED: RationaleStop
 RANK_METHOD_UNSPECIFIED: RankMethod
 RANK_METHOD_PAIRWISE: RankMethod
 RANK_METHOD_POINTWISE: RankMethod
@@ -31,7 +44,7 @@ class ScoreRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[ScoreItem, _Mapping]]] = ...) -> None: ...
 
 class ScoreItem(_message.Message):
-    __slots__ = ("id", "prompt", "image", "video", "reference", "instruction", "mode")
+    __slots__ = ("id", "prompt", "image", "video", "reference", "instruction", "mode", "rationale")
     ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +52,7 @@ class ScoreItem(_message.Message):
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    RATIONALE_FIELD_NUMBER: _ClassVar[int]
     id: str
     prompt: str
     image: Image
@@ -46,7 +60,22 @@ class ScoreItem(_message.Message):
     reference: Image
     instruction: str
     mode: Mode
-    def __init__(self, id: _Optional[str] = ..., prompt: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., video: _Optional[_Union[Video, _Mapping]] = ..., reference: _Optional[_Union[Image, _Mapping]] = ..., instruction: _Optional[str] = ..., mode: _Optional[_Union[Mode, str]] = ...) -> None: ...
+    rationale: RationaleOptions
+    def __init__(self, id: _Optional[str] = ..., prompt: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., video: _Optional[_Union[Video, _Mapping]] = ..., reference: _Optional[_Union[Image, _Mapping]] = ..., instruction: _Optional[str] = ..., mode: _Optional[_Union[Mode, str]] = ..., rationale: _Optional[_Union[RationaleOptions, _Mapping]] = ...) -> None: ...
+
+class RationaleOptions(_message.Message):
+    __slots__ = ("max_tokens", "temperature", "top_p", "seed", "stream")
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    stream: bool
+    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stream: bool = ...) -> None: ...
 
 class Image(_message.Message):
     __slots__ = ("encoded", "rgb8")
@@ -73,28 +102,54 @@ class Video(_message.Message):
     def __init__(self, frames: _Optional[_Iterable[_Union[Image, _Mapping]]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("results", "model_id", "timing")
+    __slots__ = ("results", "model_id", "timing", "rationale_deltas")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
+    RATIONALE_DELTAS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[ItemResult]
     model_id: str
     timing: Timing
-    def __init__(self, results: _Optional[_Iterable[_Union[ItemResult, _Mapping]]] = ..., model_id: _Optional[str] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
+    rationale_deltas: _containers.RepeatedCompositeFieldContainer[RationaleDelta]
+    def __init__(self, results: _Optional[_Iterable[_Union[ItemResult, _Mapping]]] = ..., model_id: _Optional[str] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., rationale_deltas: _Optional[_Iterable[_Union[RationaleDelta, _Mapping]]] = ...) -> None: ...
+
+class RationaleDelta(_message.Message):
+    __slots__ = ("request", "index", "id", "text")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    request: int
+    index: int
+    id: str
+    text: str
+    def __init__(self, request: _Optional[int] = ..., index: _Optional[int] = ..., id: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class ItemResult(_message.Message):
-    __slots__ = ("id", "index", "score", "error", "timing")
+    __slots__ = ("id", "index", "score", "error", "timing", "rationale")
     ID_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
+    RATIONALE_FIELD_NUMBER: _ClassVar[int]
     id: str
     index: int
     score: Score
     error: ItemError
     timing: Timing
-    def __init__(self, id: _Optional[str] = ..., index: _Optional[int] = ..., score: _Optional[_Union[Score, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
+    rationale: Rationale
+    def __init__(self, id: _Optional[str] = ..., index: _Optional[int] = ..., score: _Optional[_Union[Score, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., rationale: _Optional[_Union[Rationale, _Mapping]] = ...) -> None: ...
+
+class Rationale(_message.Message):
+    __slots__ = ("text", "token_ids", "stop")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    stop: RationaleStop
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., stop: _Optional[_Union[RationaleStop, str]] = ...) -> None: ...
 
 class Score(_message.Message):
     __slots__ = ("p_yes", "p_yes_vocab", "logit_yes", "logit_no")
@@ -119,20 +174,22 @@ class ItemError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Timing(_message.Message):
-    __slots__ = ("queue_ms", "preprocess_ms", "inference_ms", "total_ms", "batch_items", "batch_tokens")
+    __slots__ = ("queue_ms", "preprocess_ms", "inference_ms", "total_ms", "batch_items", "batch_tokens", "decode_ms")
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     PREPROCESS_MS_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
     BATCH_ITEMS_FIELD_NUMBER: _ClassVar[int]
     BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_MS_FIELD_NUMBER: _ClassVar[int]
     queue_ms: float
     preprocess_ms: float
     inference_ms: float
     total_ms: float
     batch_items: int
     batch_tokens: int
-    def __init__(self, queue_ms: _Optional[float] = ..., preprocess_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., batch_items: _Optional[int] = ..., batch_tokens: _Optional[int] = ...) -> None: ...
+    decode_ms: float
+    def __init__(self, queue_ms: _Optional[float] = ..., preprocess_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., batch_items: _Optional[int] = ..., batch_tokens: _Optional[int] = ..., decode_ms: _Optional[float] = ...) -> None: ...
 
 class RankRequest(_message.Message):
     __slots__ = ("prompt", "candidates", "instruction", "method", "opponents", "seed")
@@ -215,7 +272,7 @@ class InfoResponse(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., layout: _Optional[str] = ..., dtype: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., answer_tokens: _Optional[_Union[AnswerTokens, _Mapping]] = ..., default_instructions: _Optional[_Iterable[_Union[DefaultInstruction, _Mapping]]] = ..., server_version: _Optional[str] = ..., tile_size: _Optional[int] = ..., tokens_per_tile: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_batch_tokens", "max_batch_items", "max_items_per_request", "max_message_bytes", "max_image_pixels", "max_tiles_per_item", "max_tokens_per_item", "max_queue_items", "max_stream_in_flight")
+    __slots__ = ("max_batch_tokens", "max_batch_items", "max_items_per_request", "max_message_bytes", "max_image_pixels", "max_tiles_per_item", "max_tokens_per_item", "max_queue_items", "max_stream_in_flight", "max_rationale_tokens", "default_rationale_tokens", "max_decoding_sequences")
     MAX_BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_ITEMS_FIELD_NUMBER: _ClassVar[int]
     MAX_ITEMS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +282,9 @@ class Limits(_message.Message):
     MAX_TOKENS_PER_ITEM_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_ITEMS_FIELD_NUMBER: _ClassVar[int]
     MAX_STREAM_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    MAX_RATIONALE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_RATIONALE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DECODING_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     max_batch_tokens: int
     max_batch_items: int
     max_items_per_request: int
@@ -234,7 +294,10 @@ class Limits(_message.Message):
     max_tokens_per_item: int
     max_queue_items: int
     max_stream_in_flight: int
-    def __init__(self, max_batch_tokens: _Optional[int] = ..., max_batch_items: _Optional[int] = ..., max_items_per_request: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_tiles_per_item: _Optional[int] = ..., max_tokens_per_item: _Optional[int] = ..., max_queue_items: _Optional[int] = ..., max_stream_in_flight: _Optional[int] = ...) -> None: ...
+    max_rationale_tokens: int
+    default_rationale_tokens: int
+    max_decoding_sequences: int
+    def __init__(self, max_batch_tokens: _Optional[int] = ..., max_batch_items: _Optional[int] = ..., max_items_per_request: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_tiles_per_item: _Optional[int] = ..., max_tokens_per_item: _Optional[int] = ..., max_queue_items: _Optional[int] = ..., max_stream_in_flight: _Optional[int] = ..., max_rationale_tokens: _Optional[int] = ..., default_rationale_tokens: _Optional[int] = ..., max_decoding_sequences: _Optional[int] = ...) -> None: ...
 
 class AnswerTokens(_message.Message):
     __slots__ = ("yes", "no", "yes_id", "no_id")

@@ -87,7 +87,11 @@ class RewardServiceServicer(object):
 
     def ScoreStream(self, request_iterator, context):
         """Streams batches for bulk evaluation. Each request message on the stream gets exactly one
-        response message, in the order the requests were sent, carrying the items' client ids.
+        final response message (with `results`), in the order the requests were sent, carrying
+        the items' client ids. Items whose `rationale.stream` is set also produce progress
+        messages carrying only `rationale_deltas` (no `results`), sent as their text is decoded
+        and always before their request's final message; progress of different requests may
+        interleave.
         The server reads ahead only while fewer than `Limits.max_stream_in_flight` items of this
         stream are unanswered (flow control pushes back on the client). Bad items (and request
         messages over `max_items_per_request`) are answered with per-item errors and the stream
