@@ -20,6 +20,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod feature_cache;
+pub mod fused_attention;
 pub mod image;
 pub mod item;
 pub mod language;

@@ -14,6 +14,7 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::config::{Layout, NormKind, VisionConfig};
+use crate::fused_attention;
 use crate::layers::{Linear, Norm};
 
 /// Per-layout names of the pieces that differ between the two checkpoint conventions.
@@ -131,9 +132,14 @@ impl Attention {
         };
         let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
         let scale = (d as f64).powf(-0.5);
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
+        // Fused (flash-style) attention: no (t, t) score matrix per head. Falls back to
+        // matmul + softmax where the fused op does not run (e.g. CUDA head dims above 128).
+        let out = if fused_attention::supports(q.device(), q.dtype(), d) {
+            fused_attention::attention(&q, &k, &v, scale, false)?
+        } else {
+            fused_attention::naive_attention(&q, &k, &v, scale, false)?
+        };
+        let out = out.transpose(1, 2)?.reshape((b, t, c))?;
         self.proj.forward(&out)
     }
 }
