@@ -253,6 +253,14 @@ impl Tile {
     fn run(&self, q: &mut [f32], kt: &[f32], v: &[f32], acc: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the CPU supports the features `run_avx512` is compiled for.
+                unsafe { self.run_avx512(q, kt, v, acc) };
+                return;
+            }
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
@@ -261,24 +269,31 @@ impl Tile {
                 return;
             }
         }
-        self.run_portable(q, kt, v, acc);
+        self.run_generic::<Plain>(q, kt, v, acc);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn run_avx512(&self, q: &mut [f32], kt: &[f32], v: &[f32], acc: &mut [f32]) {
+        self.run_generic::<Fused>(q, kt, v, acc)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn run_avx2(&self, q: &mut [f32], kt: &[f32], v: &[f32], acc: &mut [f32]) {
-        self.run_portable(q, kt, v, acc)
+        self.run_generic::<Fused>(q, kt, v, acc)
     }
 
+    /// The kernel, inlined into each feature-specific entry point so that the fixed-size loops
+    /// below vectorise for that instruction set.
     #[inline(always)]
-    fn run_portable(&self, q: &mut [f32], kt: &[f32], v: &[f32], acc: &mut [f32]) {
+    fn run_generic<M: MulAdd>(&self, q: &mut [f32], kt: &[f32], v: &[f32], acc: &mut [f32]) {
         let (rows, d, tk) = (self.rows, self.d, self.seq_k);
         for x in q.iter_mut() {
             *x *= self.scale;
         }
         let mut max = [f32::NEG_INFINITY; CPU_QUERY_TILE];
         let mut sum = [0f32; CPU_QUERY_TILE];
-        let mut s = [[0f32; CPU_KEY_BLOCK]; CPU_QUERY_TILE];
         // Keys any row of this tile may see (causal: up to the last row's diagonal).
         let offset = tk as i64 - self.seq_q as i64;
         let key_end = if self.causal {
@@ -288,32 +303,39 @@ impl Tile {
         };
         for k0 in (0..key_end).step_by(CPU_KEY_BLOCK) {
             let bk = CPU_KEY_BLOCK.min(key_end - k0);
-            // Scores: s[r][j] = sum_x q[r][x] * kt[x][k0 + j] (contiguous axpys over j).
-            for (r, s_row) in s.iter_mut().enumerate().take(rows) {
-                let s_row = &mut s_row[..bk];
-                s_row.fill(0.0);
+            for r in 0..rows {
                 let q_row = &q[r * d..(r + 1) * d];
-                for (x, &qx) in q_row.iter().enumerate() {
-                    let k_row = &kt[x * tk + k0..x * tk + k0 + bk];
-                    for (sj, &kj) in s_row.iter_mut().zip(k_row) {
-                        *sj += qx * kj;
+                // Scores s[j] = sum_x q[x] * kt[x][k0 + j]: contiguous axpys over j, kept in
+                // registers for a full block.
+                let mut s = [0f32; CPU_KEY_BLOCK];
+                if bk == CPU_KEY_BLOCK {
+                    for (x, &qx) in q_row.iter().enumerate() {
+                        let k_row = &kt[x * tk + k0..x * tk + k0 + CPU_KEY_BLOCK];
+                        for (sj, &kj) in s.iter_mut().zip(k_row) {
+                            *sj = M::mul_add(qx, kj, *sj);
+                        }
+                    }
+                } else {
+                    for (x, &qx) in q_row.iter().enumerate() {
+                        let k_row = &kt[x * tk + k0..x * tk + k0 + bk];
+                        for (sj, &kj) in s.iter_mut().zip(k_row) {
+                            *sj = M::mul_add(qx, kj, *sj);
+                        }
                     }
                 }
-            }
-            for r in 0..rows {
-                let s_row = &mut s[r][..bk];
+                let s = &mut s[..bk];
                 if self.causal {
                     // Keys j > row + offset are masked.
                     let last = (self.row0 + r) as i64 + offset - k0 as i64;
                     let visible = (last + 1).clamp(0, bk as i64) as usize;
-                    s_row[visible..].fill(f32::NEG_INFINITY);
+                    s[visible..].fill(f32::NEG_INFINITY);
                 }
-                let block_max = s_row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let block_max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
                 let new_max = max[r].max(block_max);
                 if new_max == f32::NEG_INFINITY {
                     continue; // nothing visible yet for this row
                 }
-                let correction = (max[r] - new_max).exp();
+                let correction = exp(max[r] - new_max);
                 max[r] = new_max;
                 let acc_row = &mut acc[r * d..(r + 1) * d];
                 if correction != 1.0 {
@@ -323,20 +345,14 @@ impl Tile {
                     }
                 }
                 let mut block_sum = 0f32;
-                for x in s_row.iter_mut() {
-                    *x = (*x - new_max).exp();
-                    block_sum += *x;
+                for x in s.iter_mut() {
+                    *x = exp(*x - new_max);
+                }
+                for &p in s.iter() {
+                    block_sum += p;
                 }
                 sum[r] += block_sum;
-                for (j, &p) in s_row.iter().enumerate() {
-                    if p == 0.0 {
-                        continue;
-                    }
-                    let v_row = &v[(k0 + j) * d..(k0 + j + 1) * d];
-                    for (a, &vx) in acc_row.iter_mut().zip(v_row) {
-                        *a += p * vx;
-                    }
-                }
+                accumulate_pv::<M>(s, &v[k0 * d..(k0 + bk) * d], acc_row);
             }
         }
         for r in 0..rows {
@@ -345,6 +361,92 @@ impl Tile {
                 *a *= inv;
             }
         }
+    }
+}
+
+/// Dims of the output row held in registers while a key block is accumulated.
+const PV_CHUNK: usize = 32;
+
+/// `acc[x] += sum_j p[j] * v[j][x]`, with `v` the block's rows (len(p), d): chunks of
+/// [`PV_CHUNK`] output dims stay in registers across the keys of the block.
+#[inline(always)]
+fn accumulate_pv<M: MulAdd>(p: &[f32], v: &[f32], acc: &mut [f32]) {
+    let d = acc.len();
+    let full = d / PV_CHUNK * PV_CHUNK;
+    for c0 in (0..full).step_by(PV_CHUNK) {
+        let mut reg = [0f32; PV_CHUNK];
+        reg.copy_from_slice(&acc[c0..c0 + PV_CHUNK]);
+        for (j, &pj) in p.iter().enumerate() {
+            let v_chunk = &v[j * d + c0..j * d + c0 + PV_CHUNK];
+            for (a, &vx) in reg.iter_mut().zip(v_chunk) {
+                *a = M::mul_add(pj, vx, *a);
+            }
+        }
+        acc[c0..c0 + PV_CHUNK].copy_from_slice(&reg);
+    }
+    if full < d {
+        for (j, &pj) in p.iter().enumerate() {
+            let v_rest = &v[j * d + full..(j + 1) * d];
+            for (a, &vx) in acc[full..].iter_mut().zip(v_rest) {
+                *a = M::mul_add(pj, vx, *a);
+            }
+        }
+    }
+}
+
+/// `a * b + c`, fused where the entry point's instruction set has FMA (a libm call otherwise).
+trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// Separate multiply and add (no FMA unit assumed).
+struct Plain;
+
+impl MulAdd for Plain {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
+/// One fused multiply-add instruction (entry points compiled with `fma`).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct Fused;
+
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+/// `e^x` for `x <= 0` (arguments are `score - running max`), branch-free so loops over it
+/// vectorise: Cephes' `expf` polynomial after reducing by powers of two (max relative error
+/// about 2e-7). Returns 0 below -87 (and for -inf, i.e. masked keys).
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    let xc = x.max(-87.0);
+    let t = xc * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    // 2^n from the integer in t's mantissa (n in [-126, 0] after the clamp).
+    let n_int = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    let pow2 = f32::from_bits(((n_int + 127) << 23) as u32);
+    if x < -87.0 {
+        0.0
+    } else {
+        y * pow2
     }
 }
 
@@ -400,7 +502,7 @@ mod cuda {
     use super::{FusedAttention, CUDA_MAX_HEAD_DIM};
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+        CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
     };
     use candle_core::cuda_backend::{Map3, WrapErr};
     use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, WithDType};
@@ -417,6 +519,14 @@ mod cuda {
             .find(|&p| d <= p)
     }
 
+    /// The contiguous part of a device buffer a layout covers.
+    fn contiguous<'a, T>(s: &'a CudaSlice<T>, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
+        match l.contiguous_offsets() {
+            Some((start, end)) => Ok(s.slice(start..end)),
+            None => candle_core::bail!("fused attention: {what} must be contiguous"),
+        }
+    }
+
     impl Map3 for FusedAttention {
         fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
             &self,
@@ -428,13 +538,11 @@ mod cuda {
             lv: &Layout,
             dev: &CudaDevice,
         ) -> Result<CudaSlice<T>> {
-            let slice = |s: &CudaSlice<T>, l: &Layout, what: &str| match l.contiguous_offsets() {
-                Some((start, end)) => Ok(s.slice(start..end)),
-                None => Err(candle_core::Error::Msg(format!(
-                    "fused attention: {what} must be contiguous"
-                ))),
-            };
-            let (q, k, v) = (slice(q, lq, "q")?, slice(k, lk, "k")?, slice(v, lv, "v")?);
+            let (q, k, v) = (
+                contiguous(q, lq, "q")?,
+                contiguous(k, lk, "k")?,
+                contiguous(v, lv, "v")?,
+            );
             let d = self.head_dim;
             let Some(padded) = padded_head_dim(d) else {
                 candle_core::bail!(
@@ -632,6 +740,21 @@ mod tests {
         assert!(attention(&q, &short, &v, 0.25, false).is_err());
         assert!(attention(&q, &k, &v.to_dtype(DType::BF16)?, 0.25, false).is_err());
         Ok(())
+    }
+
+    #[test]
+    fn polynomial_exp_is_accurate() {
+        let mut worst = 0f64;
+        for i in 0..=870_000 {
+            let x = -(i as f32) * 1e-4;
+            let want = (x as f64).exp();
+            let rel = ((exp(x) as f64 - want) / want).abs();
+            worst = worst.max(rel);
+        }
+        assert!(worst < 3e-7, "max relative error {worst}");
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-100.0), 0.0);
+        assert_eq!(exp(0.0), 1.0);
     }
 
     #[test]
