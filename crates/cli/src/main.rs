@@ -8,6 +8,7 @@ mod bench;
 mod bench_model;
 mod evaluate;
 mod model_args;
+mod parity;
 mod rank;
 mod score;
 mod serve;
@@ -34,6 +35,8 @@ enum Command {
     Bench(Box<bench::BenchArgs>),
     /// Rank N candidate images for one prompt (pairwise Bradley-Terry or pointwise).
     Rank(Box<rank::RankArgs>),
+    /// Check the model against the transformers reference fixtures on a device (PASS/FAIL).
+    Parity(parity::ParityArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +47,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve::run(*args),
         Command::Bench(args) => bench::run(*args),
         Command::Rank(args) => rank::run(*args),
+        Command::Parity(args) => parity::run(args),
     };
     match result {
         Ok(code) => code,

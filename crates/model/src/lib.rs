@@ -15,11 +15,13 @@
 //! - [`language`]: Qwen2 / InternLM2 decoder over packed variable-length sequences
 //! - [`memory`]: weights + activations estimate, start-up fit check
 //! - [`scorer`]: [`RewardModel`], tying it together into [`Score`]s
+//! - [`fixtures`]: reading the committed parity fixtures (tests and `rewarddance parity`)
 
 pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod feature_cache;
+pub mod fixtures;
 pub mod fused_attention;
 pub mod image;
 pub mod item;
