@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # deploy/ CI: render every kustomization with `kubectl kustomize`, validate the rendered objects
 # (kubernetes-validate, strict, Kubernetes $RD_K8S_VERSION; CRDs against deploy/tests/crd-schemas),
-# and check them against the code (deploy/tests/test_manifests.py). Ends with `N passed, M failed`;
+# and check them against the code (deploy/tests/test_manifests.py), and check the top-level
+# Dockerfile + .dockerignore against the code (deploy/tests/test_dockerfile.py). Ends with `N passed, M failed`;
 # exits non-zero on any failure.
 #
 # Environment:
