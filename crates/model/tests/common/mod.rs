@@ -9,6 +9,8 @@ use rewarddance_model::fixtures::{self, Fixtures};
 use rewarddance_model::{ImageInput, LoadOptions, RewardModel, ScoreItem};
 use serde_json::Value;
 
+// Not every test binary uses both.
+#[allow(unused_imports)]
 pub use rewarddance_model::fixtures::{all_png, MODELS};
 
 /// Repository root.
