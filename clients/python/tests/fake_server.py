@@ -3,6 +3,12 @@ deadlines, ordering) or must run without the real server.
 
 Scores are a deterministic function of the pixels: p_yes = mean(candidate RGB) / 255 (pairwise:
 0.5 + (mean(candidate) - mean(reference)) / 510), so identical pixels give identical scores.
+
+Rationales: an item that asks for one gets `max_tokens` tokens (4 when 0, then stopping at the end
+of its turn): the answer ("yes" when p_yes >= 0.5, else "no"), then " t1", " t2", ...; token k has
+id 100 + k. Options are checked like the real server's (temperature >= 0, top_p in [0, 1],
+max_tokens <= 64). On ScoreStream, items with `rationale.stream` send one delta per token,
+`token_delay` seconds apart, stopping when the call is cancelled.
 """
 from __future__ import annotations
 
@@ -39,6 +45,10 @@ def decode(img: pb.Image) -> np.ndarray:
     raise ValueError("image has no source")
 
 
+class _BadRationale(ValueError):
+    pass
+
+
 class FakeRewardService(pb_grpc.RewardServiceServicer):
     def __init__(self, max_items_per_request: int = 16):
         self.max_items = max_items_per_request
@@ -49,19 +59,57 @@ class FakeRewardService(pb_grpc.RewardServiceServicer):
         self.fail_next: List[grpc.StatusCode] = []
         # delay(request) -> seconds to sleep before answering.
         self.delay: Optional[Callable[[pb.ScoreRequest], float]] = None
+        self.token_delay = 0.0  # seconds between streamed rationale tokens
+        self.tokens_streamed = 0  # rationale deltas sent on ScoreStream, all calls together
+        self.stream_calls = 0
 
-    def Score(self, request, context):
+    def _start(self, request, context):
         with self.lock:
             self.calls.append(len(request.items))
             self.metadata.append(dict(context.invocation_metadata()))
             fail = self.fail_next.pop(0) if self.fail_next else None
         if fail is not None:
             context.abort(fail, f"injected {fail.name}")
+
+    def Score(self, request, context):
+        self._start(request, context)
         if not request.items or len(request.items) > self.max_items:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{len(request.items)} items")
         if self.delay is not None:
             time.sleep(self.delay(request))
+        return self._answer(request)[0]
+
+    def ScoreStream(self, request_iterator, context):
+        with self.lock:
+            self.stream_calls += 1
+        for k, request in enumerate(request_iterator):
+            self._start(request, context)
+            if self.delay is not None:
+                time.sleep(self.delay(request))
+            out, tokens = self._answer(request)
+            for i, item in enumerate(request.items):
+                if not (item.HasField("rationale") and item.rationale.stream) or i not in tokens:
+                    continue
+                for text in tokens[i]:
+                    if not context.is_active():
+                        return
+                    if self.token_delay:
+                        time.sleep(self.token_delay)
+                    with self.lock:
+                        self.tokens_streamed += 1
+                    yield pb.ScoreResponse(model_id="fake", rationale_deltas=[
+                        pb.RationaleDelta(request=k, index=i, id=item.id, text=text)])
+            yield out
+
+    def _answer(self, request):
+        """The ScoreResponse, and the rationale tokens (text pieces) of items that asked for one."""
+        tokens = {}
         out = pb.ScoreResponse(model_id="fake")
+        if not request.items or len(request.items) > self.max_items:
+            for i, item in enumerate(request.items):
+                out.results.add(id=item.id, index=i, error=pb.ItemError(
+                    code=grpc.StatusCode.INVALID_ARGUMENT.value[0], reason="invalid_input", message="too many"))
+            return out, tokens
         for i, item in enumerate(request.items):
             r = out.results.add(id=item.id, index=i)
             try:
@@ -77,18 +125,33 @@ class FakeRewardService(pb_grpc.RewardServiceServicer):
                     p = 0.5 + (cand - decode(item.reference).astype(np.float64).mean()) / 510.0
                 else:
                     p = cand / 255.0
+                if item.HasField("rationale"):
+                    o = item.rationale
+                    if o.temperature < 0 or not 0 <= o.top_p <= 1 or o.max_tokens > 64:
+                        raise _BadRationale(f"bad rationale options: max_tokens={o.max_tokens} "
+                                            f"temperature={o.temperature} top_p={o.top_p}")
+                    n = o.max_tokens or 4
+                    pieces = ["yes" if p >= 0.5 else "no"] + [f" t{k}" for k in range(1, n)]
+                    tokens[i] = pieces
+                    r.rationale.text = "".join(pieces)
+                    r.rationale.token_ids.extend(100 + k for k in range(n))
+                    r.rationale.stop = pb.RATIONALE_STOP_MAX_TOKENS if o.max_tokens else pb.RATIONALE_STOP_END_OF_TURN
+                    r.timing.decode_ms = 0.5 * n
                 r.score.p_yes = p
                 r.score.p_yes_vocab = p / 2
             except Exception as e:  # noqa: BLE001 - every bad item is its own error
                 r.error.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
-                r.error.reason = "invalid_image"
+                r.error.reason = "invalid_input" if isinstance(e, _BadRationale) else "invalid_image"
                 r.error.message = str(e)
-        return out
+                r.ClearField("rationale")
+                tokens.pop(i, None)
+        return out, tokens
 
     def Info(self, request, context):
         return pb.InfoResponse(model_id="fake", server_version="0",
                                limits=pb.Limits(max_items_per_request=self.max_items,
-                                                max_message_bytes=64 << 20))
+                                                max_message_bytes=64 << 20, max_rationale_tokens=64,
+                                                default_rationale_tokens=4))
 
 
 def _health_handler():

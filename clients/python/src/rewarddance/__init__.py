@@ -4,24 +4,31 @@
     client = RewardClient(["reward-0:50051", "reward-1:50051"])
     scores, ok, errors = client.score("a red fox in the snow", images)
 
-See `RewardClient`, `AsyncRewardClient` and `ScoreResult`. The generated protobuf messages are in
+See `RewardClient`, `AsyncRewardClient` and `ScoreResult`; rationales: `score(..., rationale=True)`
+and `stream_rationales()`. The generated protobuf messages are in
 `rewarddance.v1.reward_pb2`.
 """
 from ._core import NO_RETRY, RetryPolicy
 from ._images import DEFAULT_RAW_MAX_BYTES, ImageConversionError, to_image_message
-from ._types import ItemErrorInfo, RankResult, RewardError, ScoreResult
-from .aio import AsyncRewardClient
-from .client import RewardClient
+from ._types import (ItemErrorInfo, RankResult, RationaleDelta, RationaleOptions, RationaleResult, RewardError,
+                     ScoreResult)
+from .aio import AsyncRationaleStream, AsyncRewardClient
+from .client import RationaleStream, RewardClient
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncRationaleStream",
     "AsyncRewardClient",
     "DEFAULT_RAW_MAX_BYTES",
     "ImageConversionError",
     "ItemErrorInfo",
     "NO_RETRY",
     "RankResult",
+    "RationaleDelta",
+    "RationaleOptions",
+    "RationaleResult",
+    "RationaleStream",
     "RetryPolicy",
     "RewardClient",
     "RewardError",

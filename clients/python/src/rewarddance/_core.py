@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field
-from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
 
 import grpc
 import numpy as np
 
 from . import _images
-from ._types import ItemErrorInfo, RankResult, ScoreResult
+from ._types import (RATIONALE_STOPS, ItemErrorInfo, RankResult, RationaleDelta, RationaleOptions,
+                     RationaleResult, ScoreResult)
 from .v1 import reward_pb2 as pb
 
 DEFAULT_TIMEOUT = 120.0
@@ -167,6 +168,55 @@ def _per_item(x: Any, n: int, name: str, *, image: bool = False) -> List[Any]:
     return [x] * n
 
 
+_RATIONALE_KEYS = ("max_tokens", "temperature", "top_p", "seed")
+
+
+def parse_rationale(x: Any) -> Optional[RationaleOptions]:
+    """One item's `rationale=`: None/False (no rationale), True (server defaults), a
+    `RationaleOptions`, a dict of its fields, or a `rewarddance.v1.RationaleOptions` message."""
+    if x is None or x is False:
+        return None
+    if x is True:
+        return RationaleOptions()
+    if isinstance(x, RationaleOptions):
+        return x
+    if isinstance(x, pb.RationaleOptions):
+        return RationaleOptions(max_tokens=x.max_tokens, temperature=x.temperature, top_p=x.top_p or 1.0,
+                                seed=x.seed)
+    if isinstance(x, Mapping):
+        unknown = sorted(str(k) for k in x if k not in _RATIONALE_KEYS)
+        if unknown:
+            raise ValueError(f"unknown rationale option(s) {', '.join(unknown)}: expected {', '.join(_RATIONALE_KEYS)}")
+        return RationaleOptions(**x)
+    raise TypeError(f"rationale is {type(x).__name__}: expected True, a RationaleOptions or a dict of "
+                    f"{', '.join(_RATIONALE_KEYS)}")
+
+
+def rationale_list(rationale: Any, n: int) -> List[Optional[RationaleOptions]]:
+    """`rationale=` for n items: one setting for every item, or a list/tuple of exactly n."""
+    if isinstance(rationale, (list, tuple)):
+        if len(rationale) != n:
+            raise ValueError(f"rationale has {len(rationale)} entries for {n} items")
+        return [parse_rationale(r) for r in rationale]
+    one = parse_rationale(rationale)
+    return [one] * n
+
+
+def check_rationale(rationale: Any) -> None:
+    """Raises ValueError/TypeError for a bad `rationale=` (before any item is converted)."""
+    for r in rationale if isinstance(rationale, (list, tuple)) else (rationale,):
+        parse_rationale(r)
+
+
+def rationale_message(opts: RationaleOptions, stream: bool) -> pb.RationaleOptions:
+    return pb.RationaleOptions(max_tokens=opts.max_tokens, temperature=opts.temperature, top_p=opts.top_p,
+                               seed=opts.seed, stream=stream)
+
+
+def rationale_result(r: pb.Rationale) -> RationaleResult:
+    return RationaleResult(text=r.text, token_ids=tuple(r.token_ids), stop=RATIONALE_STOPS.get(r.stop, str(r.stop)))
+
+
 @dataclass
 class Prepared:
     n: int
@@ -184,7 +234,10 @@ def prepare(
     mode: Any = None,
     raw_max_bytes: int = _images.DEFAULT_RAW_MAX_BYTES,
     value_range: Any = None,
+    rationale: Any = None,
+    stream_rationale: bool = False,
 ) -> Prepared:
+    check_rationale(rationale)
     if (images is None) == (videos is None):
         raise ValueError("pass exactly one of images= or videos=")
     if value_range is not None:
@@ -211,6 +264,7 @@ def prepare(
     instr_list = _per_item(instructions, n, "instructions")
     modes = _per_item(mode, n, "mode") if isinstance(mode, (list, tuple)) else [mode] * n
     modes = [parse_mode(m) for m in modes]
+    rationales = rationale_list(rationale, n)
 
     cache: Dict[int, Any] = {}  # id(obj) -> Image or exception (same reference for a whole group)
 
@@ -239,6 +293,8 @@ def prepare(
         item = pb.ScoreItem(id=str(i), prompt=prompt, mode=modes[i])
         if instr_list[i] is not None:
             item.instruction = instr_list[i]
+        if rationales[i] is not None:
+            item.rationale.CopyFrom(rationale_message(rationales[i], stream_rationale))
         try:
             if kind == "image":
                 item.image.CopyFrom(convert(cands[i], cand_range))
@@ -383,6 +439,7 @@ class Assembler:
         self.ok = np.zeros(n, dtype=bool)
         self.errors: List[Optional[ItemErrorInfo]] = list(prepared.errors)
         self.timings: List[Any] = [None] * n
+        self.rationales: List[Optional[RationaleResult]] = [None] * n
         self.model_id = ""
 
     def add(self, indices: Sequence[int], resp: pb.ScoreResponse) -> None:
@@ -399,6 +456,8 @@ class Assembler:
             i = indices[j]
             if r.HasField("timing"):
                 self.timings[i] = r.timing
+            if r.HasField("rationale"):
+                self.rationales[i] = rationale_result(r.rationale)
             outcome = r.WhichOneof("outcome")
             if outcome == "score":
                 self.scores[i] = r.score.p_yes
@@ -421,7 +480,63 @@ class Assembler:
     def result(self) -> ScoreResult:
         return ScoreResult(self.scores, self.ok, self.errors, p_yes_vocab=self.p_yes_vocab,
                            logit_yes=self.logit_yes, logit_no=self.logit_no, model_id=self.model_id,
-                           timings=self.timings)
+                           timings=self.timings, rationales=self.rationales)
+
+
+class StreamControl:
+    """What a rationale stream object shares with the generator behind it: the running call, the
+    cancelled flag and the final result."""
+
+    def __init__(self) -> None:
+        self.call: Any = None
+        self.cancelled = False
+        self.result: Optional[ScoreResult] = None
+        self.state: Optional["StreamState"] = None
+
+    def cancel(self) -> None:
+        if self.result is not None:
+            return
+        self.cancelled = True
+        call = self.call
+        if call is not None:
+            call.cancel()
+
+
+class StreamState:
+    """One ScoreStream call of the rationale streams: the request messages (one per chunk) and
+    the bookkeeping that turns its responses into `RationaleDelta`s in input indices and, with
+    one final message per request, the `ScoreResult`."""
+
+    def __init__(self, prepared: Prepared, chunks: List[List[int]]):
+        self.chunks = chunks
+        self.requests = [pb.ScoreRequest(items=[prepared.items[i] for i in c]) for c in chunks]
+        self.asm = Assembler(prepared)
+        self.texts: List[str] = [""] * prepared.n
+        self.done = 0  # final messages received (requests answered, in order)
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= len(self.chunks)
+
+    def on_response(self, resp: pb.ScoreResponse) -> List[RationaleDelta]:
+        if resp.results:
+            if self.finished:
+                return []  # more finals than requests: nothing to put them on
+            self.asm.add(self.chunks[self.done], resp)
+            self.done += 1
+            return []
+        out = []
+        for d in resp.rationale_deltas:
+            if d.request < len(self.chunks) and d.index < len(self.chunks[d.request]) and d.text:
+                i = self.chunks[d.request][d.index]
+                self.texts[i] += d.text
+                out.append(RationaleDelta(i, d.text))
+        return out
+
+    def fail_rest(self, code: grpc.StatusCode, details: str) -> None:
+        for c in self.chunks[self.done:]:
+            self.asm.fail(c, code, details)
+        self.done = len(self.chunks)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Result and error types shared by the sync and async clients."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, List, NamedTuple, Optional
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, List, NamedTuple, Optional, Tuple
 
 import grpc
 import numpy as np
@@ -34,6 +36,87 @@ class ItemErrorInfo:
         return f"{name} {self.reason}: {self.message}"
 
 
+@dataclass(frozen=True)
+class RationaleOptions:
+    """How to decode an item's chain-of-thought rationale (`score(..., rationale=...)`).
+
+    - `max_tokens`: most tokens to generate, the answer token included; 0 (default) is the server's
+      default (`Info.limits.default_rationale_tokens`), at most `limits.max_rationale_tokens`;
+    - `temperature`: 0 (default) is greedy, deterministic; otherwise finite and > 0;
+    - `top_p`: nucleus mass in (0, 1] (default 1: the whole distribution);
+    - `seed`: seed of the item's sampler (same seed, inputs and model: same text).
+
+    Checked on construction (`ValueError`); the server checks its own limits and reports a bad
+    item as that item's error (`INVALID_ARGUMENT`).
+    """
+
+    max_tokens: int = 0
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("max_tokens", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise ValueError(f"rationale {name} must be an integer, got {v!r}")
+            object.__setattr__(self, name, int(v))
+        for name in ("temperature", "top_p"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise ValueError(f"rationale {name} must be a number, got {v!r}")
+            object.__setattr__(self, name, float(v))
+        if not 0 <= self.max_tokens < 2**32:
+            raise ValueError(f"rationale max_tokens must be >= 0 (0: server default), got {self.max_tokens}")
+        if not 0 <= self.seed < 2**64:
+            raise ValueError(f"rationale seed must be in [0, 2**64), got {self.seed}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0.0):
+            raise ValueError(f"rationale temperature must be finite and >= 0 (0: greedy), got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"rationale top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+# RationaleStop enum number -> readable name (`RationaleResult.stop`).
+RATIONALE_STOPS = {0: "unspecified", 1: "end_of_turn", 2: "max_tokens", 3: "deadline", 4: "failed"}
+
+
+@dataclass(frozen=True)
+class RationaleResult:
+    """An item's decoded rationale.
+
+    - `text`: the generated text (the answer word first, then the reasoning);
+    - `token_ids`: the generated token ids (the end-of-turn token excluded);
+    - `stop`: why decoding stopped: "end_of_turn" (the model ended its turn), "max_tokens",
+      "deadline" (the call's deadline passed while decoding: `text` is a prefix, the score is
+      valid) or "failed" (decoding failed on the server: a prefix, the score is valid).
+    """
+
+    text: str
+    token_ids: Tuple[int, ...] = field(repr=False)
+    stop: str
+
+    @property
+    def complete(self) -> bool:
+        """True unless decoding was cut short by the deadline or a failure."""
+        return self.stop in ("end_of_turn", "max_tokens")
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class RationaleDelta(NamedTuple):
+    """A piece of an item's rationale, streamed while it is decoded: `(index, text)`, `index`
+    being the item's position in the input. An item's deltas concatenated equal its final
+    `RationaleResult.text`."""
+
+    index: int
+    text: str
+
+
 class _ScoreResultBase(NamedTuple):
     scores: np.ndarray
     ok_mask: np.ndarray
@@ -48,8 +131,9 @@ class ScoreResult(_ScoreResultBase):
     - `errors`: `ItemErrorInfo` where the item failed, else None.
 
     Extra attributes (not part of the tuple): `p_yes_vocab`, `logit_yes`, `logit_no` (float64
-    arrays, NaN where failed), `model_id` (str) and `timings` (per item `rewarddance.v1.Timing` or
-    None).
+    arrays, NaN where failed), `model_id` (str), `timings` (per item `rewarddance.v1.Timing` or
+    None; `decode_ms` is the rationale's decoding time) and `rationales` (per item
+    `RationaleResult`, or None where the item asked for none or was not scored).
     """
 
     p_yes_vocab: np.ndarray
@@ -57,9 +141,10 @@ class ScoreResult(_ScoreResultBase):
     logit_no: np.ndarray
     model_id: str
     timings: List[Any]
+    rationales: List[Optional[RationaleResult]]
 
     def __new__(cls, scores, ok_mask, errors, *, p_yes_vocab=None, logit_yes=None, logit_no=None,
-                model_id="", timings=None):
+                model_id="", timings=None, rationales=None):
         self = super().__new__(cls, scores, ok_mask, errors)
         n = len(scores)
         nan = lambda: np.full(n, np.nan)  # noqa: E731
@@ -68,6 +153,7 @@ class ScoreResult(_ScoreResultBase):
         self.logit_no = logit_no if logit_no is not None else nan()
         self.model_id = model_id
         self.timings = timings if timings is not None else [None] * n
+        self.rationales = rationales if rationales is not None else [None] * n
         return self
 
     @property

@@ -5,14 +5,14 @@ import asyncio
 import logging
 import os
 import time
-from typing import Any, Awaitable, Callable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import grpc
 import grpc.aio
 
 from . import _core, _images
 from ._core import RetryPolicy, Targets
-from ._types import RankResult, RewardError, ScoreResult
+from ._types import RankResult, RationaleDelta, RewardError, ScoreResult
 from .v1 import reward_pb2 as pb
 from .v1 import reward_pb2_grpc as pb_grpc
 
@@ -144,6 +144,15 @@ class AsyncRewardClient:
                 raise TimeoutError(f"servers not ready after {timeout:g} s: {last}")
             await asyncio.sleep(interval)
 
+    async def _limits(self, chunk_size: Optional[int], timeout: float) -> Tuple[int, int]:
+        if chunk_size is None and self._info is None:
+            try:
+                await self.info(timeout=timeout)
+            except RewardError as e:
+                if e.code != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+        return _core.limits_from_info(self._info, chunk_size)
+
     async def score(
         self,
         prompts: Any,
@@ -157,6 +166,7 @@ class AsyncRewardClient:
         chunk_size: Optional[int] = None,
         value_range: Optional[Tuple[float, float]] = None,
         mask_call_errors: bool = False,
+        rationale: Any = None,
     ) -> ScoreResult:
         """See `RewardClient.score`. Image conversion runs in the loop's default executor."""
         self._ensure()
@@ -165,15 +175,9 @@ class AsyncRewardClient:
         loop = asyncio.get_running_loop()
         prep = await loop.run_in_executor(None, lambda: _core.prepare(
             prompts, images, references, videos=videos, instructions=instructions, mode=mode,
-            raw_max_bytes=self.raw_max_bytes, value_range=value_range))
+            raw_max_bytes=self.raw_max_bytes, value_range=value_range, rationale=rationale))
         chunk_size = chunk_size or self.chunk_size
-        if chunk_size is None and self._info is None:
-            try:
-                await self.info(timeout=total)
-            except RewardError as e:
-                if e.code != grpc.StatusCode.UNIMPLEMENTED:
-                    raise
-        size, max_bytes = _core.limits_from_info(self._info, chunk_size)
+        size, max_bytes = await self._limits(chunk_size, total)
         if not chunk_size:
             size = _core.spread(prep, size, len(self.targets))
         chunks = _core.make_chunks(prep.items, size, max_bytes)
@@ -197,6 +201,113 @@ class AsyncRewardClient:
             else:
                 raise err
         return asm.result()
+
+    def stream_rationales(
+        self,
+        prompts: Any,
+        images: Any = None,
+        references: Any = None,
+        *,
+        rationale: Any = True,
+        videos: Any = None,
+        instructions: Any = None,
+        mode: Any = None,
+        timeout: Optional[float] = None,
+        chunk_size: Optional[int] = None,
+        value_range: Optional[Tuple[float, float]] = None,
+        mask_call_errors: bool = False,
+    ) -> "AsyncRationaleStream":
+        """`RewardClient.stream_rationales` as an async iterator (not awaited itself):
+
+            async with client.stream_rationales(prompt, images, rationale=True) as stream:
+                async for ev in stream:
+                    ...  # RationaleDelta(index, text)s, then the ScoreResult
+
+        `rationale=` is checked here (ValueError); images are converted (in the loop's default
+        executor) and the call is made on the first iteration. Leaving the `async with` block,
+        `await stream.aclose()` or `stream.cancel()` cancels the call; breaking out of a bare
+        `async for` cancels it when asyncio finalizes the abandoned stream.
+        """
+        _core.check_rationale(rationale)
+        total = self.timeout if timeout is None else float(timeout)
+        deadline = time.monotonic() + total
+        stream = AsyncRationaleStream()
+        ctl = stream._ctl
+
+        def prepare():
+            return _core.prepare(prompts, images, references, videos=videos, instructions=instructions, mode=mode,
+                                 raw_max_bytes=self.raw_max_bytes, value_range=value_range, rationale=rationale,
+                                 stream_rationale=True)
+
+        stream._gen = self._stream_events(ctl, prepare, chunk_size, deadline, total, mask_call_errors)
+        return stream
+
+    async def _stream_events(self, ctl: _core.StreamControl, prepare: Callable[[], _core.Prepared],
+                             chunk_size: Optional[int], deadline: float, total: float,
+                             mask_call_errors: bool) -> AsyncIterator[Union[RationaleDelta, ScoreResult]]:
+        self._ensure()
+        loop = asyncio.get_running_loop()
+        prep = await loop.run_in_executor(None, prepare)
+        size, max_bytes = await self._limits(chunk_size or self.chunk_size, total)
+        state = _core.StreamState(prep, _core.make_chunks(prep.items, size, max_bytes))
+        ctl.state = state
+        md = self._metadata
+        attempt = 0
+        while state.requests:
+            attempt += 1
+            k = self._pick()
+            remaining = deadline - time.monotonic()
+            if ctl.cancelled:
+                return
+            if remaining <= 0:
+                err = RewardError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  f"timeout of {total:g} s passed before try {attempt}", attempt - 1)
+                if not mask_call_errors:
+                    raise err
+                state.fail_rest(err.code, str(err))
+                break
+            call = self._stubs[k].ScoreStream(iter(state.requests), timeout=remaining, metadata=md)
+            ctl.call = call
+            received = False
+            try:
+                async for resp in call:
+                    received = True
+                    for ev in state.on_response(resp):
+                        yield ev
+                if not state.finished:
+                    raise RewardError(grpc.StatusCode.INTERNAL,
+                                      f"stream ended after {state.done} of {len(state.chunks)} answers",
+                                      attempt, self.targets[k])
+            except grpc.RpcError as e:
+                if ctl.cancelled:
+                    return
+                code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+                details = (e.details() if hasattr(e, "details") else str(e)) or ""
+                if not received and self.retry.should_retry(code, attempt):
+                    delay = self.retry.backoff(attempt)
+                    if time.monotonic() + delay < deadline:
+                        log.info("retrying stream after %s from %s (try %d of %d) in %.3f s: %s", code.name,
+                                 self.targets[k], attempt, self.retry.max_attempts, delay, details)
+                        await asyncio.sleep(delay)
+                        continue
+                err = RewardError(code, details, attempt, self.targets[k])
+                if not mask_call_errors:
+                    raise err from None
+                state.fail_rest(code, str(err))
+            except asyncio.CancelledError:
+                if ctl.cancelled:
+                    return
+                raise
+            except RewardError as err:
+                if not mask_call_errors:
+                    raise
+                state.fail_rest(err.code, str(err))
+            finally:
+                call.cancel()  # a no-op once the call has ended; else (consumer stopped early) stops the server
+            break
+        result = state.asm.result()
+        ctl.result = result
+        yield result
 
     async def rank(
         self,
@@ -240,3 +351,54 @@ class AsyncRewardClient:
 
     def __repr__(self) -> str:
         return f"AsyncRewardClient({self.targets!r})"
+
+
+class AsyncRationaleStream:
+    """The events of `AsyncRewardClient.stream_rationales`, an async iterator:
+    `RationaleDelta(index, text)`s as the text is decoded, then the `ScoreResult` (also in
+    `.result` once it was yielded). `texts` holds each item's text so far. `await aclose()` (or
+    leaving `async with`) cancels the call and ends the iteration; `cancel()` cancels it without
+    awaiting (the iteration then ends without error)."""
+
+    def __init__(self):
+        self._ctl = _core.StreamControl()  # shared with the generator, which never refers to self
+        self._gen: Any = None
+
+    @property
+    def result(self) -> Optional[ScoreResult]:
+        """The final `ScoreResult` once it was yielded, else None."""
+        return self._ctl.result
+
+    @property
+    def texts(self) -> List[str]:
+        """Each item's rationale text received so far, in input order (empty before the call)."""
+        state = self._ctl.state
+        return list(state.texts) if state is not None else []
+
+    @property
+    def cancelled(self) -> bool:
+        return self._ctl.cancelled
+
+    def __aiter__(self) -> "AsyncRationaleStream":
+        return self
+
+    async def __anext__(self) -> Union[RationaleDelta, ScoreResult]:
+        return await self._gen.__anext__()
+
+    def cancel(self) -> None:
+        """Cancels the call; the iteration ends without error."""
+        self._ctl.cancel()
+
+    async def aclose(self) -> None:
+        """Cancels the call if it is still running and ends the iteration."""
+        self.cancel()
+        try:
+            await self._gen.aclose()
+        except RuntimeError:  # being iterated by another task: cancel() ends it there
+            pass
+
+    async def __aenter__(self) -> "AsyncRationaleStream":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()

@@ -6,13 +6,13 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import grpc
 
 from . import _core, _images
 from ._core import RetryPolicy, Targets
-from ._types import RankResult, RewardError, ScoreResult
+from ._types import RankResult, RationaleDelta, RewardError, ScoreResult
 from .v1 import reward_pb2 as pb
 from .v1 import reward_pb2_grpc as pb_grpc
 
@@ -210,6 +210,7 @@ class RewardClient:
         chunk_size: Optional[int] = None,
         value_range: Optional[Tuple[float, float]] = None,
         mask_call_errors: bool = False,
+        rationale: Any = None,
     ) -> ScoreResult:
         """Scores items and returns `(scores, ok_mask, errors)` in input order.
 
@@ -229,6 +230,11 @@ class RewardClient:
             value_range: (lo, hi) of float pixels, overriding the [0, 1] / [-1, 1] detection.
             mask_call_errors: when a chunk's whole call fails (after retries), report its items as
                 failed (`reason == "call_failed"`) instead of raising `RewardError`.
+            rationale: also decode each item's chain-of-thought rationale: True (server defaults:
+                greedy, `default_rationale_tokens`), a `RationaleOptions` or a dict of its fields
+                (`max_tokens`, `temperature`, `top_p`, `seed`) for every item, or a list with one
+                of these (or None) per item. The texts are in `result.rationales`. Bad options
+                raise ValueError here; options over the server's limits are item errors.
 
         Items that cannot be scored (bad image, too large, deadline, ...) do not raise: they are
         NaN in `scores`, False in `ok_mask` and carry an `ItemErrorInfo` in `errors`.
@@ -237,7 +243,7 @@ class RewardClient:
         total = self.timeout if timeout is None else float(timeout)
         deadline = time.monotonic() + total
         prep = _core.prepare(prompts, images, references, videos=videos, instructions=instructions, mode=mode,
-                             raw_max_bytes=self.raw_max_bytes, value_range=value_range)
+                             raw_max_bytes=self.raw_max_bytes, value_range=value_range, rationale=rationale)
         explicit = chunk_size or self.chunk_size
         size, max_bytes = self._limits(chunk_size, total)
         if not explicit:
@@ -265,6 +271,113 @@ class RewardClient:
             else:
                 raise err
         return asm.result()
+
+    def stream_rationales(
+        self,
+        prompts: Any,
+        images: Any = None,
+        references: Any = None,
+        *,
+        rationale: Any = True,
+        videos: Any = None,
+        instructions: Any = None,
+        mode: Any = None,
+        timeout: Optional[float] = None,
+        chunk_size: Optional[int] = None,
+        value_range: Optional[Tuple[float, float]] = None,
+        mask_call_errors: bool = False,
+    ) -> "RationaleStream":
+        """Scores items like `score()` and streams their rationales as they are decoded.
+
+        Returns a `RationaleStream`, an iterator of events: `RationaleDelta(index, text)` for each
+        piece of text (`index` is the item's position in the input), then, last, the
+        `ScoreResult` of all items (the same as `score()` would return; its rationale texts equal
+        the concatenated deltas). `rationale` takes the same values as in `score()` (default True:
+        every item, server defaults); items without one are scored but send no deltas.
+
+            for ev in client.stream_rationales(prompt, images, rationale={"max_tokens": 128}):
+                if isinstance(ev, RationaleDelta):
+                    print(ev.index, ev.text)
+                else:
+                    result = ev
+
+        One ScoreStream call (one request message per chunk) to one target; it is retried like
+        `score()` only until the first message arrives. `timeout` bounds the whole stream: when
+        it passes, rationales still decoding end with `stop == "deadline"` (the scores are kept),
+        or the call fails with DEADLINE_EXCEEDED (`RewardError`, or failed items with
+        `mask_call_errors=True`). Breaking out of the loop, `close()` (or leaving a `with` block)
+        cancels the call, and the server stops decoding; `cancel()` may be called from another
+        thread. Arguments are checked and images converted here, before the call.
+        """
+        self._ensure()
+        total = self.timeout if timeout is None else float(timeout)
+        deadline = time.monotonic() + total
+        prep = _core.prepare(prompts, images, references, videos=videos, instructions=instructions, mode=mode,
+                             raw_max_bytes=self.raw_max_bytes, value_range=value_range, rationale=rationale,
+                             stream_rationale=True)
+        size, max_bytes = self._limits(chunk_size, total)
+        state = _core.StreamState(prep, _core.make_chunks(prep.items, size, max_bytes))
+        stream = RationaleStream(state)
+        stream._gen = self._stream_events(stream._ctl, state, deadline, total, mask_call_errors)
+        return stream
+
+    def _stream_events(self, ctl: _core.StreamControl, state: _core.StreamState, deadline: float, total: float,
+                       mask_call_errors: bool) -> Iterator[Union[RationaleDelta, ScoreResult]]:
+        md = self._metadata
+        attempt = 0
+        while state.requests:
+            attempt += 1
+            k = self._pick()
+            remaining = deadline - time.monotonic()
+            if ctl.cancelled:
+                return
+            if remaining <= 0:
+                err = RewardError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  f"timeout of {total:g} s passed before try {attempt}", attempt - 1)
+                if not mask_call_errors:
+                    raise err
+                state.fail_rest(err.code, str(err))
+                break
+            call = self._stubs[k].ScoreStream(iter(state.requests), timeout=remaining, metadata=md)
+            ctl.call = call
+            if ctl.cancelled:
+                call.cancel()
+                return
+            received = False
+            try:
+                for resp in call:
+                    received = True
+                    yield from state.on_response(resp)
+                if not state.finished:
+                    raise RewardError(grpc.StatusCode.INTERNAL,
+                                      f"stream ended after {state.done} of {len(state.chunks)} answers",
+                                      attempt, self.targets[k])
+            except grpc.RpcError as e:
+                if ctl.cancelled:
+                    return
+                code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+                details = (e.details() if hasattr(e, "details") else str(e)) or ""
+                if not received and self.retry.should_retry(code, attempt):
+                    delay = self.retry.backoff(attempt)
+                    if time.monotonic() + delay < deadline:
+                        log.info("retrying stream after %s from %s (try %d of %d) in %.3f s: %s", code.name,
+                                 self.targets[k], attempt, self.retry.max_attempts, delay, details)
+                        time.sleep(delay)
+                        continue
+                err = RewardError(code, details, attempt, self.targets[k])
+                if not mask_call_errors:
+                    raise err from None
+                state.fail_rest(code, str(err))
+            except RewardError as err:
+                if not mask_call_errors:
+                    raise
+                state.fail_rest(err.code, str(err))
+            finally:
+                call.cancel()  # a no-op once the call has ended; else (consumer stopped early) stops the server
+            break
+        result = state.asm.result()
+        ctl.result = result
+        yield result
 
     def rank(
         self,
@@ -315,6 +428,70 @@ class RewardClient:
 
     def __repr__(self) -> str:
         return f"RewardClient({self.targets!r})"
+
+
+class RationaleStream:
+    """The events of `RewardClient.stream_rationales`: `RationaleDelta(index, text)`s as the text
+    is decoded, then the `ScoreResult` (also in `.result` once it was yielded).
+
+    `texts` holds each item's text so far. `close()` (also on leaving a `with` block, or when the
+    stream is garbage collected, e.g. after `break` in `for ev in client.stream_rationales(...)`)
+    cancels the call and ends the iteration; `cancel()` does the same from any thread (the
+    iteration then ends without error).
+    """
+
+    def __init__(self, state: _core.StreamState):
+        self._state = state
+        # Shared with the generator, which must not refer to this object: then a stream dropped
+        # by a `for` loop's `break` is freed (and cancelled) at once, not by the cycle collector.
+        self._ctl = _core.StreamControl()
+        self._gen: Optional[Iterator[Union[RationaleDelta, ScoreResult]]] = None
+
+    @property
+    def result(self) -> Optional[ScoreResult]:
+        """The final `ScoreResult` once it was yielded, else None."""
+        return self._ctl.result
+
+    @property
+    def texts(self) -> List[str]:
+        """Each item's rationale text received so far, in input order."""
+        return list(self._state.texts)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._ctl.cancelled
+
+    def __iter__(self) -> "RationaleStream":
+        return self
+
+    def __next__(self) -> Union[RationaleDelta, ScoreResult]:
+        return next(self._gen)
+
+    def cancel(self) -> None:
+        """Cancels the call (thread-safe); the iteration ends without error."""
+        self._ctl.cancel()
+
+    def close(self) -> None:
+        """Cancels the call if it is still running and ends the iteration."""
+        self.cancel()
+        gen = self._gen
+        if gen is not None:
+            try:
+                gen.close()
+            except ValueError:  # being iterated in another thread: cancel() ends it there
+                pass
+
+    def __enter__(self) -> "RationaleStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
 
 def _outcome(run: Callable[[List[int]], pb.ScoreResponse], indices: List[int]):
