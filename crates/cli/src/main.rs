@@ -10,6 +10,7 @@ mod evaluate;
 mod model_args;
 mod parity;
 mod rank;
+mod rationale_args;
 mod score;
 mod serve;
 

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::evaluate::{self, EvalArgs};
 use crate::model_args::ModelArgs;
+use crate::rationale_args::{self, RationaleArgs};
 
 /// Arguments of `rewarddance score`.
 #[derive(Args, Debug)]
@@ -19,6 +20,8 @@ pub struct ScoreArgs {
     model: ModelArgs,
     #[command(flatten)]
     eval: EvalArgs,
+    #[command(flatten)]
+    rationale: RationaleArgs,
     /// The generation prompt the images were made from.
     #[arg(long, required_unless_present = "manifest")]
     prompt: Option<String>,
@@ -54,15 +57,17 @@ pub struct ScoreArgs {
 /// run completes (failures are rows in the output and counts in the summary).
 pub fn run(args: ScoreArgs) -> Result<ExitCode> {
     let (prompt, instruction) = (args.prompt.as_deref(), args.instruction.as_deref());
+    let rationale = args.rationale.options()?;
     if let (true, Some(url)) = (args.eval.requested(), &args.eval.server) {
         let token = args.eval.token.clone();
-        let mut remote = evaluate::RemoteScorer::connect(url, args.eval.in_flight, token)?;
+        let mut remote =
+            evaluate::RemoteScorer::connect(url, args.eval.in_flight, token, rationale)?;
         evaluate::run(&mut remote, &args.eval, prompt, instruction)?;
         return Ok(ExitCode::SUCCESS);
     }
     let model = args.model.load()?;
     if args.eval.requested() {
-        let mut local = evaluate::LocalScorer::new(&model);
+        let mut local = evaluate::LocalScorer::new(&model, rationale);
         evaluate::run(&mut local, &args.eval, prompt, instruction)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -102,17 +107,41 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
 
     let prepared: Vec<_> = items.iter().map(|i| model.prepare(i)).collect();
     let ok: Vec<&PreparedItem> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
-    let mut scores = model.score_prepared(&ok)?.into_iter();
+    let ok_labels: Vec<&String> = labels
+        .iter()
+        .zip(&prepared)
+        .filter(|(_, p)| p.is_ok())
+        .map(|(l, _)| l)
+        .collect();
+    let stream = args.rationale.stream;
+    let mut on_text = |i: usize, text: &str| {
+        if stream {
+            if ok.len() > 1 {
+                eprintln!("[{}] {text}", ok_labels[i]);
+            } else {
+                eprint!("{text}");
+            }
+        }
+        true
+    };
+    let scored = model.score_with_rationales(&ok, &vec![rationale; ok.len()], &mut on_text)?;
+    if stream && ok.len() == 1 {
+        eprintln!();
+    }
+    let mut scores = scored.into_iter();
     let mut failed = false;
     for (label, p) in labels.iter().zip(&prepared) {
         let mut out = json!({ "input": label, "model": model.id() });
         match p {
             Ok(p) => {
-                let s = scores.next().context("missing score")?;
+                let (s, r) = scores.next().context("missing score")?;
                 out["p_yes"] = json!(s.p_yes);
                 out["p_yes_vocab"] = json!(s.p_yes_vocab);
                 out["logit_yes"] = json!(s.logit_yes);
                 out["logit_no"] = json!(s.logit_no);
+                if let Some(r) = &r {
+                    out["rationale"] = rationale_args::model_json(r);
+                }
                 if args.explain {
                     out["explain"] = json!({
                         "rendered_prompt": p.rendered_prompt,

@@ -118,7 +118,10 @@ async fn rationales_equal_the_models_own_decoding_and_stream_their_text() {
             .remove(0);
         // Batching moves scores by float rounding only.
         let score = got.outcome.as_ref().unwrap();
-        assert!((score.p_yes - want.0.p_yes).abs() < 1e-5, "item {i}: same score");
+        assert!(
+            (score.p_yes - want.0.p_yes).abs() < 1e-5,
+            "item {i}: same score"
+        );
         match (&got.rationale, &want.1) {
             (None, None) => {}
             (Some(g), Some(w)) => {

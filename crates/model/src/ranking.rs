@@ -220,6 +220,7 @@ fn mean_log(pi: &[f64], active: &[bool]) -> f64 {
 
 /// SplitMix64: a tiny, well-known deterministic generator (schedules and seeded sampling must
 /// be reproducible).
+#[derive(Debug, Clone)]
 pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl SplitMix64 {

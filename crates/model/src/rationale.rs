@@ -70,6 +70,7 @@ pub struct Rationale {
 /// other work on the device: [`RewardModel::next_token`] picks the next token from the pending
 /// distribution on the host, and [`RewardModel::decode_forward`] feeds the picked tokens of
 /// many generations (from any number of prefill batches) through the decoder in one step.
+#[derive(Clone)]
 pub struct Generation {
     /// Position of the item in the batch it was prefilled with.
     pub item: usize,
@@ -227,6 +228,10 @@ impl RewardModel {
         options: &[Option<RationaleOptions>],
         on_text: &mut dyn FnMut(usize, &str) -> bool,
     ) -> Result<Vec<(Score, Option<Rationale>)>> {
+        if options.iter().all(Option::is_none) {
+            let scores = self.score_prepared(batch)?;
+            return Ok(scores.into_iter().map(|s| (s, None)).collect());
+        }
         let (scores, generations) = self.prefill_for_rationales(batch, options)?;
         let mut done: Vec<Option<Rationale>> = vec![None; batch.len()];
         let mut active: Vec<Generation> = generations.into_iter().flatten().collect();

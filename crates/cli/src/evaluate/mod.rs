@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use rewarddance_model::{Error, PreparedItem, RewardModel, Score, ScoreItem};
-use serde_json::json;
+use rewarddance_model::{Error, PreparedItem, RationaleOptions, RewardModel, Score, ScoreItem};
+use serde_json::{json, Value};
 
 use manifest::{count_rows, directory_jobs, manifest_jobs, Job};
 pub use remote::RemoteScorer;
@@ -56,8 +56,17 @@ pub struct EvalArgs {
     pub token: Option<String>,
 }
 
+/// One row's answer: its score and, with `--rationale`, the rationale as an output object.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    /// The reward.
+    pub score: Score,
+    /// `{"text", "stop", "tokens"}` when a rationale was decoded.
+    pub rationale: Option<Value>,
+}
+
 /// One scored batch: the rows and one result (scores or the row's error) per row.
-pub type ScoredBatch = (Vec<Job>, Vec<std::result::Result<Score, String>>);
+pub type ScoredBatch = (Vec<Job>, Vec<std::result::Result<Scored, String>>);
 
 /// Where a batch of rows gets scored: in-process or on a server. Batches are answered in the
 /// order they were submitted.
@@ -73,14 +82,16 @@ pub trait BatchScorer {
 /// In-process scoring: each batch is computed on submit.
 pub struct LocalScorer<'a> {
     model: &'a RewardModel,
+    rationale: Option<RationaleOptions>,
     ready: std::collections::VecDeque<ScoredBatch>,
 }
 
 impl<'a> LocalScorer<'a> {
-    /// Scores with `model`.
-    pub fn new(model: &'a RewardModel) -> Self {
+    /// Scores with `model`, decoding a rationale per row when `rationale` is set.
+    pub fn new(model: &'a RewardModel, rationale: Option<RationaleOptions>) -> Self {
         LocalScorer {
             model,
+            rationale,
             ready: Default::default(),
         }
     }
@@ -92,7 +103,7 @@ impl BatchScorer for LocalScorer<'_> {
     }
 
     fn submit(&mut self, jobs: Vec<Job>) -> Result<()> {
-        let results = score_jobs(self.model, &jobs);
+        let results = score_jobs(self.model, &jobs, self.rationale);
         self.ready.push_back((jobs, results));
         Ok(())
     }
@@ -174,10 +185,18 @@ pub fn run(
         in_flight -= 1;
         for (job, result) in batch.iter().zip(results) {
             let line = match result {
-                Ok(s) => {
+                Ok(Scored {
+                    score: s,
+                    rationale,
+                }) => {
                     summary.record(s.p_yes);
-                    json!({ "id": job.id, "p_yes": s.p_yes, "p_yes_vocab": s.p_yes_vocab,
-                            "logit_yes": s.logit_yes, "logit_no": s.logit_no })
+                    let mut row = json!({ "id": job.id, "p_yes": s.p_yes,
+                            "p_yes_vocab": s.p_yes_vocab, "logit_yes": s.logit_yes,
+                            "logit_no": s.logit_no });
+                    if let Some(r) = rationale {
+                        row["rationale"] = r;
+                    }
+                    row
                 }
                 Err(e) => {
                     summary.record_failure();
@@ -194,8 +213,13 @@ pub fn run(
     Ok(summary)
 }
 
-/// Prepares the batch's rows in parallel, then scores the good ones in one forward pass.
-fn score_jobs(model: &RewardModel, jobs: &[Job]) -> Vec<std::result::Result<Score, String>> {
+/// Prepares the batch's rows in parallel, then scores the good ones in one forward pass (and
+/// decodes their rationales together).
+fn score_jobs(
+    model: &RewardModel,
+    jobs: &[Job],
+    rationale: Option<RationaleOptions>,
+) -> Vec<std::result::Result<Scored, String>> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(jobs.len().max(1));
@@ -222,10 +246,24 @@ fn score_jobs(model: &RewardModel, jobs: &[Job]) -> Vec<std::result::Result<Scor
             })
             .collect()
     });
-    model
-        .score_each(prepared)
-        .into_iter()
-        .map(|r| r.map_err(|e| e.to_string()))
+    let ok: Vec<&PreparedItem> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+    let batch = model
+        .score_with_rationales(&ok, &vec![rationale; ok.len()], &mut |_, _| true)
+        .map_err(|e| e.to_string());
+    let mut answers = batch.as_ref().map(|b| b.iter()).ok();
+    prepared
+        .iter()
+        .map(|p| {
+            p.as_ref().map_err(|e| e.to_string())?;
+            match (&batch, answers.as_mut().and_then(Iterator::next)) {
+                (Err(e), _) => Err(e.clone()),
+                (Ok(_), Some((score, r))) => Ok(Scored {
+                    score: *score,
+                    rationale: r.as_ref().map(crate::rationale_args::model_json),
+                }),
+                (Ok(_), None) => Err("the batch returned too few scores".into()),
+            }
+        })
         .collect()
 }
 

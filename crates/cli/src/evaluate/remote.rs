@@ -4,12 +4,13 @@
 use std::collections::VecDeque;
 
 use anyhow::{Context, Result};
-use rewarddance_model::{Candidate, ImageInput, Mode, Score, ScoreItem};
+use rewarddance_model::{Candidate, ImageInput, Mode, RationaleOptions, Score, ScoreItem};
 use rewarddance_proto::v1 as pb;
 use tokio::sync::mpsc;
 
 use super::manifest::Job;
-use super::{BatchScorer, ScoredBatch};
+use super::{BatchScorer, Scored, ScoredBatch};
+use crate::rationale_args;
 
 /// One sent (or locally failed) batch, waiting for its answer.
 struct Pending {
@@ -26,11 +27,18 @@ pub struct RemoteScorer {
     responses: tonic::Streaming<pb::ScoreResponse>,
     pending: VecDeque<Pending>,
     in_flight: usize,
+    rationale: Option<pb::RationaleOptions>,
 }
 
 impl RemoteScorer {
-    /// Connects to `url` (e.g. `http://127.0.0.1:50051`) and opens the stream.
-    pub fn connect(url: &str, in_flight: usize, token: Option<String>) -> Result<Self> {
+    /// Connects to `url` (e.g. `http://127.0.0.1:50051`) and opens the stream; every row asks
+    /// for a rationale when `rationale` is set.
+    pub fn connect(
+        url: &str,
+        in_flight: usize,
+        token: Option<String>,
+        rationale: Option<RationaleOptions>,
+    ) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -72,6 +80,13 @@ impl RemoteScorer {
             responses,
             pending: VecDeque::new(),
             in_flight: in_flight.max(1),
+            rationale: rationale.map(|o| pb::RationaleOptions {
+                max_tokens: o.max_tokens as u32,
+                temperature: o.temperature,
+                top_p: o.top_p,
+                seed: o.seed,
+                stream: false,
+            }),
         })
     }
 }
@@ -87,7 +102,9 @@ impl BatchScorer for RemoteScorer {
             .iter()
             .map(|job| {
                 job.load().map(|item| {
-                    items.push(to_proto(&job.id, &item));
+                    let mut item = to_proto(&job.id, &item);
+                    item.rationale = self.rationale;
+                    items.push(item);
                     items.len() - 1
                 })
             })
@@ -105,11 +122,17 @@ impl BatchScorer for RemoteScorer {
     fn receive(&mut self) -> Result<ScoredBatch> {
         let front = self.pending.pop_front().context("nothing in flight")?;
         let results = if front.sent {
-            let response = self
-                .runtime
-                .block_on(self.responses.message())
-                .context("ScoreStream failed")?
-                .context("the server ended the stream early")?;
+            let response = loop {
+                let message = self
+                    .runtime
+                    .block_on(self.responses.message())
+                    .context("ScoreStream failed")?
+                    .context("the server ended the stream early")?;
+                // Progress messages (streamed rationale text) carry no results.
+                if !message.results.is_empty() {
+                    break message;
+                }
+            };
             front
                 .slots
                 .iter()
@@ -167,13 +190,22 @@ fn to_proto(id: &str, item: &ScoreItem) -> pb::ScoreItem {
     }
 }
 
-fn from_proto(result: Option<&pb::ItemResult>) -> std::result::Result<Score, String> {
+fn from_proto(result: Option<&pb::ItemResult>) -> std::result::Result<Scored, String> {
     match result.and_then(|r| r.outcome.as_ref()) {
-        Some(pb::item_result::Outcome::Score(s)) => Ok(Score {
-            p_yes: s.p_yes,
-            p_yes_vocab: s.p_yes_vocab,
-            logit_yes: s.logit_yes,
-            logit_no: s.logit_no,
+        Some(pb::item_result::Outcome::Score(s)) => Ok(Scored {
+            score: Score {
+                p_yes: s.p_yes,
+                p_yes_vocab: s.p_yes_vocab,
+                logit_yes: s.logit_yes,
+                logit_no: s.logit_no,
+            },
+            rationale: result.and_then(|r| r.rationale.as_ref()).map(|r| {
+                let stop = pb::RationaleStop::try_from(r.stop)
+                    .map_or("unspecified", |s| s.as_str_name())
+                    .trim_start_matches("RATIONALE_STOP_")
+                    .to_lowercase();
+                rationale_args::to_json(&r.text, &stop, r.token_ids.len())
+            }),
         }),
         Some(pb::item_result::Outcome::Error(e)) => Err(format!("{} ({})", e.message, e.reason)),
         None => Err("the server returned no result for this item".into()),
