@@ -49,6 +49,9 @@ impl Decoding {
 #[derive(Default)]
 pub(crate) struct DecodeSet {
     running: Vec<Decoding>,
+    /// How long the last step took: a sequence whose deadline falls within the next step is
+    /// answered now, while its answer can still arrive in time.
+    last_step: std::time::Duration,
 }
 
 /// How a step went.
@@ -78,6 +81,7 @@ impl DecodeSet {
     /// One token for every sequence, then one batched decoder step.
     pub fn step(&mut self, backend: &dyn Backend, device: &str) -> StepOutcome {
         let start = Instant::now();
+        let horizon = start + self.last_step;
         let mut next = Vec::with_capacity(self.running.len());
         let mut tokens = 0usize;
         for mut d in self.running.drain(..) {
@@ -86,7 +90,7 @@ impl DecodeSet {
                 d.job.discard();
                 continue;
             }
-            if d.job.expired(start) {
+            if d.job.expired(horizon) {
                 d.finish(RationaleEnd::Deadline);
                 continue;
             }
@@ -137,10 +141,11 @@ impl DecodeSet {
             }
         }
         self.running = next;
+        self.last_step = start.elapsed();
         metrics::record_decode_step(
             device,
             tokens,
-            start.elapsed().as_secs_f64(),
+            self.last_step.as_secs_f64(),
             self.running.len(),
         );
         outcome

@@ -303,10 +303,24 @@ fn sample(logits: &[f32], opts: &RationaleOptions, rng: &mut SplitMix64) -> u32 
         return argmax();
     }
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let weight = |v: f32| (((v - max) / opts.temperature) as f64).exp();
+    let top_p = opts.top_p.clamp(1e-6, 1.0) as f64;
+    if top_p >= 1.0 {
+        // The whole distribution: one pass, no sort.
+        let total: f64 = logits.iter().map(|&v| weight(v)).sum();
+        let mut draw = unit(rng) * total;
+        for (i, &v) in logits.iter().enumerate() {
+            draw -= weight(v);
+            if draw < 0.0 {
+                return i as u32;
+            }
+        }
+        return argmax();
+    }
     let mut probs: Vec<(u32, f64)> = logits
         .iter()
         .enumerate()
-        .map(|(i, &v)| (i as u32, (((v - max) / opts.temperature) as f64).exp()))
+        .map(|(i, &v)| (i as u32, weight(v)))
         .collect();
     probs.sort_by(|a, b| b.1.total_cmp(&a.1));
     let total: f64 = probs.iter().map(|p| p.1).sum();
@@ -315,11 +329,11 @@ fn sample(logits: &[f32], opts: &RationaleOptions, rng: &mut SplitMix64) -> u32 
         .iter()
         .position(|p| {
             kept += p.1 / total;
-            kept >= opts.top_p.clamp(1e-6, 1.0) as f64
+            kept >= top_p
         })
         .map_or(probs.len(), |i| i + 1);
     let mass: f64 = probs[..cutoff].iter().map(|p| p.1).sum();
-    let mut draw = (rng.next() >> 11) as f64 / (1u64 << 53) as f64 * mass;
+    let mut draw = unit(rng) * mass;
     for &(id, p) in &probs[..cutoff] {
         if draw < p {
             return id;
@@ -327,6 +341,11 @@ fn sample(logits: &[f32], opts: &RationaleOptions, rng: &mut SplitMix64) -> u32 
         draw -= p;
     }
     probs[cutoff - 1].0
+}
+
+/// A uniform draw in [0, 1) with 53 random bits.
+fn unit(rng: &mut SplitMix64) -> f64 {
+    (rng.next() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

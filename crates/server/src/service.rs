@@ -226,14 +226,15 @@ pub(crate) async fn collect(
     }
 }
 
-/// When the handler must answer: the call's `grpc-timeout`, less a small margin so the answer
-/// (with per-item DEADLINE_EXCEEDED) leaves before the transport cancels the call.
+/// When the handler must answer: the call's `grpc-timeout`, less a margin (a tenth, at most
+/// 100 ms) so the answer (with per-item DEADLINE_EXCEEDED) leaves before the transport cancels
+/// the call, even on a loaded machine.
 pub(crate) fn deadline_of(
     metadata: &tonic::metadata::MetadataMap,
     arrived: Instant,
 ) -> Option<Instant> {
     let timeout = parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)?;
-    let margin = (timeout / 20).min(Duration::from_millis(50));
+    let margin = (timeout / 10).min(Duration::from_millis(100));
     Some(arrived + timeout.saturating_sub(margin))
 }
 
