@@ -18,6 +18,8 @@
 // The runtime head dim d may be anything up to the instantiated D (dims >= d are zero). exp is
 // exp2 with log2(e) folded into `scale_log2` by the caller. Causal masking is bottom-right aligned
 // (query row i sees key j when j <= i + seq_k - seq_q); a row that sees no key yields zeros.
+//
+// emulate.sh runs this file on the CPU (one OS thread per CUDA thread) against naive attention.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
