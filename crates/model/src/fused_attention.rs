@@ -86,6 +86,21 @@ pub fn supports(device: &Device, dtype: DType, head_dim: usize) -> bool {
     }
 }
 
+/// Environment switch for A/B measurements: `REWARDDANCE_FUSED_ATTENTION=0` (or `off`, `false`)
+/// makes [`enabled`] false, so callers such as the vision tower take the matmul path instead.
+pub const DISABLE_ENV: &str = "REWARDDANCE_FUSED_ATTENTION";
+
+/// Whether callers should use the fused op (read once from [`DISABLE_ENV`]; on by default).
+pub fn enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        !matches!(
+            std::env::var(DISABLE_ENV).ok().as_deref().map(str::trim),
+            Some("0" | "off" | "false" | "OFF" | "FALSE")
+        )
+    })
+}
+
 /// The reference semantics: `softmax(q k^T * scale [+ causal mask]) v` with the full score matrix
 /// materialised (matmul, softmax, matmul), same shapes and causal convention as [`attention`].
 pub fn naive_attention(

@@ -133,12 +133,14 @@ impl Attention {
         let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
         let scale = (d as f64).powf(-0.5);
         // Fused (flash-style) attention: no (t, t) score matrix per head. Falls back to
-        // matmul + softmax where the fused op does not run (e.g. CUDA head dims above 128).
-        let out = if fused_attention::supports(q.device(), q.dtype(), d) {
-            fused_attention::attention(&q, &k, &v, scale, false)?
-        } else {
-            fused_attention::naive_attention(&q, &k, &v, scale, false)?
-        };
+        // matmul + softmax where the fused op does not run (e.g. CUDA head dims above 128) or is
+        // switched off (`REWARDDANCE_FUSED_ATTENTION=0`, for A/B measurements).
+        let out =
+            if fused_attention::enabled() && fused_attention::supports(q.device(), q.dtype(), d) {
+                fused_attention::attention(&q, &k, &v, scale, false)?
+            } else {
+                fused_attention::naive_attention(&q, &k, &v, scale, false)?
+            };
         let out = out.transpose(1, 2)?.reshape((b, t, c))?;
         self.proj.forward(&out)
     }
