@@ -4,7 +4,11 @@
 // tensors, without materialising the (seq_q, seq_k) score matrix: online softmax over tiles of
 // BC keys, f32 accumulation, f32 / f16 / bf16 storage.
 //
-// Layout of the work:
+// Two kernels: `fused_attention_{f32,f16,bf16}_dD` on the CUDA cores (below) and, for f16 / bf16,
+// `fused_attention_tc_{f16,bf16}_dD` on tensor cores (WMMA, further down; what the Rust side
+// launches for those dtypes).
+//
+// Layout of the work (CUDA-core kernel):
 // - one thread block per (query tile, head, batch): grid (ceil(seq_q / ROWS), heads, batch);
 // - THREADS threads; each query row is owned by G = D / DPT consecutive threads of a warp, each
 //   holding DPT of the row's (zero-padded) D dims of q and of the output accumulator in registers;
@@ -23,6 +27,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <mma.h>
 #include <math.h>
 #include <stdint.h>
 
@@ -175,3 +180,186 @@ __device__ __forceinline__ void fused_attention(const T *__restrict__ q, const T
 INSTANTIATE_DIMS(f32, float)
 INSTANTIATE_DIMS(f16, __half)
 INSTANTIATE_DIMS(bf16, __nv_bfloat16)
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core variant for bf16 / f16 storage (WMMA 16x16x16, f32 accumulation), same semantics.
+// One block of TC_WARPS warps per (query tile of 16 * TC_WARPS rows, head, batch); each warp owns
+// 16 query rows: Q fragments and the output accumulators stay in registers, S = Q K^T goes
+// through shared memory for the online softmax (2 lanes per row), P is written back as T for
+// O += P V. Rescaling the accumulators (whose element layout WMMA leaves unspecified) is done by
+// a round trip through shared memory, only when a row's maximum grew. D is a multiple of 16.
+#define TC_WARPS 4
+#define TC_BC 32
+
+template <typename T, int D>
+__device__ __forceinline__ void fused_attention_tc(const T *__restrict__ q, const T *__restrict__ k,
+                                                   const T *__restrict__ v, T *__restrict__ out,
+                                                   const int seq_q, const int seq_k, const int d,
+                                                   const float scale_log2, const int causal) {
+    using namespace nvcuda;
+    constexpr int BR = 16 * TC_WARPS;  // query rows per block
+    constexpr int DF = D / 16;         // fragments along the head dim
+    constexpr int KF = TC_BC / 16;     // fragments along a key tile
+    static_assert(D % 16 == 0, "tensor-core head dims are multiples of 16");
+    static_assert(2 * TC_BC >= BR, "Q staging reuses the K/V tiles");
+
+    // K tile then V tile, TC_BC x D each (row-major); before the key loop: the Q tile, BR x D.
+    __shared__ __align__(32) T kv[2 * TC_BC * D];
+    __shared__ __align__(32) float ss[TC_WARPS][16 * TC_BC];  // scores; scratch for O rescale
+    __shared__ __align__(32) T ps[TC_WARPS][16 * TC_BC];      // probabilities
+
+    const int tid = threadIdx.x;
+    const int warp = tid / 32;
+    const int lane = tid % 32;
+    const int q0 = blockIdx.x * BR;
+    const size_t head = (size_t)blockIdx.z * gridDim.y + blockIdx.y;
+    const T *qh = q + head * (size_t)seq_q * d;
+    const T *kh = k + head * (size_t)seq_k * d;
+    const T *vh = v + head * (size_t)seq_k * d;
+    T *oh = out + head * (size_t)seq_q * d;
+    const T zero = from_f32<T>(0.f);
+
+    for (int e = tid; e < BR * D; e += TC_WARPS * 32) {
+        const int r = e / D, x = e % D, row = q0 + r;
+        kv[e] = (row < seq_q && x < d) ? qh[(size_t)row * d + x] : zero;
+    }
+    __syncthreads();
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> qf[DF];
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> of[DF];
+#pragma unroll
+    for (int f = 0; f < DF; ++f) {
+        wmma::load_matrix_sync(qf[f], kv + warp * 16 * D + f * 16, D);
+        wmma::fill_fragment(of[f], 0.f);
+    }
+
+    // Softmax bookkeeping: lane handles row r (of the warp's 16) and half h of a key tile.
+    const int r = lane / 2, h = lane % 2;
+    const int row = q0 + warp * 16 + r;
+    float m = -INFINITY, l = 0.f;
+    const int offset = seq_k - seq_q;
+    int key_end = seq_k;
+    if (causal) {
+        const int last_row = min(seq_q, q0 + BR) - 1;
+        key_end = max(0, min(seq_k, last_row + offset + 1));
+    }
+    float *sw = ss[warp];
+    T *pw = ps[warp];
+
+    for (int k0 = 0; k0 < key_end; k0 += TC_BC) {
+        __syncthreads();  // Q staging / previous tiles consumed
+        for (int e = tid; e < TC_BC * D; e += TC_WARPS * 32) {
+            const int j = e / D, x = e % D, kj = k0 + j;
+            const bool ok = kj < seq_k && x < d;
+            kv[e] = ok ? kh[(size_t)kj * d + x] : zero;
+            kv[TC_BC * D + e] = ok ? vh[(size_t)kj * d + x] : zero;
+        }
+        __syncthreads();
+
+        // S = Q K^T (K^T read as a column-major view of the K tile).
+#pragma unroll
+        for (int n = 0; n < KF; ++n) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> sf;
+            wmma::fill_fragment(sf, 0.f);
+#pragma unroll
+            for (int f = 0; f < DF; ++f) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> kf;
+                wmma::load_matrix_sync(kf, kv + n * 16 * D + f * 16, D);
+                wmma::mma_sync(sf, qf[f], kf, sf);
+            }
+            wmma::store_matrix_sync(sw + n * 16, sf, TC_BC, wmma::mem_row_major);
+        }
+        __syncwarp();
+
+        // Online softmax for (row r, half h) of the tile; the two lanes of a row combine.
+        float *srow = sw + r * TC_BC + h * (TC_BC / 2);
+        float tile_max = -INFINITY;
+#pragma unroll
+        for (int c = 0; c < TC_BC / 2; ++c) {
+            const int kj = k0 + h * (TC_BC / 2) + c;
+            const bool visible = kj < seq_k && (!causal || kj <= row + offset);
+            const float s = visible ? srow[c] * scale_log2 : -INFINITY;
+            srow[c] = s;
+            tile_max = fmaxf(tile_max, s);
+        }
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+        const float m_new = fmaxf(m, tile_max);
+        float correction = 1.f;
+        float psum = 0.f;
+        T *prow = pw + r * TC_BC + h * (TC_BC / 2);
+#pragma unroll
+        for (int c = 0; c < TC_BC / 2; ++c) {
+            const float s = srow[c];
+            const float p = s == -INFINITY ? 0.f : exp2f(s - m_new);
+            prow[c] = from_f32<T>(p);
+            psum += p;
+        }
+        psum += __shfl_xor_sync(0xffffffffu, psum, 1);
+        if (m_new != -INFINITY) {
+            correction = exp2f(m - m_new);  // 0 on the first visible tile, 1 if unchanged
+            l = l * correction + psum;
+            m = m_new;
+        }
+        __syncwarp();
+
+        if (__any_sync(0xffffffffu, correction != 1.f)) {
+            // O *= correction per row, through the (now free) score scratch.
+#pragma unroll
+            for (int f = 0; f < DF; ++f) {
+                wmma::store_matrix_sync(sw, of[f], 16, wmma::mem_row_major);
+                __syncwarp();
+#pragma unroll
+                for (int c = 0; c < 8; ++c) sw[r * 16 + h * 8 + c] *= correction;
+                __syncwarp();
+                wmma::load_matrix_sync(of[f], sw, 16, wmma::mem_row_major);
+                __syncwarp();
+            }
+        }
+
+        // O += P V.
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> pf[KF];
+#pragma unroll
+        for (int kk = 0; kk < KF; ++kk) wmma::load_matrix_sync(pf[kk], pw + kk * 16, TC_BC);
+#pragma unroll
+        for (int n = 0; n < DF; ++n) {
+#pragma unroll
+            for (int kk = 0; kk < KF; ++kk) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> vf;
+                wmma::load_matrix_sync(vf, kv + TC_BC * D + kk * 16 * D + n * 16, D);
+                wmma::mma_sync(of[n], pf[kk], vf, of[n]);
+            }
+        }
+        __syncwarp();
+    }
+
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+    for (int f = 0; f < DF; ++f) {
+        wmma::store_matrix_sync(sw, of[f], 16, wmma::mem_row_major);
+        __syncwarp();
+        if (row < seq_q) {
+#pragma unroll
+            for (int c = 0; c < 8; ++c) {
+                const int x = f * 16 + h * 8 + c;
+                if (x < d) oh[(size_t)row * d + x] = from_f32<T>(sw[r * 16 + h * 8 + c] * inv);
+            }
+        }
+        __syncwarp();
+    }
+}
+
+#define INSTANTIATE_TC(TNAME, T, D)                                                              \
+    extern "C" __global__ void __launch_bounds__(TC_WARPS * 32)                                  \
+        fused_attention_tc_##TNAME##_d##D(const T *q, const T *k, const T *v, T *out,            \
+                                          const int seq_q, const int seq_k, const int d,         \
+                                          const float scale_log2, const int causal) {            \
+        fused_attention_tc<T, D>(q, k, v, out, seq_q, seq_k, d, scale_log2, causal);             \
+    }
+
+#define INSTANTIATE_TC_DIMS(TNAME, T) \
+    INSTANTIATE_TC(TNAME, T, 16)      \
+    INSTANTIATE_TC(TNAME, T, 32)      \
+    INSTANTIATE_TC(TNAME, T, 64)      \
+    INSTANTIATE_TC(TNAME, T, 128)
+
+INSTANTIATE_TC_DIMS(f16, __half)
+INSTANTIATE_TC_DIMS(bf16, __nv_bfloat16)

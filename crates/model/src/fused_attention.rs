@@ -12,9 +12,10 @@
 //!   `O(seq * head_dim)`, never `O(seq^2)`.
 //! - CUDA (feature `cuda`): `kernels/fused_attention.cu`, compiled to PTX by `build.rs` and loaded
 //!   through candle's custom-kernel cache. One thread block per (query tile, head, batch), K/V
-//!   tiles in shared memory. Head dims up to [`CUDA_MAX_HEAD_DIM`] (padded to 8, 16, 32, 64 or
-//!   128 inside the kernel); [`supports`] says whether a call will run, so callers can fall back
-//!   to [`naive_attention`].
+//!   tiles in shared memory; bf16 / f16 run on tensor cores (WMMA 16x16x16, f32 accumulation),
+//!   f32 on the CUDA cores. Head dims up to [`CUDA_MAX_HEAD_DIM`] (zero-padded to 8, 16, 32, 64
+//!   or 128 inside the kernels); [`supports`] says whether a call will run, so callers can fall
+//!   back to [`naive_attention`]. `kernels/emulate.sh` runs the kernel source on the CPU.
 //!
 //! Causal masking uses the bottom-right alignment of flash-attention: query row `i` sees key `j`
 //! when `j <= i + seq_k - seq_q` (for `seq_q == seq_k` the usual lower triangle). A row that
@@ -524,8 +525,12 @@ mod cuda {
 
     /// PTX of `kernels/fused_attention.cu`, compiled by `build.rs`.
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused_attention.ptx"));
-    /// Threads per block; must match `THREADS` in the kernel.
+    /// Threads per block of the f32 kernel; must match `THREADS` in the kernel.
     const THREADS: usize = 256;
+    /// Threads per block of the tensor-core kernel (`TC_WARPS * 32` in the kernel).
+    const TC_THREADS: usize = 128;
+    /// Query rows per block of the tensor-core kernel (`16 * TC_WARPS`).
+    const TC_ROWS: usize = 64;
 
     /// The kernel's head-dim instantiation for a runtime head dim (zero-padded up to it).
     fn padded_head_dim(d: usize) -> Option<usize> {
@@ -564,15 +569,30 @@ mod cuda {
                     "fused attention: head dim {d} above the CUDA kernel's {CUDA_MAX_HEAD_DIM}"
                 );
             };
-            let dtype = match T::DTYPE {
-                DType::F32 => "f32",
-                DType::BF16 => "bf16",
-                DType::F16 => "f16",
+            // bf16 / f16: tensor-core kernel (head dim padded to a multiple of 16, 64 query rows
+            // per block of 4 warps); f32: CUDA-core kernel (threads per row = padded / min(16,
+            // padded), THREADS / that rows per block).
+            let (name, rows_per_block, threads) = match T::DTYPE {
+                DType::F32 => (
+                    format!("fused_attention_f32_d{padded}"),
+                    THREADS / (padded / padded.min(16)),
+                    THREADS,
+                ),
+                DType::BF16 | DType::F16 => (
+                    format!(
+                        "fused_attention_tc_{}_d{}",
+                        if T::DTYPE == DType::BF16 {
+                            "bf16"
+                        } else {
+                            "f16"
+                        },
+                        padded.max(16)
+                    ),
+                    TC_ROWS,
+                    TC_THREADS,
+                ),
                 other => candle_core::bail!("fused attention: unsupported dtype {other:?}"),
             };
-            // Rows per block: THREADS / (threads per row), threads per row = padded / min(16, padded).
-            let rows_per_block = THREADS / (padded / padded.min(16));
-            let name = format!("fused_attention_{dtype}_d{padded}");
             let func = dev.get_or_load_custom_func(&name, "rewarddance_fused_attention", PTX)?;
             let el = self.batch * self.heads * self.seq_q * d;
             // SAFETY: every element is written by the kernel.
@@ -583,7 +603,7 @@ mod cuda {
                     self.heads as u32,
                     self.batch as u32,
                 ),
-                block_dim: (THREADS as u32, 1, 1),
+                block_dim: (threads as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
             // exp(x) = exp2(x * log2(e)): the kernel folds log2(e) into the scale.
