@@ -26,6 +26,7 @@
 #   GPU_CHECK_MODES           pointwise,pairwise
 #   GPU_CHECK_ITERS           2                       timed runs per bench-model row
 #   GPU_CHECK_BENCH_DTYPE     (binary's default: bf16 on CUDA, f32 on CPU)
+#   GPU_CHECK_SERVER_MODEL    random:1b               model of the server bench (bundled: tiny)
 #   GPU_CHECK_SERVER_ITEMS    4096   GPU_CHECK_CONCURRENCY 64   GPU_CHECK_ROUNDS 2
 #   GPU_CHECK_BASELINE        auto (run if python3 imports torch + transformers), 1, 0
 #   GPU_CHECK_BASELINE_DEVICE cuda (torch's name for the device)
@@ -42,6 +43,7 @@ BATCHES=${GPU_CHECK_BATCHES:-1,16,64}
 MODES=${GPU_CHECK_MODES:-pointwise,pairwise}
 ITERS=${GPU_CHECK_ITERS:-2}
 BENCH_DTYPE=${GPU_CHECK_BENCH_DTYPE:-}
+SERVER_MODEL=${GPU_CHECK_SERVER_MODEL:-random:1b}
 SERVER_ITEMS=${GPU_CHECK_SERVER_ITEMS:-4096}
 CONCURRENCY=${GPU_CHECK_CONCURRENCY:-64}
 ROUNDS=${GPU_CHECK_ROUNDS:-2}
@@ -152,8 +154,8 @@ metrics_port=$(free_port)
 url="http://127.0.0.1:$port"
 echo
 echo "== serve on $url (metrics :$metrics_port), device $DEVICE"
-"$BIN" serve --addr "127.0.0.1:$port" --metrics-addr "127.0.0.1:$metrics_port" --device "$DEVICE" \
-  > "$OUTDIR/server.log" 2>&1 &
+"$BIN" serve --model "$SERVER_MODEL" --addr "127.0.0.1:$port" --metrics-addr "127.0.0.1:$metrics_port" \
+  --device "$DEVICE" > "$OUTDIR/server.log" 2>&1 &
 server_pid=$!
 ready=0
 for _ in $(seq 1 $(( 120 * SCALE ))); do
@@ -163,7 +165,7 @@ for _ in $(seq 1 $(( 120 * SCALE ))); do
 done
 if (( ready )); then
   step "server bench" 120 --tee "$OUTDIR/server-bench.txt" \
-    "$BIN" bench --target "$url" --device "$DEVICE" --concurrency "$CONCURRENCY" \
+    "$BIN" bench --target "$url" --model "$SERVER_MODEL" --device "$DEVICE" --concurrency "$CONCURRENCY" \
     --items "$SERVER_ITEMS" --rounds "$ROUNDS"
   if command -v curl >/dev/null 2>&1; then
     { echo "--- /metrics after the bench (batching)"

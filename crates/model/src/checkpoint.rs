@@ -48,8 +48,12 @@ impl std::fmt::Debug for Checkpoint {
 
 impl Checkpoint {
     /// Resolves `spec`: an existing directory, else a hub id looked up in the local Hugging Face
-    /// cache (`$HF_HOME/hub`, never the network).
+    /// cache (`$HF_HOME/hub`, never the network), or `random:<preset>` (real shapes, random
+    /// weights: benchmarks of the whole service without a checkpoint).
     pub fn resolve(spec: &str) -> Result<Self> {
+        if let Some(preset) = spec.strip_prefix("random:") {
+            return Self::random(preset);
+        }
         let path = Path::new(spec);
         if path.is_dir() {
             return Self::from_dir(path);

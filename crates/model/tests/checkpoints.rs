@@ -159,3 +159,17 @@ fn half_precision_weights_load_and_stay_close_to_f32() {
         );
     }
 }
+
+#[test]
+fn random_presets_resolve_by_name() {
+    let ckpt = Checkpoint::resolve("random:mini").expect("random:mini");
+    let model = RewardModel::load(&ckpt, LoadOptions::default()).expect("loads");
+    assert!(model.id().contains("mini"), "{}", model.id());
+    let err = Checkpoint::resolve("random:nope")
+        .expect_err("unknown preset")
+        .to_string();
+    assert!(
+        err.contains("unknown preset") && err.contains("mini"),
+        "{err}"
+    );
+}
