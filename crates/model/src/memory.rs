@@ -7,8 +7,9 @@
 //! - weights: every tensor the loader keeps (vision blocks up to the feature layer, projector,
 //!   decoder, output head; a tied head is shared), at the load dtype;
 //! - vision activations: all tiles of a batch go through InternViT at once; the peak of a block is
-//!   its input, norm, q/k/v, output, MLP hidden and two (tokens x tokens) score matrices per head
-//!   (scores and softmax), for every tile;
+//!   its input, norm, q/k/v, output and MLP hidden for every tile, plus two (tokens x tokens) score
+//!   matrices per head (scores and softmax) only where attention is not fused (the fused op runs
+//!   for head dims up to [`CUDA_MAX_HEAD_DIM`] unless `REWARDDANCE_FUSED_ATTENTION=0`);
 //! - language activations: the packed (tokens, hidden) stream with its residual, norm and
 //!   attention output, q/k/v, three MLP-width tensors, rotary tables, plus the per-sequence
 //!   scores/softmax of the longest sequence (attention runs sequence by sequence) and its causal
@@ -19,6 +20,7 @@
 use candle_core::DType;
 
 use crate::config::{ModelConfig, NormKind};
+use crate::fused_attention::{self, CUDA_MAX_HEAD_DIM};
 use crate::error::{Error, Result};
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -162,7 +164,9 @@ pub fn estimate(config: &ModelConfig, dtype: DType, budget: &BatchBudget) -> Mem
         v.num_heads as u64,
     );
     let tiles = budget.tiles as u64;
-    let per_tile = n * (4 * c + 3 * c + i) + 2 * vh * n * n;
+    let fused = fused_attention::enabled() && (c / vh) as usize <= CUDA_MAX_HEAD_DIM;
+    let scores = if fused { 0 } else { 2 * vh * n * n };
+    let per_tile = n * (4 * c + 3 * c + i) + scores;
     let pixels = tiles * 3 * u64::from(config.tiling.image_size).pow(2) * 4;
     let features = tiles * config.tokens_per_tile() as u64 * config.text.hidden_size as u64;
     let vision_activations = tiles * per_tile * bytes + pixels + features * bytes;
