@@ -20,8 +20,8 @@
 use candle_core::DType;
 
 use crate::config::{ModelConfig, NormKind};
-use crate::fused_attention::{self, CUDA_MAX_HEAD_DIM};
 use crate::error::{Error, Result};
+use crate::fused_attention::{self, CUDA_MAX_HEAD_DIM};
 
 const GIB: f64 = (1u64 << 30) as f64;
 /// CUDA context, cuBLAS workspaces, allocator slack.
