@@ -84,6 +84,14 @@ impl RewardApi {
                 self.limits.max_items_per_request
             )));
         }
+        let capacity = self.engine.config().max_queue_items;
+        if n > capacity {
+            // Could never be admitted: not a retryable RESOURCE_EXHAUSTED.
+            return Err(ItemAdmitError::Invalid(format!(
+                "{n} items exceed the server's queue capacity of {capacity} items \
+                 (Limits.max_queue_items): split the request"
+            )));
+        }
         let mut ids = Vec::with_capacity(n);
         let mut converted = Vec::with_capacity(n);
         for item in request.items {

@@ -267,6 +267,13 @@ async fn overload_returns_resource_exhausted_at_once() {
         .await
         .expect_err("overloaded");
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    // More items than the queue can ever hold is the caller's error, not a reason to retry.
+    let e = client
+        .score(request((1..=5).map(|s| item("", "big", s)).collect()))
+        .await
+        .expect_err("larger than the queue");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("queue capacity"), "{e:?}");
     assert!(started.elapsed() < Duration::from_millis(500));
     let r = busy
         .await

@@ -74,7 +74,8 @@ class RewardServiceServicer(object):
         order; an item that cannot be scored carries its own error and never fails its neighbours.
 
         Call-level errors (the whole call fails, no item is scored):
-        - INVALID_ARGUMENT: no items, or more than `Limits.max_items_per_request` items;
+        - INVALID_ARGUMENT: no items, or more than `Limits.max_items_per_request` or
+        `Limits.max_queue_items` items (such a request could never be admitted);
         - RESOURCE_EXHAUSTED: the server's queue cannot take the items now (retry with backoff);
         - UNAVAILABLE: the server is draining for shutdown or has not finished loading;
         - UNAUTHENTICATED: missing or wrong bearer token.
