@@ -2,7 +2,7 @@
 //! (Qwen2-0.5B decoder shapes, random weights), and on the bundled tiny model (overheads).
 //!
 //! Each sample decodes `STEPS` tokens per sequence from a prefill done once outside the timing
-//! (the sequences are cloned from it), so only decode steps are measured: host sampling and
+//! (the sequences are forked from it), so only decode steps are measured: host sampling and
 //! detokenisation included, prefill excluded. Criterion's throughput line is tokens/s.
 
 use std::time::{Duration, Instant};
@@ -30,9 +30,9 @@ fn item(i: usize) -> ScoreItem {
     }
 }
 
-/// Decodes `STEPS` tokens for clones of `start`; returns the time taken.
+/// Decodes `STEPS` tokens for copies of `start`; returns the time taken.
 fn decode(model: &RewardModel, start: &[Generation]) -> Duration {
-    let mut running: Vec<Generation> = start.to_vec();
+    let mut running: Vec<Generation> = start.iter().map(|g| g.fork().expect("fork")).collect();
     let t = Instant::now();
     for _ in 0..STEPS {
         for g in running.iter_mut() {

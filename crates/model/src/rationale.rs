@@ -70,7 +70,6 @@ pub struct Rationale {
 /// other work on the device: [`RewardModel::next_token`] picks the next token from the pending
 /// distribution on the host, and [`RewardModel::decode_forward`] feeds the picked tokens of
 /// many generations (from any number of prefill batches) through the decoder in one step.
-#[derive(Clone)]
 pub struct Generation {
     /// Position of the item in the batch it was prefilled with.
     pub item: usize,
@@ -103,6 +102,20 @@ impl Generation {
     /// The options it decodes with.
     pub fn options(&self) -> &RationaleOptions {
         &self.options
+    }
+
+    /// An independent copy (its own key/value buffers) that decodes exactly as this one would.
+    pub fn fork(&self) -> Result<Generation> {
+        Ok(Generation {
+            item: self.item,
+            options: self.options,
+            rng: self.rng.clone(),
+            ids: self.ids.clone(),
+            text: self.text.clone(),
+            emitted: self.emitted.clone(),
+            cache: self.cache.fork()?,
+            pending: self.pending.clone(),
+        })
     }
 
     /// Ends the generation with `stop` and returns what it decoded.

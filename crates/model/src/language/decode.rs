@@ -3,20 +3,65 @@
 //! A prefill over a packed batch leaves one [`KvCache`] per item (a suffix that continued a
 //! shared prefix gets the prefix's keys and values in front of its own). Each decode step then
 //! feeds one new token per active sequence, batched across sequences of different lengths:
-//! the projections and MLPs run on all rows at once, attention per sequence over its own cache.
+//! the projections and MLPs run on all rows at once, and so does attention: each cache is a
+//! buffer with spare capacity (the new key and value are written in place), the step views the
+//! caches padded to the longest and masks each sequence's padding.
 
 use candle_core::{Module, Result, Tensor};
 
 use super::{LanguageModel, Packing};
 
-/// Rotated keys and values of every layer for one sequence, each (kv_heads, len, head_dim).
-#[derive(Debug, Clone)]
+/// Rotated keys and values of every layer for one sequence, each (kv_heads, capacity,
+/// head_dim) of which the first `len` positions are filled (the rest is zeros or stale values,
+/// always masked).
+#[derive(Debug)]
 pub struct KvCache {
     layers: Vec<(Tensor, Tensor)>,
     len: usize,
 }
 
 impl KvCache {
+    /// A deep copy (the buffers are written in place by decode steps, so a copy must not share
+    /// them).
+    pub fn fork(&self) -> Result<KvCache> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|(k, v)| Ok((k.force_contiguous()?, v.force_contiguous()?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache {
+            layers,
+            len: self.len,
+        })
+    }
+
+    /// Positions the buffers hold.
+    fn capacity(&self) -> usize {
+        self.layers
+            .first()
+            .map_or(0, |(k, _)| k.dim(1).unwrap_or(0))
+    }
+
+    /// Grows every buffer to hold at least `needed` positions (doubling, in steps of 64).
+    fn reserve(&mut self, needed: usize) -> Result<()> {
+        let cap = self.capacity();
+        if cap >= needed {
+            return Ok(());
+        }
+        let new_cap = needed.max(2 * cap).next_multiple_of(64);
+        for (k, v) in self.layers.iter_mut() {
+            let grow = |t: &Tensor| -> Result<Tensor> {
+                let (kv, _, d) = t.dims3()?;
+                let bigger = Tensor::zeros((kv, new_cap, d), t.dtype(), t.device())?;
+                bigger.slice_set(&t.contiguous()?, 1, 0)?;
+                Ok(bigger)
+            };
+            *k = grow(k)?;
+            *v = grow(v)?;
+        }
+        Ok(())
+    }
+
     /// Tokens the cache holds (the position of the next token).
     pub fn len(&self) -> usize {
         self.len
@@ -66,7 +111,8 @@ impl LanguageModel {
                             &[&t.narrow(1, starts[c], packing.segments[c].len)?, &mine],
                             1,
                         ),
-                        None => mine.contiguous(),
+                        // Its own storage: decode steps write into it in place.
+                        None => mine.force_contiguous(),
                     }
                 };
                 layers.push((take(k)?, take(v)?));
@@ -86,56 +132,72 @@ impl LanguageModel {
         if b != caches.len() {
             candle_core::bail!("{b} tokens for {} caches", caches.len());
         }
+        let longest = caches.iter().map(|c| c.len + 1).max().unwrap_or(0);
         let half = self.rope.half();
         let mut freqs = Vec::with_capacity(b * half);
-        for cache in caches.iter() {
+        let mut mask = Vec::with_capacity(b * longest);
+        for cache in caches.iter_mut() {
+            cache.reserve(longest)?;
             self.rope.push_freqs(cache.len, 1, &mut freqs);
+            mask.extend((0..longest).map(|j| {
+                if j <= cache.len {
+                    0f32
+                } else {
+                    f32::NEG_INFINITY
+                }
+            }));
         }
         let freqs = Tensor::from_vec(freqs, (b, half), &self.device)?;
         let (cos, sin) = (
             freqs.cos()?.to_dtype(self.dtype)?,
             freqs.sin()?.to_dtype(self.dtype)?,
         );
+        let mask =
+            Tensor::from_vec(mask, (b, 1, 1, longest), &self.device)?.to_dtype(self.dtype)?;
         let mut xs = self.embed(&Tensor::new(ids, &self.device)?)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let attn = &layer.attn;
             let d = attn.head_dim;
+            let group = attn.heads / attn.kv_heads;
             let h = layer.attn_norm.forward(&xs)?;
-            let to_heads = |x: Tensor, n: usize| -> Result<Tensor> {
-                x.reshape((b, n, d))?
+            // (B, n * d) -> (1, n, B, d) for rope, then (B, n, d).
+            let rotated = |x: Tensor, n: usize| -> Result<Tensor> {
+                let x = x
+                    .reshape((b, n, d))?
                     .transpose(0, 1)?
                     .unsqueeze(0)?
+                    .contiguous()?;
+                candle_nn::rotary_emb::rope(&x, &cos, &sin)?
+                    .squeeze(0)?
+                    .transpose(0, 1)?
                     .contiguous()
             };
-            let q = candle_nn::rotary_emb::rope(
-                &to_heads(attn.q.forward(&h)?, attn.heads)?,
-                &cos,
-                &sin,
-            )?
-            .squeeze(0)?;
-            let k = candle_nn::rotary_emb::rope(
-                &to_heads(attn.k.forward(&h)?, attn.kv_heads)?,
-                &cos,
-                &sin,
-            )?
-            .squeeze(0)?;
-            let v = to_heads(attn.v.forward(&h)?, attn.kv_heads)?.squeeze(0)?;
-            let group = attn.heads / attn.kv_heads;
-            let scale = (d as f64).powf(-0.5);
-            let mut rows = Vec::with_capacity(b);
+            let q =
+                rotated(attn.q.forward(&h)?, attn.heads)?.reshape((b, attn.kv_heads, group, d))?;
+            let k = rotated(attn.k.forward(&h)?, attn.kv_heads)?.unsqueeze(2)?;
+            let v = attn
+                .v
+                .forward(&h)?
+                .reshape((b, attn.kv_heads, 1, d))?
+                .contiguous()?;
+            let mut keys = Vec::with_capacity(b);
+            let mut values = Vec::with_capacity(b);
             for (i, cache) in caches.iter_mut().enumerate() {
+                let at = cache.len;
                 let (ck, cv) = &cache.layers[l];
-                let ck = Tensor::cat(&[ck, &k.narrow(1, i, 1)?], 1)?;
-                let cv = Tensor::cat(&[cv, &v.narrow(1, i, 1)?], 1)?;
-                let qi = q
-                    .narrow(1, i, 1)?
-                    .contiguous()?
-                    .reshape((attn.kv_heads, group, d))?;
-                let probs = candle_nn::ops::softmax_last_dim(&(qi.matmul(&ck.t()?)? * scale)?)?;
-                rows.push(probs.matmul(&cv)?.reshape((1, attn.heads * d))?);
-                cache.layers[l] = (ck, cv);
+                ck.slice_set(&k.get(i)?, 1, at)?;
+                cv.slice_set(&v.get(i)?, 1, at)?;
+                keys.push(ck.narrow(1, 0, longest)?);
+                values.push(cv.narrow(1, 0, longest)?);
             }
-            let out = attn.o.forward(&Tensor::cat(&rows, 0)?)?;
+            // (B, kv_heads, longest, d), padding masked per sequence.
+            let keys = Tensor::stack(&keys, 0)?;
+            let values = Tensor::stack(&values, 0)?;
+            let scale = (d as f64).powf(-0.5);
+            let scores = (q.matmul(&keys.transpose(2, 3)?)? * scale)?.broadcast_add(&mask)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let out = probs.matmul(&values)?.reshape((b, attn.heads * d))?;
+            let out = attn.o.forward(&out)?;
             xs = layer.mlp_residual(&(xs + out)?)?;
         }
         for cache in caches.iter_mut() {
