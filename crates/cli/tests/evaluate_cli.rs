@@ -4,35 +4,13 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::serve;
-use std::process::Command;
-
-fn fixture(name: &str) -> String {
-    format!(
-        "{}/../../fixtures/images/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
+use common::{fixture, run_score as run, serve};
 
 fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("rd-eval-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_rewarddance"))
-        .arg("score")
-        .args(args)
-        .env_remove("REWARDDANCE_MODEL")
-        .output()
-        .expect("run");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn lines(path: &PathBuf) -> Vec<serde_json::Value> {

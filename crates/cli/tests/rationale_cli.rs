@@ -4,30 +4,8 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 
-use common::serve;
-
-fn fixture(name: &str) -> String {
-    format!(
-        "{}/../../fixtures/images/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
-
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_rewarddance"))
-        .arg("score")
-        .args(args)
-        .env_remove("REWARDDANCE_MODEL")
-        .output()
-        .expect("run");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::{fixture, run_score as run, serve};
 
 fn rows(text: &str) -> Vec<serde_json::Value> {
     text.lines()

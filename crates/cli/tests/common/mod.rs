@@ -1,6 +1,31 @@
 //! Helpers shared by the CLI's process-level tests.
 
+#![allow(dead_code)] // each test binary uses a different subset
+
 use std::process::Command;
+
+/// Path of a committed fixture image.
+pub fn fixture(name: &str) -> String {
+    format!(
+        "{}/../../fixtures/images/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// Runs `rewarddance score ARGS` on the bundled model: (exit code, stdout, stderr).
+pub fn run_score(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rewarddance"))
+        .arg("score")
+        .args(args)
+        .env_remove("REWARDDANCE_MODEL")
+        .output()
+        .expect("run rewarddance score");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
 
 /// `rewarddance serve` on ephemeral ports; returns the process and its gRPC URL once SERVING.
 pub fn serve() -> (std::process::Child, String) {
