@@ -50,14 +50,8 @@ impl KvCache {
         }
         let new_cap = needed.max(2 * cap).next_multiple_of(64);
         for (k, v) in self.layers.iter_mut() {
-            let grow = |t: &Tensor| -> Result<Tensor> {
-                let (kv, _, d) = t.dims3()?;
-                let bigger = Tensor::zeros((kv, new_cap, d), t.dtype(), t.device())?;
-                bigger.slice_set(&t.contiguous()?, 1, 0)?;
-                Ok(bigger)
-            };
-            *k = grow(k)?;
-            *v = grow(v)?;
+            *k = with_room(&[&*k], new_cap)?;
+            *v = with_room(&[&*v], new_cap)?;
         }
         Ok(())
     }
@@ -71,6 +65,27 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+}
+
+/// `parts` concatenated along the sequence axis into a fresh (kv_heads, capacity, head_dim)
+/// buffer, zeros after them.
+fn with_room(parts: &[&Tensor], capacity: usize) -> Result<Tensor> {
+    let (kv, _, d) = parts
+        .first()
+        .ok_or_else(|| candle_core::Error::Msg("no key/value parts".into()))?
+        .dims3()?;
+    let filled: usize = parts.iter().map(|t| t.dim(1)).sum::<Result<usize>>()?;
+    if capacity <= filled {
+        // The zeros tail also guarantees `cat` copies (one part alone could come back shared).
+        candle_core::bail!("key/value buffer of {capacity} for {filled} positions has no room");
+    }
+    let mut all: Vec<Tensor> = parts.iter().map(|t| (*t).clone()).collect();
+    all.push(Tensor::zeros(
+        (kv, capacity - filled, d),
+        parts[0].dtype(),
+        parts[0].device(),
+    )?);
+    Tensor::cat(&all, 1)
 }
 
 impl LanguageModel {
@@ -104,15 +119,17 @@ impl LanguageModel {
             let own = &packing.segments[seg];
             let mut layers = Vec::with_capacity(kv.len());
             for (k, v) in &kv {
+                // One copy into fresh storage with room for the first decoded tokens (decode
+                // steps write into it in place).
                 let take = |t: &Tensor| -> Result<Tensor> {
                     let mine = t.narrow(1, starts[seg], own.len)?;
+                    let room = (own.position_offset + own.len + 1).next_multiple_of(64);
                     match own.context {
-                        Some(c) => Tensor::cat(
+                        Some(c) => with_room(
                             &[&t.narrow(1, starts[c], packing.segments[c].len)?, &mine],
-                            1,
+                            room,
                         ),
-                        // Its own storage: decode steps write into it in place.
-                        None => mine.force_contiguous(),
+                        None => with_room(&[&mine], room),
                     }
                 };
                 layers.push((take(k)?, take(v)?));
