@@ -45,9 +45,9 @@ pub fn serve() -> (std::process::Child, String) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn serve");
-    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let mut addr = None;
-    for line in stderr.lines().map_while(Result::ok) {
+    for line in stderr.by_ref().map_while(Result::ok) {
         let v: serde_json::Value = match serde_json::from_str(&line) {
             Ok(v) => v,
             Err(_) => continue,
@@ -66,6 +66,8 @@ pub fn serve() -> (std::process::Child, String) {
             break;
         }
     }
+    // Keep reading the server's log: a closed pipe must not be what ends or slows it.
+    std::thread::spawn(move || for _ in stderr.map_while(Result::ok) {});
     let addr = addr.expect("the server logged its address");
     (child, format!("http://{addr}"))
 }
