@@ -9,7 +9,8 @@
 //! - [`checkpoint`]: find and read a checkpoint (directory, hub cache, bundled default)
 //! - [`config`]: both InternVL config layouts parsed into one [`ModelConfig`]
 //! - [`image`]: decode, EXIF, alpha, InternVL dynamic tiling, normalisation
-//! - [`prompt`]: instructions, chat template, image-token expansion, tokenisation
+//! - [`prompt`]: instructions, image-token expansion, tokenisation; [`chat_template`] picks and
+//!   renders the template ([`conversation`]: OpenGVLab's `conversation.py` templates)
 //!   ([`sentencepiece`]: `tokenizer.model` converted at load when there is no `tokenizer.json`)
 //! - [`vision`] + [`projector`]: InternViT, pixel shuffle, `mlp1`
 //! - [`language`]: Qwen2 / InternLM2 decoder over packed variable-length sequences
@@ -17,8 +18,10 @@
 //! - [`scorer`]: [`RewardModel`], tying it together into [`Score`]s
 //! - [`fixtures`]: reading the committed parity fixtures (tests and `rewarddance parity`)
 
+pub mod chat_template;
 pub mod checkpoint;
 pub mod config;
+pub mod conversation;
 pub mod error;
 pub mod feature_cache;
 pub mod fixtures;
@@ -38,6 +41,7 @@ pub mod scorer;
 pub mod sentencepiece;
 pub mod vision;
 
+pub use chat_template::{TemplateChoice, TemplateSource};
 pub use checkpoint::{Checkpoint, BUNDLED_MODEL_ID};
 pub use config::{Layout, ModelConfig};
 pub use error::{Error, Result};

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 mod features;
 
+use crate::chat_template::{ChatTemplate, TemplateChoice, TemplateInputs};
 use crate::checkpoint::Checkpoint;
 use crate::config::{Layout, ModelConfig};
 use crate::error::{candle_message, Error, Result};
@@ -51,6 +52,8 @@ pub struct LoadOptions {
     /// Items of a batch that share at least this many leading tokens (system prompt,
     /// instruction, reference image) compute them once; `usize::MAX` disables prefix reuse.
     pub prefix_reuse_min_tokens: usize,
+    /// Which chat template builds prompts (default: what the checkpoint's own code uses).
+    pub template: TemplateChoice,
 }
 
 impl Default for LoadOptions {
@@ -66,6 +69,7 @@ impl Default for LoadOptions {
             feature_cache_bytes: 256 << 20,
             prefix_reuse_min_tokens: 32,
             reuse_images: true,
+            template: TemplateChoice::Auto,
         }
     }
 }
@@ -159,9 +163,24 @@ impl RewardModel {
             &checkpoint.config_json,
             checkpoint.preprocessor_config_json.as_deref(),
         )?;
+        let tokenizer_config: serde_json::Value = match &checkpoint.tokenizer_config_json {
+            Some(text) => serde_json::from_str(text)
+                .map_err(|e| Error::Tokenizer(format!("tokenizer_config.json: {e}")))?,
+            None => serde_json::Value::Null,
+        };
+        let template = ChatTemplate::resolve(
+            &options.template,
+            &TemplateInputs {
+                layout: config.layout,
+                config_template: config.template.as_deref(),
+                config_system_message: config.system_message.as_deref(),
+                chat_template_file: checkpoint.chat_template.as_deref(),
+                tokenizer_config: &tokenizer_config,
+            },
+        )?;
         let prompt = PromptBuilder::new(
             &checkpoint.tokenizer_json,
-            checkpoint.chat_template.as_deref(),
+            template,
             checkpoint.tokenizer_config_json.as_deref(),
             &options.answers,
         )?;
