@@ -33,8 +33,10 @@ pub struct Checkpoint {
     pub tokenizer_config_json: Option<String>,
     /// `preprocessor_config.json`, when present (HF layout tiling settings).
     pub preprocessor_config_json: Option<String>,
-    /// `chat_template.jinja`, when present (transformers 5 saves the template there).
+    /// `chat_template.jinja` (transformers 5), else `chat_template.json`'s `chat_template`
+    /// (older processors), when present.
     pub chat_template: Option<String>,
+    tokenizer_from_sentencepiece: bool,
     weights: Weights,
 }
 
@@ -47,6 +49,17 @@ impl std::fmt::Debug for Checkpoint {
 }
 
 impl Checkpoint {
+    /// Which file the tokenizer was built from (for `check-model`).
+    pub fn tokenizer_source(&self) -> &'static str {
+        match &self.weights {
+            Weights::Static(_) | Weights::Random => "bundled tokenizer.json",
+            Weights::Files(_) if self.tokenizer_from_sentencepiece => {
+                "tokenizer.model (SentencePiece, converted at load)"
+            }
+            Weights::Files(_) => "tokenizer.json",
+        }
+    }
+
     /// Resolves `spec`: an existing directory, else a hub id looked up in the local Hugging Face
     /// cache (`$HF_HOME/hub`, never the network), or `random:<preset>` (real shapes, random
     /// weights: benchmarks of the whole service without a checkpoint).
@@ -111,6 +124,7 @@ impl Checkpoint {
         let tokenizer_config_json = text("tokenizer_config.json")?;
         // `tokenizer.json` first; else a SentencePiece `tokenizer.model` converted on the spot
         // (InternLM2.5 checkpoints often ship only that).
+        let tokenizer_from_sentencepiece = !dir.join("tokenizer.json").exists();
         let tokenizer_json = match read("tokenizer.json")? {
             Some(json) => json,
             None => match read("tokenizer.model")? {
@@ -131,7 +145,13 @@ impl Checkpoint {
             tokenizer_json,
             tokenizer_config_json,
             preprocessor_config_json: text("preprocessor_config.json")?,
-            chat_template: text("chat_template.jinja")?,
+            chat_template: match text("chat_template.jinja")? {
+                Some(t) => Some(t),
+                None => text("chat_template.json")?
+                    .map(|j| chat_template_from_json(&j))
+                    .transpose()?,
+            },
+            tokenizer_from_sentencepiece,
             weights: Weights::Files(weight_files(dir)?),
         })
     }
@@ -156,6 +176,7 @@ impl Checkpoint {
             tokenizer_config_json: Some(utf8(fixture!("tokenizer_config.json"))),
             preprocessor_config_json: Some(utf8(fixture!("preprocessor_config.json"))),
             chat_template: None,
+            tokenizer_from_sentencepiece: false,
             weights: Weights::Static(fixture!("model.safetensors")),
         }
     }
@@ -198,9 +219,22 @@ impl Checkpoint {
             tokenizer_config_json: None,
             preprocessor_config_json: None,
             chat_template: None,
+            tokenizer_from_sentencepiece: false,
             weights: Weights::Random,
         })
     }
+}
+
+/// The template in a processor's `chat_template.json` (`{"chat_template": "..."}`).
+fn chat_template_from_json(text: &str) -> Result<String> {
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Error::Checkpoint(format!("chat_template.json: {e}")))?;
+    v["chat_template"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| {
+            Error::Checkpoint("chat_template.json has no \"chat_template\" string".into())
+        })
 }
 
 /// `model.safetensors`, or every shard named by `model.safetensors.index.json`.

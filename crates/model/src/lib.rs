@@ -16,6 +16,7 @@
 //! - [`language`]: Qwen2 / InternLM2 decoder over packed variable-length sequences
 //! - [`memory`]: weights + activations estimate, start-up fit check
 //! - [`scorer`]: [`RewardModel`], tying it together into [`Score`]s
+//! - [`report`]: what a load chooses and why (`rewarddance check-model`)
 //! - [`fixtures`]: reading the committed parity fixtures (tests and `rewarddance parity`)
 
 pub mod chat_template;
@@ -37,6 +38,7 @@ pub mod projector;
 pub mod prompt;
 pub mod ranking;
 pub mod rationale;
+pub mod report;
 pub mod scorer;
 pub mod sentencepiece;
 pub mod vision;

@@ -3,7 +3,9 @@
 
 use tokenizers::Tokenizer;
 
-use crate::chat_template::{ChatTemplate, TemplateSource};
+use crate::chat_template::{ChatTemplate, TemplateChoice, TemplateInputs, TemplateSource};
+use crate::checkpoint::Checkpoint;
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::item::{Candidate, Mode, ScoreItem};
 
@@ -53,6 +55,37 @@ pub struct PromptBuilder {
 }
 
 impl PromptBuilder {
+    /// The prompt builder of a checkpoint: its tokenizer, and the template `choice` resolves to
+    /// for its layout and files (see [`crate::chat_template`]).
+    pub fn for_checkpoint(
+        checkpoint: &Checkpoint,
+        config: &ModelConfig,
+        choice: &TemplateChoice,
+        answers: &AnswerTokens,
+    ) -> Result<Self> {
+        let tokenizer_config: serde_json::Value = match &checkpoint.tokenizer_config_json {
+            Some(text) => serde_json::from_str(text)
+                .map_err(|e| Error::Tokenizer(format!("tokenizer_config.json: {e}")))?,
+            None => serde_json::Value::Null,
+        };
+        let template = ChatTemplate::resolve(
+            choice,
+            &TemplateInputs {
+                layout: config.layout,
+                config_template: config.template.as_deref(),
+                config_system_message: config.system_message.as_deref(),
+                chat_template_file: checkpoint.chat_template.as_deref(),
+                tokenizer_config: &tokenizer_config,
+            },
+        )?;
+        Self::new(
+            &checkpoint.tokenizer_json,
+            template,
+            checkpoint.tokenizer_config_json.as_deref(),
+            answers,
+        )
+    }
+
     /// Builds from `tokenizer.json` bytes, the resolved chat template and `tokenizer_config.json`.
     pub fn new(
         tokenizer_json: &[u8],
@@ -133,6 +166,21 @@ impl PromptBuilder {
         self.tokenizer
             .decode(ids, true)
             .map_err(|e| Error::Tokenizer(format!("decoding: {e}")))
+    }
+
+    /// The checkpoint's `(bos_token, eos_token)` texts (empty when not set).
+    pub fn special_tokens(&self) -> (&str, &str) {
+        (&self.bos_token, &self.eos_token)
+    }
+
+    /// Id of a token text, if the tokenizer has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
     }
 
     /// Id of the image-context token.

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 mod features;
 
-use crate::chat_template::{ChatTemplate, TemplateChoice, TemplateInputs};
+use crate::chat_template::TemplateChoice;
 use crate::checkpoint::Checkpoint;
 use crate::config::{Layout, ModelConfig};
 use crate::error::{candle_message, Error, Result};
@@ -163,25 +163,10 @@ impl RewardModel {
             &checkpoint.config_json,
             checkpoint.preprocessor_config_json.as_deref(),
         )?;
-        let tokenizer_config: serde_json::Value = match &checkpoint.tokenizer_config_json {
-            Some(text) => serde_json::from_str(text)
-                .map_err(|e| Error::Tokenizer(format!("tokenizer_config.json: {e}")))?,
-            None => serde_json::Value::Null,
-        };
-        let template = ChatTemplate::resolve(
+        let prompt = PromptBuilder::for_checkpoint(
+            checkpoint,
+            &config,
             &options.template,
-            &TemplateInputs {
-                layout: config.layout,
-                config_template: config.template.as_deref(),
-                config_system_message: config.system_message.as_deref(),
-                chat_template_file: checkpoint.chat_template.as_deref(),
-                tokenizer_config: &tokenizer_config,
-            },
-        )?;
-        let prompt = PromptBuilder::new(
-            &checkpoint.tokenizer_json,
-            template,
-            checkpoint.tokenizer_config_json.as_deref(),
             &options.answers,
         )?;
         if let Some(id) = config.image_token_id {
