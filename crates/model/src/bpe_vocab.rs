@@ -171,3 +171,45 @@ fn added_tokens(vocab: &Map<String, Value>, config: &Value, legacy: &Value) -> R
     }
     Ok(out.into_iter().map(|(_, v)| v).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(config: &str) -> Result<tokenizers::Tokenizer> {
+        // Byte-level texts: `Ġ` is the space byte.
+        let vocab = r#"{"a": 0, "b": 1, "Ġ": 2, "ab": 3, "Ġa": 4}"#.as_bytes();
+        let merges = "#version: 0.2\r\na b\r\n\r\nĠ a\r\n";
+        let json = tokenizer_json(vocab, merges, Some(config), None)?;
+        Ok(tokenizers::Tokenizer::from_bytes(&json).expect("valid tokenizer.json"))
+    }
+
+    #[test]
+    fn merges_with_crlf_and_header_apply() {
+        let tok = build("{}").unwrap();
+        assert_eq!(tok.encode("ab a", false).unwrap().get_ids(), &[3, 4]);
+    }
+
+    #[test]
+    fn added_tokens_keep_declared_ids_across_gaps() {
+        let config = r#"{"added_tokens_decoder": {
+            "7": {"content": "<x>", "special": true},
+            "9": {"content": "<y>", "special": false}}, "eos_token": "<e>"}"#;
+        let tok = build(config).unwrap();
+        assert_eq!(
+            tok.encode("a<x>b<y>", false).unwrap().get_ids(),
+            &[0, 7, 1, 9]
+        );
+        // A named special token missing from the table goes after the last id.
+        assert_eq!(tok.token_to_id("<e>"), Some(10));
+        assert_eq!(tok.decode(&[0, 7, 9], true).unwrap(), "a<y>");
+    }
+
+    #[test]
+    fn two_tokens_on_one_id_are_refused() {
+        let config =
+            r#"{"added_tokens_decoder": {"7": {"content": "<x>"}, "07": {"content": "<z>"}}}"#;
+        let err = build(config).unwrap_err().to_string();
+        assert!(err.contains("share id 7"), "{err}");
+    }
+}
