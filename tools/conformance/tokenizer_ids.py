@@ -19,7 +19,10 @@ References (pinned to the versions of /work/pyenv; the script refuses others):
 The tokenizer directories are laid out as OpenGVLab's fine-tune script leaves them: the base LLM's
 tokenizer, then `tokenizer.add_tokens([<img>, </img>, <IMG_CONTEXT>, <quad>, </quad>, <ref>, </ref>,
 <box>, </box>], special_tokens=True)` (internvl_chat/internvl/train/internvl_chat_finetune.py, token
-strings from internvl/train/constants.py), then `save_pretrained`. The base `added_tokens_decoder`s are
+strings from internvl/train/constants.py), then `save_pretrained` under transformers 4 (the layout of
+the published checkpoints: the new tokens appended to `added_tokens_decoder` after the last id; written
+here directly, because transformers 5's `save_pretrained` moves the table into a tokenizer.json and
+drops `add_bos_token`). The base `added_tokens_decoder`s are
 the published ones of internlm2-chat (ids 0-2 and 92538-92543, documented in InternLM's chat format)
 and of Qwen2.5-Instruct (151643-151664). No published InternVL tokenizer_config.json was available;
 replace ours with the published one when it is.
