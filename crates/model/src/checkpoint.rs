@@ -21,6 +21,30 @@ enum Weights {
     Random,
 }
 
+/// Which files the tokenizer was built from (first found wins, in this order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenizerSource {
+    /// `tokenizer.json`, used as it is.
+    TokenizerJson,
+    /// Qwen2 `vocab.json` + `merges.txt` (+ `tokenizer_config.json`), converted at load.
+    VocabMerges,
+    /// SentencePiece `tokenizer.model` (+ `tokenizer_config.json`), converted at load.
+    SentencePiece,
+    /// The tokenizer compiled into the binary (bundled and `random:` models).
+    Bundled,
+}
+
+impl std::fmt::Display for TokenizerSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenizerSource::TokenizerJson => "tokenizer.json",
+            TokenizerSource::VocabMerges => "vocab.json + merges.txt (converted as Qwen2Tokenizer)",
+            TokenizerSource::SentencePiece => "tokenizer.model (converted as InternLM2Tokenizer)",
+            TokenizerSource::Bundled => "bundled",
+        })
+    }
+}
+
 /// The files of one checkpoint, read into memory except for the weights.
 pub struct Checkpoint {
     /// Human-readable id: the directory, the hub id, or [`BUNDLED_MODEL_ID`].
@@ -29,6 +53,8 @@ pub struct Checkpoint {
     pub config_json: String,
     /// `tokenizer.json`, or the one converted from a SentencePiece `tokenizer.model`.
     pub tokenizer_json: Vec<u8>,
+    /// Which files [`Checkpoint::tokenizer_json`] came from.
+    pub tokenizer_source: TokenizerSource,
     /// `tokenizer_config.json`, when present (chat template, special tokens).
     pub tokenizer_config_json: Option<String>,
     /// `preprocessor_config.json`, when present (HF layout tiling settings).
@@ -36,7 +62,6 @@ pub struct Checkpoint {
     /// `chat_template.jinja` (transformers 5), else `chat_template.json`'s `chat_template`
     /// (older processors), when present.
     pub chat_template: Option<String>,
-    tokenizer_from_sentencepiece: bool,
     weights: Weights,
 }
 
@@ -49,17 +74,6 @@ impl std::fmt::Debug for Checkpoint {
 }
 
 impl Checkpoint {
-    /// Which file the tokenizer was built from (for `check-model`).
-    pub fn tokenizer_source(&self) -> &'static str {
-        match &self.weights {
-            Weights::Static(_) | Weights::Random => "bundled tokenizer.json",
-            Weights::Files(_) if self.tokenizer_from_sentencepiece => {
-                "tokenizer.model (SentencePiece, converted at load)"
-            }
-            Weights::Files(_) => "tokenizer.json",
-        }
-    }
-
     /// Resolves `spec`: an existing directory, else a hub id looked up in the local Hugging Face
     /// cache (`$HF_HOME/hub`, never the network), or `random:<preset>` (real shapes, random
     /// weights: benchmarks of the whole service without a checkpoint).
@@ -122,27 +136,30 @@ impl Checkpoint {
             |name: &str| Error::Checkpoint(format!("{} is missing", dir.join(name).display()));
         let config_json = text("config.json")?.ok_or_else(|| missing("config.json"))?;
         let tokenizer_config_json = text("tokenizer_config.json")?;
-        // `tokenizer.json` first; else a SentencePiece `tokenizer.model` converted on the spot
-        // (InternLM2.5 checkpoints often ship only that).
-        let tokenizer_from_sentencepiece = !dir.join("tokenizer.json").exists();
-        let tokenizer_json = match read("tokenizer.json")? {
-            Some(json) => json,
-            None => match read("tokenizer.model")? {
-                Some(model) => {
-                    crate::sentencepiece::tokenizer_json(&model, tokenizer_config_json.as_deref())?
-                }
-                None => {
-                    return Err(Error::Checkpoint(format!(
-                        "{}: neither tokenizer.json nor tokenizer.model found",
-                        dir.display()
-                    )))
-                }
-            },
+        // `tokenizer.json` first; else Qwen2's `vocab.json` + `merges.txt` (slow-tokenizer
+        // saves: InternVL2.5-1B, InternVL3), else a SentencePiece `tokenizer.model` (InternLM2.5
+        // checkpoints often ship only that), each converted on the spot.
+        let config = tokenizer_config_json.as_deref();
+        let (tokenizer_json, tokenizer_source) = if let Some(json) = read("tokenizer.json")? {
+            (json, TokenizerSource::TokenizerJson)
+        } else if let (Some(vocab), Some(merges)) = (read("vocab.json")?, text("merges.txt")?) {
+            let added = text("added_tokens.json")?;
+            let json = crate::bpe_vocab::tokenizer_json(&vocab, &merges, config, added.as_deref())?;
+            (json, TokenizerSource::VocabMerges)
+        } else if let Some(model) = read("tokenizer.model")? {
+            let json = crate::sentencepiece::tokenizer_json(&model, config)?;
+            (json, TokenizerSource::SentencePiece)
+        } else {
+            return Err(Error::Checkpoint(format!(
+                "{}: no tokenizer: none of tokenizer.json, vocab.json + merges.txt, tokenizer.model",
+                dir.display()
+            )));
         };
         Ok(Checkpoint {
             id: dir.display().to_string(),
             config_json,
             tokenizer_json,
+            tokenizer_source,
             tokenizer_config_json,
             preprocessor_config_json: text("preprocessor_config.json")?,
             chat_template: match text("chat_template.jinja")? {
@@ -151,7 +168,6 @@ impl Checkpoint {
                     .map(|j| chat_template_from_json(&j))
                     .transpose()?,
             },
-            tokenizer_from_sentencepiece,
             weights: Weights::Files(weight_files(dir)?),
         })
     }
@@ -173,10 +189,10 @@ impl Checkpoint {
             id: BUNDLED_MODEL_ID.to_string(),
             config_json: utf8(fixture!("config.json")),
             tokenizer_json: fixture!("tokenizer.json").to_vec(),
+            tokenizer_source: TokenizerSource::Bundled,
             tokenizer_config_json: Some(utf8(fixture!("tokenizer_config.json"))),
             preprocessor_config_json: Some(utf8(fixture!("preprocessor_config.json"))),
             chat_template: None,
-            tokenizer_from_sentencepiece: false,
             weights: Weights::Static(fixture!("model.safetensors")),
         }
     }
@@ -216,10 +232,10 @@ impl Checkpoint {
             id: format!("random:{preset}"),
             config_json,
             tokenizer_json: bundled.tokenizer_json,
+            tokenizer_source: TokenizerSource::Bundled,
             tokenizer_config_json: None,
             preprocessor_config_json: None,
             chat_template: None,
-            tokenizer_from_sentencepiece: false,
             weights: Weights::Random,
         })
     }

@@ -11,7 +11,8 @@
 //! - [`image`]: decode, EXIF, alpha, InternVL dynamic tiling, normalisation
 //! - [`prompt`]: instructions, image-token expansion, tokenisation; [`chat_template`] picks and
 //!   renders the template ([`conversation`]: OpenGVLab's `conversation.py` templates)
-//!   ([`sentencepiece`]: `tokenizer.model` converted at load when there is no `tokenizer.json`)
+//!   ([`bpe_vocab`]: Qwen2 `vocab.json` + `merges.txt`, [`sentencepiece`]: `tokenizer.model`,
+//!   converted at load when there is no `tokenizer.json`)
 //! - [`vision`] + [`projector`]: InternViT, pixel shuffle, `mlp1`
 //! - [`language`]: Qwen2 / InternLM2 decoder over packed variable-length sequences
 //! - [`memory`]: weights + activations estimate, start-up fit check
@@ -19,6 +20,7 @@
 //! - [`report`]: what a load chooses and why (`rewarddance check-model`)
 //! - [`fixtures`]: reading the committed parity fixtures (tests and `rewarddance parity`)
 
+pub mod bpe_vocab;
 pub mod chat_template;
 pub mod checkpoint;
 pub mod config;
@@ -44,7 +46,7 @@ pub mod sentencepiece;
 pub mod vision;
 
 pub use chat_template::{TemplateChoice, TemplateSource};
-pub use checkpoint::{Checkpoint, BUNDLED_MODEL_ID};
+pub use checkpoint::{Checkpoint, TokenizerSource, BUNDLED_MODEL_ID};
 pub use config::{Layout, ModelConfig};
 pub use error::{Error, Result};
 pub use feature_cache::CacheStats;

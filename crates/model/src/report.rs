@@ -115,7 +115,7 @@ pub fn check_model(checkpoint: &Checkpoint, options: &LoadOptions) -> Result<Mod
         language_model: t.arch,
         template: prompt.template_source().clone(),
         tokenizer: TokenizerReport {
-            source: checkpoint.tokenizer_source().to_string(),
+            source: checkpoint.tokenizer_source.to_string(),
             vocab_size: prompt.vocab_size(),
             bos_token: bos.to_string(),
             eos_token: eos.to_string(),
