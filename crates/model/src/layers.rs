@@ -83,14 +83,43 @@ impl Module for Linear {
         let in_dim = dims[dims.len() - 1];
         let rows = xs.elem_count() / in_dim.max(1);
         let flat = xs.reshape((rows, in_dim))?;
-        let mut out = flat.matmul(&self.weight.t()?)?;
-        if let Some(b) = &self.bias {
-            out = out.broadcast_add(b)?;
-        }
+        let dtype = xs.dtype();
+        let out = match &self.bias {
+            // One rounding of `x W^T + b` to the storage dtype, like PyTorch's `addmm` (its bias
+            // is the GEMM's C operand): candle's CPU half-precision matmul widens both operands
+            // to f32 and narrows its output anyway, so widening here costs no extra conversion
+            // and keeps the bias add in f32. On CUDA the bf16 GEMM (f32 accumulation, bf16
+            // output) is kept: widening there would trade tensor-core GEMMs for f32 ones.
+            Some(b) if xs.device().is_cpu() && matches!(dtype, DType::BF16 | DType::F16) => flat
+                .to_dtype(DType::F32)?
+                .matmul(&self.weight.to_dtype(DType::F32)?.t()?)?
+                .broadcast_add(&b.to_dtype(DType::F32)?)?
+                .to_dtype(dtype)?,
+            Some(b) => flat.matmul(&self.weight.t()?)?.broadcast_add(b)?,
+            None => flat.matmul(&self.weight.t()?)?,
+        };
         let mut shape = dims.to_vec();
         let last = shape.len() - 1;
         shape[last] = self.weight.dim(0)?;
         out.reshape(shape)
+    }
+}
+
+/// Softmax over the last dimension with an f32 sum, returned in the input's dtype.
+///
+/// transformers upcasts attention scores to f32 for the softmax (`softmax(..., dtype=float32)` in
+/// Qwen2's and Llama's eager attention) and PyTorch's bf16 softmax kernels accumulate in f32 anyway.
+/// candle's CPU softmax sums the exponentials in the storage dtype (`vec_reduce_sum` in bf16), which
+/// loses every term below 2^-9 of the running sum over a few hundred keys; so on the CPU a half
+/// precision input is widened first. candle's CUDA kernel already accumulates in f32
+/// (`SOFTMAX_OP(__nv_bfloat16, float, softmax_bf16)` in candle-kernels' `reduce.cu`): there the
+/// input is used as it is, with no extra pass over the score matrix.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    let dtype = xs.dtype();
+    if xs.device().is_cpu() && matches!(dtype, DType::BF16 | DType::F16) {
+        candle_nn::ops::softmax_last_dim(&xs.to_dtype(DType::F32)?)?.to_dtype(dtype)
+    } else {
+        candle_nn::ops::softmax_last_dim(xs)
     }
 }
 
