@@ -5,8 +5,9 @@ exact pixel values in ``<model>.pixel_values.safetensors``) this runs transforme
 ``InternVLForConditionalGeneration`` (eager attention, the fixtures' reference) twice on the same
 weights and inputs, in float32 and in bfloat16 (``model.to(torch.bfloat16)``, the pixel values cast
 to bf16 too, logits taken as the model returns them), and records per item the answer logits,
-``p_yes`` and the bf16-vs-f32 deltas ``d_logit = max(|Δ logit_yes|, |Δ logit_no|)`` and
-``d_p_yes``. The f32 run must reproduce the fixture's committed logits (|Δ| <= 1e-4), which shows
+``p_yes`` and the bf16-vs-f32 deltas ``d_logit = max(|Δ logit_yes|, |Δ logit_no|)``,
+``d_p_yes`` and ``d_vocab_rms``, the root mean square of Δ logit over the whole vocabulary (a
+statistic of the whole hidden-state error, where the two answer tokens sample it twice). The f32 run must reproduce the fixture's committed logits (|Δ| <= 1e-4), which shows
 the weights are loaded as the fixture generator meant them.
 
 * ``tiny-internvl-hf``: loaded with ``from_pretrained`` as saved.
@@ -69,8 +70,8 @@ def compare(model_f32, cases, yes: int, no: int, expected=None) -> list[dict]:
     model_bf16 = copy.deepcopy(model_f32).to(torch.bfloat16)
     rows = []
     for case_id, ids, pv in cases:
-        full = answer_scores(last_logits(model_f32, ids, pv, torch.float32), yes, no)
-        half = answer_scores(last_logits(model_bf16, ids, pv, torch.bfloat16), yes, no)
+        l32, l16 = last_logits(model_f32, ids, pv, torch.float32), last_logits(model_bf16, ids, pv, torch.bfloat16)
+        full, half = answer_scores(l32, yes, no), answer_scores(l16, yes, no)
         if expected is not None:
             e = expected[case_id]
             err = max(abs(full["logit_yes"] - e["logit_yes"]), abs(full["logit_no"] - e["logit_no"]))
@@ -83,9 +84,11 @@ def compare(model_f32, cases, yes: int, no: int, expected=None) -> list[dict]:
                 "bf16": half,
                 "d_logit": d_logit,
                 "d_p_yes": abs(full["p_yes"] - half["p_yes"]),
+                "d_vocab_rms": float((l16.double() - l32.double()).pow(2).mean().sqrt()),
             }
         )
-        print(f"  {case_id:<26} d_logit {d_logit:.3e}  d_p_yes {rows[-1]['d_p_yes']:.3e}")
+        r = rows[-1]
+        print(f"  {case_id:<26} d_logit {d_logit:.3e}  d_p_yes {r['d_p_yes']:.3e}  d_vocab_rms {r['d_vocab_rms']:.3e}")
     return rows
 
 
@@ -283,7 +286,8 @@ def main() -> None:
     args = ap.parse_args()
     out = {
         "about": "PyTorch bf16 vs f32 on the same weights and inputs (tools/precision/torch_bf16.py); "
-        "d_logit = max |delta| of the yes/no logits, d_p_yes = |delta p_yes|",
+        "d_logit = max |delta| of the yes/no logits, d_p_yes = |delta p_yes|, "
+        "d_vocab_rms = RMS of delta logit over the vocabulary",
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
         "fixtures": {},
     }

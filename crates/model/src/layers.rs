@@ -5,11 +5,20 @@ use candle_nn::VarBuilder;
 
 use crate::config::NormKind;
 
-/// LayerNorm (weight + bias) or RMSNorm (weight), computed in f32 whatever the weights' dtype.
+/// LayerNorm (weight + bias) or RMSNorm (weight), normalised in f32 whatever the weights' dtype.
+///
+/// In half precision the output is rounded where the reference models round it. LayerNorm is
+/// `torch.nn.functional.layer_norm`, whose bf16/f16 kernels compute in f32 and round once.
+/// RMSNorm is written out in the models' code (transformers' `Qwen2RMSNorm` /
+/// `InternVLVisionRMSNorm`, OpenGVLab's `InternLM2RMSNorm` / `InternRMSNorm`):
+/// `weight * (x.float() * rsqrt(mean(x^2) + eps)).to(input_dtype)`, so the normalised value
+/// is rounded to the input dtype first and then multiplied by the weight in that dtype.
 #[derive(Debug, Clone)]
 pub struct Norm {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// f32 ones of the norm's width: RMSNorm's unweighted normalisation (half precision).
+    ones: Tensor,
     eps: f32,
 }
 
@@ -21,9 +30,11 @@ impl Norm {
             NormKind::LayerNorm => Some(vb.get(dim, "bias")?),
             NormKind::RmsNorm => None,
         };
+        let ones = Tensor::ones(dim, DType::F32, weight.device())?;
         Ok(Norm {
             weight,
             bias,
+            ones,
             eps: eps as f32,
         })
     }
@@ -33,12 +44,17 @@ impl Module for Norm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let dtype = xs.dtype();
         let xs32 = xs.to_dtype(DType::F32)?;
-        let w = self.weight.to_dtype(DType::F32)?;
-        let out = match &self.bias {
-            Some(b) => candle_nn::ops::layer_norm(&xs32, &w, &b.to_dtype(DType::F32)?, self.eps)?,
-            None => candle_nn::ops::rms_norm(&xs32, &w, self.eps)?,
-        };
-        out.to_dtype(dtype)
+        match &self.bias {
+            Some(b) => {
+                let w = self.weight.to_dtype(DType::F32)?;
+                candle_nn::ops::layer_norm(&xs32, &w, &b.to_dtype(DType::F32)?, self.eps)?
+                    .to_dtype(dtype)
+            }
+            None if dtype == DType::F32 => candle_nn::ops::rms_norm(&xs32, &self.weight, self.eps),
+            None => candle_nn::ops::rms_norm(&xs32, &self.ones, self.eps)?
+                .to_dtype(dtype)?
+                .broadcast_mul(&self.weight.to_dtype(dtype)?),
+        }
     }
 }
 
