@@ -212,8 +212,9 @@ def llama_decoder(sd: dict, t: dict) -> dict:
 REAL_SEED = 1234
 REAL_TILE = 448
 REAL_TOKENS_PER_TILE = 256
-# Fixture items with a single tile (square images): their ids with 256 image tokens per tile.
-REAL_ITEMS = ["point_gray", "point_custom_instruction"]
+# Fixture items of square images (one tile whatever the tiling rule, and the saved processor
+# config allows one tile): their ids with 256 image tokens per tile.
+REAL_ITEMS = ["point_alpha", "point_gray", "point_palette", "point_custom_instruction"]
 
 
 def real_config(vocab: int, image_token_id: int, eos_id: int, pad_id: int) -> InternVLConfig:

@@ -146,3 +146,33 @@ pub fn logsumexp_last(xs: &Tensor) -> Result<Tensor> {
     let sum = xs.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?;
     sum.log()?.add(&max)?.squeeze(D::Minus1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// 2048 equal bf16 scores: each probability is 1/2048. Summed in bf16 the running sum stops
+    /// at 256 (256 + 1 rounds back to 256), which candle's CPU softmax returns as 1/256.
+    #[test]
+    fn bf16_softmax_sums_in_f32() -> Result<()> {
+        let xs = Tensor::zeros((1, 2048), DType::BF16, &Device::Cpu)?;
+        let p = softmax_last_dim(&xs)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        assert!(p[0].iter().all(|&v| v == 1.0 / 2048.0), "{}", p[0][0]);
+        Ok(())
+    }
+
+    /// RMSNorm in bf16 rounds the normalised value before the weight, as the models' code does.
+    /// x = [1, 2], weight 3.1 (bf16 3.09375): PyTorch's `weight * normed.to(bfloat16)` gives
+    /// [1.9609375, 3.921875]; f32 products rounded once would give [1.953125, 3.90625].
+    #[test]
+    fn bf16_rms_norm_rounds_like_the_reference() -> Result<()> {
+        let vb = candle_nn::VarBuilder::zeros(DType::BF16, &Device::Cpu);
+        let mut norm = Norm::load(NormKind::RmsNorm, 2, 0.0, vb)?;
+        norm.weight = Tensor::new(&[3.1f32, 3.1], &Device::Cpu)?.to_dtype(DType::BF16)?;
+        let x = Tensor::new(&[[1f32, 2.0]], &Device::Cpu)?.to_dtype(DType::BF16)?;
+        let got = norm.forward(&x)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        assert_eq!(got[0], [1.9609375, 3.921875]);
+        Ok(())
+    }
+}
