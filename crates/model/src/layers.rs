@@ -157,7 +157,9 @@ mod tests {
     #[test]
     fn bf16_softmax_sums_in_f32() -> Result<()> {
         let xs = Tensor::zeros((1, 2048), DType::BF16, &Device::Cpu)?;
-        let p = softmax_last_dim(&xs)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let p = softmax_last_dim(&xs)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
         assert!(p[0].iter().all(|&v| v == 1.0 / 2048.0), "{}", p[0][0]);
         Ok(())
     }

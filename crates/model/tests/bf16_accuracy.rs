@@ -142,12 +142,7 @@ fn print_items(name: &str, torch: &[(String, Errors)], ours: &[Errors]) {
 }
 
 /// The 1.5x bound on the max and the RMS over the items of each of `stats` (a name and a field).
-fn bounds(
-    name: &str,
-    torch: &[(String, Errors)],
-    ours: &[Errors],
-    stats: &[(&str, fn(&Errors) -> f64)],
-) -> Vec<String> {
+fn bounds(name: &str, torch: &[(String, Errors)], ours: &[Errors], stats: &[Stat]) -> Vec<String> {
     let mut failures = Vec::new();
     for (what, field) in stats {
         let t: Vec<f64> = torch.iter().map(|(_, e)| field(e)).collect();
@@ -159,9 +154,12 @@ fn bounds(
     failures
 }
 
-const VOCAB_RMS: (&str, fn(&Errors) -> f64) = ("vocab-RMS Δlogit", |e| e.vocab_rms);
-const ANSWER_LOGIT: (&str, fn(&Errors) -> f64) = ("|Δlogit| yes/no", |e| e.logit);
-const P_YES: (&str, fn(&Errors) -> f64) = ("|Δp_yes|", |e| e.p_yes);
+/// A named per-item statistic.
+type Stat = (&'static str, fn(&Errors) -> f64);
+
+const VOCAB_RMS: Stat = ("vocab-RMS Δlogit", |e| e.vocab_rms);
+const ANSWER_LOGIT: Stat = ("|Δlogit| yes/no", |e| e.logit);
+const P_YES: Stat = ("|Δp_yes|", |e| e.p_yes);
 
 #[test]
 fn bf16_error_is_within_1_5x_of_torch_on_the_committed_fixtures() {
