@@ -50,7 +50,9 @@ impl Module for Norm {
                 candle_nn::ops::layer_norm(&xs32, &w, &b.to_dtype(DType::F32)?, self.eps)?
                     .to_dtype(dtype)
             }
-            None if dtype == DType::F32 => candle_nn::ops::rms_norm(&xs32, &self.weight, self.eps),
+            None if dtype == DType::F32 => {
+                candle_nn::ops::rms_norm(&xs32, &self.weight.to_dtype(DType::F32)?, self.eps)
+            }
             None => candle_nn::ops::rms_norm(&xs32, &self.ones, self.eps)?
                 .to_dtype(dtype)?
                 .broadcast_mul(&self.weight.to_dtype(dtype)?),
