@@ -376,9 +376,15 @@ impl RewardModel {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        self.scores_from_logits(&self.last_logits(batch)?)
+    }
+
+    /// Next-token logits (items, vocab) in f32 at each item's last prompt position: what
+    /// [`Self::score_prepared`] reads the answer tokens from.
+    pub fn last_logits(&self, batch: &[&PreparedItem]) -> Result<Tensor> {
         let (embeds, packing) = self.packed_inputs(batch)?;
         let hidden = self.language.forward_last(&embeds, &packing)?;
-        self.scores_from_logits(&self.language.logits(&hidden)?)
+        Ok(self.language.logits(&hidden)?)
     }
 
     /// The batch's input embeddings (text + spliced image features) laid out for the decoder,
