@@ -25,7 +25,7 @@ case's pixel values (OpenGVLab preprocessing of a fixture image at 448 px) and i
 same numbers for it. ``crates/model/tests/bf16_accuracy.rs`` reads DIR from
 ``REWARDDANCE_BF16_REAL_DIR``.
 
-Run: /work/pyenv/bin/python tools/precision/torch_bf16.py --real-dir /tmp/rd-bf16-real
+Run: python tools/precision/torch_bf16.py --real-dir /tmp/rd-bf16-real
 Writes fixtures/reference/bf16-torch.json.
 """
 
