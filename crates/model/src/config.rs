@@ -142,7 +142,9 @@ pub struct ModelConfig {
     pub image_token_id: Option<u32>,
     /// OpenGVLab layout: `template`, the conversation template `chat()` renders prompts with.
     pub template: Option<String>,
-    /// OpenGVLab layout: `system_message`, overriding the template's own when set.
+    /// OpenGVLab layout: `system_message`, overriding the template's own when set. A JSON `null`
+    /// (some fine-tunes save one) counts as unset: the template's message, what InternVL's training
+    /// code used (OpenGVLab's `chat()` would format Python's `None` into the prompt as "None").
     pub system_message: Option<String>,
 }
 

@@ -104,3 +104,19 @@ fn hf_layout_crops_to_patches_even_when_the_saved_config_says_false() {
     let c = ModelConfig::parse(&cfg, Some(pre)).unwrap();
     assert_eq!((c.tiling.min_tiles, c.tiling.max_tiles), (1, 12));
 }
+
+#[test]
+fn opengvlab_template_and_system_message_are_read_and_null_is_unset() {
+    let base = r#""architectures":["InternVLChatModel"],"template":"internlm2-chat",
+        "vision_config":{"hidden_size":32,"num_hidden_layers":1,"num_attention_heads":4,
+            "intermediate_size":8,"image_size":448,"patch_size":14},
+        "llm_config":{"architectures":["Qwen2ForCausalLM"],"hidden_size":64,"num_attention_heads":4,
+            "num_key_value_heads":2,"num_hidden_layers":1,"intermediate_size":8,"vocab_size":10}"#;
+    let c = ModelConfig::parse(&format!("{{{base},\"system_message\":\"S\"}}"), None).unwrap();
+    assert_eq!(
+        (c.template.as_deref(), c.system_message.as_deref()),
+        (Some("internlm2-chat"), Some("S"))
+    );
+    let c = ModelConfig::parse(&format!("{{{base},\"system_message\":null}}"), None).unwrap();
+    assert_eq!(c.system_message, None);
+}
