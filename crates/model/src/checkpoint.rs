@@ -19,6 +19,8 @@ enum Weights {
     Static(&'static [u8]),
     /// Made-up weights at a preset's real shapes (benchmarks only).
     Random,
+    /// Weights computed from tensor names ([`crate::seeded`]): the conformance suite.
+    Seeded,
 }
 
 /// The files of one checkpoint, read into memory except for the weights.
@@ -89,6 +91,18 @@ impl Checkpoint {
 
     /// Reads a checkpoint directory.
     pub fn from_dir(dir: &Path) -> Result<Self> {
+        Self::read_dir(dir, None)
+    }
+
+    /// Reads the small files of a checkpoint directory (configs, tokenizer, templates) and
+    /// ignores its weights, if any: every tensor comes from [`crate::seeded`] instead. For the
+    /// real-config conformance suite, where the published weights are not at hand.
+    pub fn from_dir_with_seeded_weights(dir: &Path) -> Result<Self> {
+        Self::read_dir(dir, Some(Weights::Seeded))
+    }
+
+    /// Reads `dir`; its safetensors files unless `weights` says otherwise.
+    fn read_dir(dir: &Path, weights: Option<Weights>) -> Result<Self> {
         let read = |name: &str| -> Result<Option<Vec<u8>>> {
             let p = dir.join(name);
             match std::fs::read(&p) {
@@ -132,7 +146,10 @@ impl Checkpoint {
             tokenizer_config_json,
             preprocessor_config_json: text("preprocessor_config.json")?,
             chat_template: text("chat_template.jinja")?,
-            weights: Weights::Files(weight_files(dir)?),
+            weights: match weights {
+                Some(w) => w,
+                None => Weights::Files(weight_files(dir)?),
+            },
         })
     }
 
@@ -175,6 +192,11 @@ impl Checkpoint {
             }
             Weights::Random => Ok(VarBuilder::from_backend(
                 Box::new(crate::presets::RandomWeights),
+                dtype,
+                device.clone(),
+            )),
+            Weights::Seeded => Ok(VarBuilder::from_backend(
+                Box::new(crate::seeded::SeededWeights),
                 dtype,
                 device.clone(),
             )),

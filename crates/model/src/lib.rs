@@ -16,6 +16,7 @@
 //! - [`memory`]: weights + activations estimate, start-up fit check
 //! - [`scorer`]: [`RewardModel`], tying it together into [`Score`]s
 //! - [`fixtures`]: reading the committed parity fixtures (tests and `rewarddance parity`)
+//! - [`seeded`]: weights computed from tensor names (the real-config conformance suite)
 
 pub mod checkpoint;
 pub mod config;
@@ -35,6 +36,7 @@ pub mod prompt;
 pub mod ranking;
 pub mod rationale;
 pub mod scorer;
+pub mod seeded;
 pub mod sentencepiece;
 pub mod vision;
 
