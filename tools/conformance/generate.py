@@ -252,7 +252,7 @@ def run_ogv(name: str, family: str, ckpt: Path, case_ids) -> dict:
     ogv.InternVLChatConfig.has_no_defaults_at_init = True
     cfg = ogv.InternVLChatConfig.from_pretrained(str(ckpt))
     model = ogv.InternVLChatModel(cfg, use_flash_attn=False).float().eval()
-    n = seeded.fill_module(model)
+    tensors = seeded.fill_module(model)
     if family == "internlm2":
         tok = ogv.InternLM2Tokenizer.from_pretrained(str(ckpt))
     else:
@@ -293,7 +293,7 @@ def run_ogv(name: str, family: str, ckpt: Path, case_ids) -> dict:
         out_cases.append(record(case, content, rendered, enc["input_ids"][0].tolist(), images,
                                 logits, yes_ids[0], no_ids[0], time.time() - t0))
     meta = dict(template=model.template, system_message=model.system_message, num_image_token=model.num_image_token,
-                seeded_tensors=n)
+                tensors=tensors)
     return dict(yes_id=yes_ids[0], no_id=no_ids[0], reference_code=f"OpenGVLab/InternVL@{OGV_COMMIT}", **meta,
                 cases=out_cases)
 
@@ -307,7 +307,7 @@ def run_hf(name: str, family: str, ckpt: Path, case_ids) -> dict:
     cfg = InternVLConfig.from_pretrained(str(ckpt))
     model = InternVLForConditionalGeneration(cfg).float().eval()
     # Seeded by the names the checkpoint files use on disk (what the Rust loader reads).
-    n = seeded.fill_module(model, rename=hf_disk_name)
+    tensors = seeded.fill_module(model, rename=hf_disk_name)
     processor = AutoProcessor.from_pretrained(str(ckpt))
     tok = processor.tokenizer
     yes_ids = tok.encode("yes", add_special_tokens=False)
@@ -329,7 +329,8 @@ def run_hf(name: str, family: str, ckpt: Path, case_ids) -> dict:
         images = hf_layouts(processor, imgs, files)
         out_cases.append(record(case, content, rendered, inputs["input_ids"][0].tolist(), images, logits,
                                 yes_ids[0], no_ids[0], time.time() - t0))
-    return dict(yes_id=yes_ids[0], no_id=no_ids[0], reference_code="transformers", seeded_tensors=n, cases=out_cases)
+    return dict(yes_id=yes_ids[0], no_id=no_ids[0], reference_code="transformers", tensors=tensors,
+                cases=out_cases)
 
 
 def hf_disk_name(key: str) -> str:

@@ -68,20 +68,21 @@ def seeded_values(name: str, dims) -> np.ndarray:
     return out.reshape(dims)
 
 
-def fill_module(module, rename=lambda n: n) -> int:
-    """Overwrites every parameter and persistent buffer of a torch module with seeded values
-    (name = rename(state_dict key)); returns the number of tensors set."""
+def fill_module(module, rename=lambda n: n) -> dict[str, list[int]]:
+    """Overwrites every floating-point tensor of a torch module's state dict with seeded values
+    (name = rename(state_dict key)); returns {name: shape}, the tensors a checkpoint of this
+    module holds (the Rust side serves exactly these)."""
     import torch
 
-    count = 0
+    inventory = {}
     with torch.no_grad():
         for key, t in module.state_dict(keep_vars=True).items():
             if not t.is_floating_point():
                 continue
-            vals = torch.from_numpy(seeded_values(rename(key), tuple(t.shape)))
-            t.copy_(vals.to(t.dtype))
-            count += 1
-    return count
+            name = rename(key)
+            t.copy_(torch.from_numpy(seeded_values(name, tuple(t.shape))).to(t.dtype))
+            inventory[name] = list(t.shape)
+    return dict(sorted(inventory.items()))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ enum Weights {
     /// Made-up weights at a preset's real shapes (benchmarks only).
     Random,
     /// Weights computed from tensor names ([`crate::seeded`]): the conformance suite.
-    Seeded,
+    Seeded(crate::seeded::TensorInventory),
 }
 
 /// The files of one checkpoint, read into memory except for the weights.
@@ -95,10 +95,14 @@ impl Checkpoint {
     }
 
     /// Reads the small files of a checkpoint directory (configs, tokenizer, templates) and
-    /// ignores its weights, if any: every tensor comes from [`crate::seeded`] instead. For the
+    /// ignores its weights, if any: the tensors of `tensors` (names and shapes, as the
+    /// checkpoint's safetensors would hold them) come from [`crate::seeded`] instead. For the
     /// real-config conformance suite, where the published weights are not at hand.
-    pub fn from_dir_with_seeded_weights(dir: &Path) -> Result<Self> {
-        Self::read_dir(dir, Some(Weights::Seeded))
+    pub fn from_dir_with_seeded_weights(
+        dir: &Path,
+        tensors: crate::seeded::TensorInventory,
+    ) -> Result<Self> {
+        Self::read_dir(dir, Some(Weights::Seeded(tensors)))
     }
 
     /// Reads `dir`; its safetensors files unless `weights` says otherwise.
@@ -195,8 +199,8 @@ impl Checkpoint {
                 dtype,
                 device.clone(),
             )),
-            Weights::Seeded => Ok(VarBuilder::from_backend(
-                Box::new(crate::seeded::SeededWeights),
+            Weights::Seeded(tensors) => Ok(VarBuilder::from_backend(
+                Box::new(crate::seeded::SeededWeights::new(tensors.clone())),
                 dtype,
                 device.clone(),
             )),

@@ -13,6 +13,8 @@
 //!   embeddings uniform in ±1, and every other tensor of rank ≥ 2 scaled by `sqrt(3 / fan_in)`
 //!   (unit variance out for unit variance in), so activations stay sane at real widths.
 
+use std::collections::BTreeMap;
+
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 
@@ -71,8 +73,22 @@ pub fn seeded_values(name: &str, dims: &[usize]) -> Vec<f32> {
         .collect()
 }
 
-/// A [`SimpleBackend`] answering every tensor with [`seeded_values`] at the shape asked for.
-pub struct SeededWeights;
+/// Tensor names and shapes of a checkpoint: what its safetensors files would hold.
+pub type TensorInventory = BTreeMap<String, Vec<usize>>;
+
+/// A [`SimpleBackend`] holding exactly the tensors of an inventory, each with
+/// [`seeded_values`]: a missing name or a wrong shape fails as it would on the real files, and
+/// `contains_tensor` (which picks layouts and heads at load) answers as the real files would.
+pub struct SeededWeights {
+    tensors: TensorInventory,
+}
+
+impl SeededWeights {
+    /// The seeded tensors of `tensors`.
+    pub fn new(tensors: TensorInventory) -> Self {
+        SeededWeights { tensors }
+    }
+}
 
 impl SimpleBackend for SeededWeights {
     fn get(
@@ -83,16 +99,25 @@ impl SimpleBackend for SeededWeights {
         dtype: DType,
         dev: &Device,
     ) -> Result<Tensor> {
-        let values = seeded_values(name, shape.dims());
-        Tensor::from_vec(values, shape, dev)?.to_dtype(dtype)
+        let tensor = self.get_unchecked(name, dtype, dev)?;
+        if tensor.shape() != &shape {
+            candle_core::bail!(
+                "shape mismatch for {name}, expected: {shape:?}, got: {:?}",
+                tensor.shape()
+            );
+        }
+        Ok(tensor)
     }
 
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> Result<Tensor> {
-        candle_core::bail!("seeded weights have no shape for {name}")
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let Some(dims) = self.tensors.get(name) else {
+            candle_core::bail!("cannot find tensor {name}")
+        };
+        Tensor::from_vec(seeded_values(name, dims), dims.as_slice(), dev)?.to_dtype(dtype)
     }
 
-    fn contains_tensor(&self, _: &str) -> bool {
-        true
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
     }
 }
 
@@ -123,5 +148,23 @@ mod tests {
             bits("vision_model.encoder.layers.0.attn.qkv.bias", &[3]),
             [0x3c11821c, 0x3ba884b8, 0x3aac25ae]
         );
+    }
+
+    #[test]
+    fn only_the_inventory_exists() {
+        let tensors = TensorInventory::from([("a.weight".to_string(), vec![2, 3])]);
+        let vb = candle_nn::VarBuilder::from_backend(
+            Box::new(SeededWeights::new(tensors)),
+            DType::F32,
+            Device::Cpu,
+        );
+        assert!(vb.contains_tensor("a.weight"));
+        assert!(!vb.contains_tensor("b.weight"));
+        let t = vb.get((2, 3), "a.weight").unwrap();
+        let want = seeded_values("a.weight", &[2, 3]);
+        assert_eq!(t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+        let wrong = vb.get((3, 2), "a.weight").unwrap_err().to_string();
+        assert!(wrong.contains("shape mismatch"), "{wrong}");
+        assert!(vb.get(4, "b.weight").is_err());
     }
 }

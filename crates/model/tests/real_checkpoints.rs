@@ -252,7 +252,14 @@ fn check_checkpoint(reference: &Value, failures: &mut Vec<String>) -> Option<usi
             return Some(cases.len());
         }
     };
-    let loaded = Checkpoint::from_dir_with_seeded_weights(&dir)
+    let tensors = match serde_json::from_value(reference["tensors"].clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            failures.push(format!("{name}: no tensor inventory in the reference: {e}"));
+            return Some(cases.len());
+        }
+    };
+    let loaded = Checkpoint::from_dir_with_seeded_weights(&dir, tensors)
         .map_err(|e| format!("reading the checkpoint: {e}"))
         .and_then(|ckpt| {
             RewardModel::load(&ckpt, LoadOptions::default())
