@@ -216,6 +216,10 @@ fn check_case(model: &RewardModel, name: &str, item: &Value, failures: &mut Vec<
     };
     let want_p = e["p_yes"].as_f64().unwrap_or(f64::NAN);
     let delta = (score.p_yes - want_p).abs();
+    eprintln!(
+        "{id}: p_yes {:.7} reference {want_p:.7} |Δ| {delta:.1e}",
+        score.p_yes
+    );
     // `!(<=)` so that NaN fails too.
     if !(delta <= P_YES_TOL) {
         fail(format!(
