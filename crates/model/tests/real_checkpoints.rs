@@ -220,8 +220,8 @@ fn check_case(model: &RewardModel, name: &str, item: &Value, failures: &mut Vec<
         "{id}: p_yes {:.7} reference {want_p:.7} |Δ| {delta:.1e}",
         score.p_yes
     );
-    // `!(<=)` so that NaN fails too.
-    if !(delta <= P_YES_TOL) {
+    // NaN fails too.
+    if delta.is_nan() || delta > P_YES_TOL {
         fail(format!(
             "p_yes {:.6} want {want_p:.6} (|Δ| {delta:.2e}); logits yes {:.4} / no {:.4} want {:.4} / {:.4}",
             score.p_yes,
