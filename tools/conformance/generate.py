@@ -21,7 +21,10 @@ The references come from the upstream code, not from ours:
   vendored (see run_hf).
 p_yes = softmax(logit_yes, logit_no) at the last position, float64, model in float32 eager.
 
-Run: /work/pyenv/bin/python tools/conformance/generate.py [Name ...]
+Run (torch 2.11, transformers 5.17; the mirror of OpenGVLab/InternVL at OGV_MIRROR, the InternLM2
+tokenizer.model under $REWARDDANCE_REAL_FILES/tokenizers/internlm2/ or ../shared/real/):
+    python tools/conformance/generate.py [Name ...]
+InternVL2-2B takes ~2-4 min and ~4.5 GB RSS on 2 CPU cores; a second run writes identical files.
 """
 
 from __future__ import annotations
