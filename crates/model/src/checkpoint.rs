@@ -23,6 +23,30 @@ enum Weights {
     Seeded(crate::seeded::TensorInventory),
 }
 
+/// Which files the tokenizer was built from (first found wins, in this order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenizerSource {
+    /// `tokenizer.json`, used as it is.
+    TokenizerJson,
+    /// Qwen2 `vocab.json` + `merges.txt` (+ `tokenizer_config.json`), converted at load.
+    VocabMerges,
+    /// SentencePiece `tokenizer.model` (+ `tokenizer_config.json`), converted at load.
+    SentencePiece,
+    /// The tokenizer compiled into the binary (bundled and `random:` models).
+    Bundled,
+}
+
+impl std::fmt::Display for TokenizerSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenizerSource::TokenizerJson => "tokenizer.json",
+            TokenizerSource::VocabMerges => "vocab.json + merges.txt (converted as Qwen2Tokenizer)",
+            TokenizerSource::SentencePiece => "tokenizer.model (converted as InternLM2Tokenizer)",
+            TokenizerSource::Bundled => "bundled",
+        })
+    }
+}
+
 /// The files of one checkpoint, read into memory except for the weights.
 pub struct Checkpoint {
     /// Human-readable id: the directory, the hub id, or [`BUNDLED_MODEL_ID`].
@@ -31,6 +55,8 @@ pub struct Checkpoint {
     pub config_json: String,
     /// `tokenizer.json`, or the one converted from a SentencePiece `tokenizer.model`.
     pub tokenizer_json: Vec<u8>,
+    /// Which files [`Checkpoint::tokenizer_json`] came from.
+    pub tokenizer_source: TokenizerSource,
     /// `tokenizer_config.json`, when present (chat template, special tokens).
     pub tokenizer_config_json: Option<String>,
     /// `preprocessor_config.json`, when present (HF layout tiling settings).
@@ -127,26 +153,30 @@ impl Checkpoint {
             |name: &str| Error::Checkpoint(format!("{} is missing", dir.join(name).display()));
         let config_json = text("config.json")?.ok_or_else(|| missing("config.json"))?;
         let tokenizer_config_json = text("tokenizer_config.json")?;
-        // `tokenizer.json` first; else a SentencePiece `tokenizer.model` converted on the spot
-        // (InternLM2.5 checkpoints often ship only that).
-        let tokenizer_json = match read("tokenizer.json")? {
-            Some(json) => json,
-            None => match read("tokenizer.model")? {
-                Some(model) => {
-                    crate::sentencepiece::tokenizer_json(&model, tokenizer_config_json.as_deref())?
-                }
-                None => {
-                    return Err(Error::Checkpoint(format!(
-                        "{}: neither tokenizer.json nor tokenizer.model found",
-                        dir.display()
-                    )))
-                }
-            },
+        // `tokenizer.json` first; else Qwen2's `vocab.json` + `merges.txt` (slow-tokenizer
+        // saves: InternVL2.5-1B, InternVL3), else a SentencePiece `tokenizer.model` (InternLM2.5
+        // checkpoints often ship only that), each converted on the spot.
+        let config = tokenizer_config_json.as_deref();
+        let (tokenizer_json, tokenizer_source) = if let Some(json) = read("tokenizer.json")? {
+            (json, TokenizerSource::TokenizerJson)
+        } else if let (Some(vocab), Some(merges)) = (read("vocab.json")?, text("merges.txt")?) {
+            let added = text("added_tokens.json")?;
+            let json = crate::bpe_vocab::tokenizer_json(&vocab, &merges, config, added.as_deref())?;
+            (json, TokenizerSource::VocabMerges)
+        } else if let Some(model) = read("tokenizer.model")? {
+            let json = crate::sentencepiece::tokenizer_json(&model, config)?;
+            (json, TokenizerSource::SentencePiece)
+        } else {
+            return Err(Error::Checkpoint(format!(
+                "{}: no tokenizer: none of tokenizer.json, vocab.json + merges.txt, tokenizer.model",
+                dir.display()
+            )));
         };
         Ok(Checkpoint {
             id: dir.display().to_string(),
             config_json,
             tokenizer_json,
+            tokenizer_source,
             tokenizer_config_json,
             preprocessor_config_json: text("preprocessor_config.json")?,
             chat_template: text("chat_template.jinja")?,
@@ -174,6 +204,7 @@ impl Checkpoint {
             id: BUNDLED_MODEL_ID.to_string(),
             config_json: utf8(fixture!("config.json")),
             tokenizer_json: fixture!("tokenizer.json").to_vec(),
+            tokenizer_source: TokenizerSource::Bundled,
             tokenizer_config_json: Some(utf8(fixture!("tokenizer_config.json"))),
             preprocessor_config_json: Some(utf8(fixture!("preprocessor_config.json"))),
             chat_template: None,
@@ -221,6 +252,7 @@ impl Checkpoint {
             id: format!("random:{preset}"),
             config_json,
             tokenizer_json: bundled.tokenizer_json,
+            tokenizer_source: TokenizerSource::Bundled,
             tokenizer_config_json: None,
             preprocessor_config_json: None,
             chat_template: None,

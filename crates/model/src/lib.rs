@@ -10,7 +10,8 @@
 //! - [`config`]: both InternVL config layouts parsed into one [`ModelConfig`]
 //! - [`image`]: decode, EXIF, alpha, InternVL dynamic tiling, normalisation
 //! - [`prompt`]: instructions, chat template, image-token expansion, tokenisation
-//!   ([`sentencepiece`]: `tokenizer.model` converted at load when there is no `tokenizer.json`)
+//!   ([`bpe_vocab`]: Qwen2 `vocab.json` + `merges.txt`, [`sentencepiece`]: `tokenizer.model`,
+//!   converted at load when there is no `tokenizer.json`)
 //! - [`vision`] + [`projector`]: InternViT, pixel shuffle, `mlp1`
 //! - [`language`]: Qwen2 / InternLM2 decoder over packed variable-length sequences
 //! - [`memory`]: weights + activations estimate, start-up fit check
@@ -18,6 +19,7 @@
 //! - [`fixtures`]: reading the committed parity fixtures (tests and `rewarddance parity`)
 //! - [`seeded`]: weights computed from tensor names (the real-config conformance suite)
 
+pub mod bpe_vocab;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
@@ -40,7 +42,7 @@ pub mod seeded;
 pub mod sentencepiece;
 pub mod vision;
 
-pub use checkpoint::{Checkpoint, BUNDLED_MODEL_ID};
+pub use checkpoint::{Checkpoint, TokenizerSource, BUNDLED_MODEL_ID};
 pub use config::{Layout, ModelConfig};
 pub use error::{Error, Result};
 pub use feature_cache::CacheStats;

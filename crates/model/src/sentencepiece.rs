@@ -9,7 +9,15 @@
 //!   stretch of text between added tokens, as `sp_model.encode` does per chunk in the slow tokenizer;
 //! - added tokens: `tokenizer_config.json`'s `added_tokens_decoder` (InternVL's `<img>`,
 //!   `<IMG_CONTEXT>`, ... after the SentencePiece vocabulary), else the model's control and
-//!   user-defined pieces;
+//!   user-defined pieces. An added token whose id is already a piece *renames* it, as the real
+//!   InternLM2 checkpoints do (`[UNUSED_TOKEN_141]` at 92538 becomes `<|plugin|>`): the added
+//!   token's content encodes to that id and is what the id decodes to, as in `InternLM2Tokenizer`
+//!   (transformers' added-token table wins over `sp_model` both ways). The old text keeps the id
+//!   where SentencePiece itself would still produce it: a user-defined piece is matched by
+//!   `sp_model.encode` inside any chunk (done here with a `Replace` normaliser to the new
+//!   content), and a normal piece stays reachable by its merges;
+//! - pieces SentencePiece never emits (type `UNUSED`, and a `\0` piece when byte fallback is on,
+//!   which `sentencepiece` demotes to unused at load) keep their ids but cannot match text;
 //! - post-processor: `<s>` first when `add_bos_token` (default true), `</s>` last when `add_eos_token`.
 //!
 //! The `ModelProto` is read with a small protobuf decoder: only the fields used here.
@@ -117,6 +125,12 @@ impl SentencePieceModel {
         Ok(model)
     }
 
+    /// Pieces `sentencepiece` never produces from text: type `UNUSED`, and a `\0` piece when
+    /// byte fallback is on (its loader demotes that one to unused).
+    fn never_emitted(&self, p: &Piece) -> bool {
+        p.kind == PieceType::Unused || (self.byte_fallback && p.piece == "\0")
+    }
+
     /// Checks that the conversion reproduces SentencePiece exactly for this model.
     fn check_supported(&self) -> Result<()> {
         let refuse = |what: String| {
@@ -160,12 +174,22 @@ pub fn tokenizer_json(model_bytes: &[u8], tokenizer_config_json: Option<&str>) -
 
     let mut vocab = Map::new();
     for (i, p) in model.pieces.iter().enumerate() {
-        vocab.entry(p.piece.clone()).or_insert(json!(i));
+        // A key no text reaches: single characters are the only keys BPE starts from, and no
+        // merge produces this one.
+        let key = if model.never_emitted(p) {
+            format!("<never emitted piece {i}>")
+        } else {
+            p.piece.clone()
+        };
+        vocab.entry(key).or_insert(json!(i));
     }
     let mut ranked: Vec<(usize, &Piece)> = model.pieces.iter().enumerate().collect();
     ranked.sort_by(|a, b| b.1.score.total_cmp(&a.1.score).then(a.0.cmp(&b.0)));
     let mut merges = Vec::new();
-    for (_, p) in ranked.iter().filter(|(_, p)| p.kind == PieceType::Normal) {
+    for (_, p) in ranked
+        .iter()
+        .filter(|(_, p)| p.kind == PieceType::Normal && !model.never_emitted(p))
+    {
         let mut splits: Vec<(&str, &str)> = p
             .piece
             .char_indices()
@@ -177,8 +201,21 @@ pub fn tokenizer_json(model_bytes: &[u8], tokenizer_config_json: Option<&str>) -
         merges.extend(splits.into_iter().map(|(a, b)| json!([a, b])));
     }
 
-    let added = added_tokens(&model, &config)?;
+    let (added, renames) = added_tokens(&model, &config)?;
     let mut normalizers = Vec::new();
+    // Every added token also enters the model's vocabulary at its id (a renamed piece keeps its
+    // old key too), so each lands on its declared id: `tokenizers` numbers an added token it
+    // cannot find from the vocabulary's key count. No merge produces these keys.
+    for t in &added {
+        if let (Some(content), Some(id)) = (t["content"].as_str(), t["id"].as_u64()) {
+            vocab.entry(content.to_string()).or_insert(json!(id));
+        }
+    }
+    for r in &renames {
+        if model.pieces[r.id].kind == PieceType::UserDefined {
+            normalizers.push(json!({"type": "Replace", "pattern": {"String": model.pieces[r.id].piece}, "content": r.content}));
+        }
+    }
     if model.add_dummy_prefix {
         normalizers.push(json!({"type": "Prepend", "prepend": "▁"}));
     }
@@ -270,7 +307,7 @@ pub fn tokenizer_json(model_bytes: &[u8], tokenizer_config_json: Option<&str>) -
             if built.token_to_id(content) != Some(id as u32) {
                 return Err(Error::Tokenizer(format!(
                     "added token {content:?} should have id {id}, but the converted tokenizer \
-                     gives {:?} (ids after the SentencePiece vocabulary must be contiguous)",
+                     gives {:?}",
                     built.token_to_id(content)
                 )));
             }
@@ -279,13 +316,21 @@ pub fn tokenizer_json(model_bytes: &[u8], tokenizer_config_json: Option<&str>) -
     Ok(bytes)
 }
 
-/// Added tokens in id order, as `tokenizers` JSON entries.
-fn added_tokens(model: &SentencePieceModel, config: &Value) -> Result<Vec<Value>> {
-    let entry = |id: usize, content: &str, special: bool| {
+/// An added token that takes over a piece's id (`added_tokens_decoder` naming an id of
+/// `tokenizer.model` with another text).
+struct Rename {
+    id: usize,
+    content: String,
+}
+
+/// Added tokens in id order, as `tokenizers` JSON entries, and the pieces they rename.
+fn added_tokens(model: &SentencePieceModel, config: &Value) -> Result<(Vec<Value>, Vec<Rename>)> {
+    let entry = |id: usize, content: &str, special: bool, normalized: bool| {
         json!({"id": id, "content": content, "single_word": false, "lstrip": false,
-               "rstrip": false, "normalized": false, "special": special})
+               "rstrip": false, "normalized": normalized, "special": special})
     };
     let mut out: Vec<(usize, Value)> = Vec::new();
+    let mut renames = Vec::new();
     if let Some(decoder) = config["added_tokens_decoder"].as_object() {
         for (id, t) in decoder {
             let id: usize = id.parse().map_err(|_| {
@@ -296,33 +341,43 @@ fn added_tokens(model: &SentencePieceModel, config: &Value) -> Result<Vec<Value>
                     "tokenizer_config.json: added token {id} has no content"
                 ))
             })?;
-            if id < model.pieces.len() && model.pieces[id].piece != content {
-                return Err(Error::Tokenizer(format!(
-                    "tokenizer_config.json: added token {content:?} has id {id}, which is {:?} \
-                     in tokenizer.model",
-                    model.pieces[id].piece
-                )));
+            // A renamed user-defined piece is matched after the `Replace` normaliser that maps
+            // its old text to `content`, so it sits in the normalised added-token trie.
+            let renamed = id < model.pieces.len() && model.pieces[id].piece != content;
+            let normalized = renamed
+                && model.pieces[id].kind == PieceType::UserDefined
+                && !content.contains(' ');
+            if renamed {
+                renames.push(Rename {
+                    id,
+                    content: content.to_string(),
+                });
             }
             out.push((
                 id,
-                entry(id, content, t["special"].as_bool().unwrap_or(true)),
+                entry(
+                    id,
+                    content,
+                    t["special"].as_bool().unwrap_or(true),
+                    normalized,
+                ),
             ));
         }
     } else {
         for (id, p) in model.pieces.iter().enumerate() {
             if matches!(p.kind, PieceType::Control | PieceType::Unknown) {
-                out.push((id, entry(id, &p.piece, true)));
+                out.push((id, entry(id, &p.piece, true, false)));
             }
         }
     }
     // SentencePiece never splits a user-defined piece.
     for (id, p) in model.pieces.iter().enumerate() {
         if p.kind == PieceType::UserDefined && !out.iter().any(|(i, _)| *i == id) {
-            out.push((id, entry(id, &p.piece, false)));
+            out.push((id, entry(id, &p.piece, false, false)));
         }
     }
     out.sort_by_key(|(id, _)| *id);
-    Ok(out.into_iter().map(|(_, v)| v).collect())
+    Ok((out.into_iter().map(|(_, v)| v).collect(), renames))
 }
 
 fn parse_piece(bytes: &[u8]) -> Result<Piece> {
