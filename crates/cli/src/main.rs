@@ -1,11 +1,12 @@
 //! `rewarddance`: the RewardDance reward service's one binary.
 //!
-//! Subcommands: `score` (score items in-process and print JSON, or evaluate a manifest) and
-//! `bench-model` (throughput and MFU of the model alone). Every flag has a
+//! Subcommands: `score` (score items in-process and print JSON, or evaluate a manifest),
+//! `bench-model` (throughput and MFU of the model alone), `check-model` (what a load chooses). Every flag has a
 //! `REWARDDANCE_*` environment variable.
 
 mod bench;
 mod bench_model;
+mod check_model;
 mod evaluate;
 mod model_args;
 mod parity;
@@ -38,6 +39,9 @@ enum Command {
     Rank(Box<rank::RankArgs>),
     /// Check the model against the transformers reference fixtures on a device (PASS/FAIL).
     Parity(parity::ParityArgs),
+    /// Show what loading a checkpoint chooses (template, tokenizer, tiling, answer ids, rope)
+    /// and why, without reading the weights.
+    CheckModel(Box<check_model::CheckModelArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,6 +53,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => bench::run(*args),
         Command::Rank(args) => rank::run(*args),
         Command::Parity(args) => parity::run(args),
+        Command::CheckModel(args) => check_model::run(*args),
     };
     match result {
         Ok(code) => code,

@@ -48,6 +48,12 @@ pub struct ModelArgs {
         default_value_t = 32
     )]
     pub prefix_reuse_min_tokens: usize,
+    /// Chat template: `auto` (what the checkpoint's own code uses: OpenGVLab layout
+    /// `config.json` "template", HF layout its Jinja chat template), `jinja` (the checkpoint's
+    /// Jinja template on any layout), or an OpenGVLab conversation template name
+    /// (`internvl2_5`, `internlm2-chat`, `Hermes-2`, `phi3-chat`).
+    #[arg(long, env = "REWARDDANCE_TEMPLATE", default_value = "auto")]
+    pub template: String,
     /// Memory of each device in GiB for the start-up fit check. Default: what the GPU reports,
     /// or the machine's available memory on CPU.
     #[arg(long, env = "REWARDDANCE_DEVICE_MEMORY_GIB")]
@@ -60,16 +66,19 @@ impl ModelArgs {
         parse_device(&self.device)
     }
 
-    /// Loads the model these flags describe.
-    pub fn load(&self) -> Result<RewardModel> {
-        let checkpoint = match &self.model {
+    /// The checkpoint these flags name (the bundled model by default).
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        Ok(match &self.model {
             Some(spec) => Checkpoint::resolve(spec)?,
             None => Checkpoint::bundled(),
-        };
-        let dtype = self.dtype()?;
-        let options = LoadOptions {
+        })
+    }
+
+    /// Load options from these flags.
+    pub fn options(&self) -> Result<LoadOptions> {
+        Ok(LoadOptions {
             device: self.device()?,
-            dtype,
+            dtype: self.dtype()?,
             answers: AnswerTokens {
                 yes: self.answer_yes.clone(),
                 no: self.answer_no.clone(),
@@ -78,8 +87,15 @@ impl ModelArgs {
             max_tiles_per_item: self.max_tiles,
             feature_cache_bytes: self.feature_cache_mib << 20,
             prefix_reuse_min_tokens: self.prefix_reuse_min_tokens,
+            template: self.template.parse()?,
             ..LoadOptions::default()
-        };
+        })
+    }
+
+    /// Loads the model these flags describe.
+    pub fn load(&self) -> Result<RewardModel> {
+        let checkpoint = self.checkpoint()?;
+        let options = self.options()?;
         let model = RewardModel::load(&checkpoint, options)
             .with_context(|| format!("loading model {}", checkpoint.id))?;
         if model.id() == BUNDLED_MODEL_ID {

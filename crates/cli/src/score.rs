@@ -144,6 +144,7 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
                 }
                 if args.explain {
                     out["explain"] = json!({
+                        "template": model.prompt_builder().template_source(),
                         "rendered_prompt": p.rendered_prompt,
                         "input_ids": p.input_ids,
                         "num_tokens": p.num_tokens(),

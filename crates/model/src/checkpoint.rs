@@ -61,7 +61,8 @@ pub struct Checkpoint {
     pub tokenizer_config_json: Option<String>,
     /// `preprocessor_config.json`, when present (HF layout tiling settings).
     pub preprocessor_config_json: Option<String>,
-    /// `chat_template.jinja`, when present (transformers 5 saves the template there).
+    /// `chat_template.jinja` (transformers 5), else `chat_template.json`'s `chat_template`
+    /// (older processors), when present.
     pub chat_template: Option<String>,
     weights: Weights,
 }
@@ -179,7 +180,12 @@ impl Checkpoint {
             tokenizer_source,
             tokenizer_config_json,
             preprocessor_config_json: text("preprocessor_config.json")?,
-            chat_template: text("chat_template.jinja")?,
+            chat_template: match text("chat_template.jinja")? {
+                Some(t) => Some(t),
+                None => text("chat_template.json")?
+                    .map(|j| chat_template_from_json(&j))
+                    .transpose()?,
+            },
             weights: match weights {
                 Some(w) => w,
                 None => Weights::Files(weight_files(dir)?),
@@ -259,6 +265,18 @@ impl Checkpoint {
             weights: Weights::Random,
         })
     }
+}
+
+/// The template in a processor's `chat_template.json` (`{"chat_template": "..."}`).
+fn chat_template_from_json(text: &str) -> Result<String> {
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Error::Checkpoint(format!("chat_template.json: {e}")))?;
+    v["chat_template"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| {
+            Error::Checkpoint("chat_template.json has no \"chat_template\" string".into())
+        })
 }
 
 /// `model.safetensors`, or every shard named by `model.safetensors.index.json`.

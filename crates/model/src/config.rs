@@ -74,9 +74,13 @@ pub enum RopeScaling {
         /// Divisor of the positions.
         factor: f64,
     },
-    /// Dynamic NTK (`{"type": "dynamic"}`): for a sequence of `len` tokens longer than
-    /// `original_max_position_embeddings`, the rotary base becomes
-    /// `base * (factor * len / max - (factor - 1)) ^ (d / (d - 2))`; shorter sequences are unchanged.
+    /// Dynamic NTK (`{"type": "dynamic"}`, InternLM2 and Qwen2): for a sequence of `len` tokens
+    /// longer than `original_max_position_embeddings`, the rotary base becomes
+    /// `base * (factor * len / max - (factor - 1)) ^ (d / (d - 2))`; shorter sequences are
+    /// unchanged. `len` is each sequence's own length, so a score never depends on its batch or
+    /// on earlier requests (transformers takes the batch's longest sequence and keeps a grown
+    /// base until a sequence shorter than `max` arrives; a fresh model scoring one item at a time
+    /// gives the same numbers as this).
     Dynamic {
         /// Scaling factor.
         factor: f64,
@@ -136,6 +140,10 @@ pub struct ModelConfig {
     pub tiling: TilingConfig,
     /// `image_token_id` from the HF config, checked against the tokenizer.
     pub image_token_id: Option<u32>,
+    /// OpenGVLab layout: `template`, the conversation template `chat()` renders prompts with.
+    pub template: Option<String>,
+    /// OpenGVLab layout: `system_message`, overriding the template's own when set.
+    pub system_message: Option<String>,
 }
 
 impl ModelConfig {
@@ -213,10 +221,11 @@ impl ModelConfig {
             if let Some(n) = p["max_patches"].as_u64() {
                 tiling.max_tiles = n as usize;
             }
-            if p["crop_to_patches"].as_bool() == Some(false) {
-                tiling.max_tiles = 1;
-                tiling.min_tiles = 1;
-            }
+            // `crop_to_patches` is deliberately not read: `InternVLProcessor` (what
+            // `apply_chat_template` and every `-hf` model card use) passes its own default,
+            // `images_kwargs.crop_to_patches = True`, to the image processor on each call, and
+            // call kwargs win over the saved `preprocessor_config.json` (transformers'
+            // `ProcessorMixin._merge_kwargs`). The conversion script saves `false` there.
             read_triplet(&p["image_mean"], &mut tiling.mean);
             read_triplet(&p["image_std"], &mut tiling.std);
         }
@@ -228,6 +237,8 @@ impl ModelConfig {
             feature_layer,
             tiling,
             image_token_id: root["image_token_id"].as_u64().map(|x| x as u32),
+            template: None,
+            system_message: None,
         };
         cfg.validate()
     }
@@ -288,6 +299,8 @@ impl ModelConfig {
             feature_layer: root["select_layer"].as_i64().unwrap_or(-1),
             tiling,
             image_token_id: None,
+            template: root["template"].as_str().map(String::from),
+            system_message: root["system_message"].as_str().map(String::from),
         };
         cfg.validate()
     }
@@ -419,26 +432,13 @@ impl DecoderShape {
 
 fn parse_qwen2(t: &Value, section: &str, tie_default: Option<bool>) -> Result<TextConfig> {
     let shape = DecoderShape::parse(t, section)?;
-    if let Some(scaling) = t.get("rope_scaling").filter(|s| !s.is_null()) {
-        let kind = scaling["rope_type"].as_str().or(scaling["type"].as_str());
-        if !matches!(kind, None | Some("default")) {
-            return Err(Error::Checkpoint(format!(
-                "{section}.rope_scaling {kind:?} is not supported"
-            )));
-        }
-    }
     let rope_params = &t["rope_parameters"];
-    if let Some(kind) = rope_params["rope_type"].as_str() {
-        if kind != "default" {
-            return Err(Error::Checkpoint(format!(
-                "{section}.rope_parameters.rope_type {kind:?} is not supported"
-            )));
-        }
-    }
     let rope_theta = t["rope_theta"]
         .as_f64()
         .or(rope_params["rope_theta"].as_f64())
         .unwrap_or(10_000.0);
+    let max_pos = t["max_position_embeddings"].as_u64().unwrap_or(32_768) as usize;
+    let (rope_scaling, context) = parse_rope_scaling(t, section, max_pos)?;
     if t["use_sliding_window"].as_bool() == Some(true) {
         return Err(Error::Checkpoint(format!(
             "{section}.use_sliding_window is not supported"
@@ -457,8 +457,8 @@ fn parse_qwen2(t: &Value, section: &str, tie_default: Option<bool>) -> Result<Te
         vocab_size: shape.vocab_size,
         rms_norm_eps: shape.rms_norm_eps,
         rope_theta,
-        rope_scaling: RopeScaling::None,
-        max_position_embeddings: t["max_position_embeddings"].as_u64().unwrap_or(32_768) as usize,
+        rope_scaling,
+        max_position_embeddings: context,
         attention_bias: true,
         tie_word_embeddings: t["tie_word_embeddings"]
             .as_bool()
@@ -479,37 +479,7 @@ fn parse_internlm2(t: &Value, section: &str) -> Result<TextConfig> {
         )));
     }
     let max_pos = t["max_position_embeddings"].as_u64().unwrap_or(2048) as usize;
-    let (rope_scaling, context) = match t.get("rope_scaling").filter(|s| !s.is_null()) {
-        None => (RopeScaling::None, max_pos),
-        Some(scaling) => {
-            let kind = scaling["type"].as_str().or(scaling["rope_type"].as_str());
-            let factor = scaling["factor"].as_f64().ok_or_else(|| {
-                Error::Checkpoint(format!("{section}.rope_scaling has no numeric factor"))
-            })?;
-            if !(factor >= 1.0 && factor.is_finite()) {
-                return Err(Error::Checkpoint(format!(
-                    "{section}.rope_scaling factor {factor} must be >= 1"
-                )));
-            }
-            let context = (max_pos as f64 * factor) as usize;
-            match kind {
-                Some("dynamic") => (
-                    RopeScaling::Dynamic {
-                        factor,
-                        original_max_position_embeddings: max_pos,
-                    },
-                    context,
-                ),
-                Some("linear") => (RopeScaling::Linear { factor }, context),
-                other => {
-                    return Err(Error::Checkpoint(format!(
-                        "{section}.rope_scaling type {other:?} is not supported \
-                         (InternLM2 knows \"dynamic\" and \"linear\")"
-                    )))
-                }
-            }
-        }
-    };
+    let (rope_scaling, context) = parse_rope_scaling(t, section, max_pos)?;
     Ok(TextConfig {
         arch: TextArch::InternLm2,
         head_dim: hidden_size / num_heads,
@@ -526,6 +496,46 @@ fn parse_internlm2(t: &Value, section: &str) -> Result<TextConfig> {
         attention_bias: t["bias"].as_bool().unwrap_or(true),
         tie_word_embeddings: false,
     })
+}
+
+/// `rope_scaling` (`type` or `rope_type`) or transformers 5's `rope_parameters`, for both
+/// decoders: `dynamic` (NTK: InternLM2's `InternLM2DynamicNTKScalingRotaryEmbedding` and
+/// transformers' `_compute_dynamic_ntk_parameters`, the same rule) and `linear`; plain RoPE for
+/// none / `default`. Returns the scaling and the accepted context (`max_pos * factor` when scaled).
+fn parse_rope_scaling(t: &Value, section: &str, max_pos: usize) -> Result<(RopeScaling, usize)> {
+    let scaling = t
+        .get("rope_scaling")
+        .filter(|s| !s.is_null())
+        .or_else(|| t.get("rope_parameters").filter(|s| !s.is_null()));
+    let Some(scaling) = scaling else {
+        return Ok((RopeScaling::None, max_pos));
+    };
+    let kind = scaling["rope_type"].as_str().or(scaling["type"].as_str());
+    if matches!(kind, None | Some("default")) {
+        return Ok((RopeScaling::None, max_pos));
+    }
+    let factor = scaling["factor"].as_f64().ok_or_else(|| {
+        Error::Checkpoint(format!("{section}.rope_scaling has no numeric factor"))
+    })?;
+    if !(factor >= 1.0 && factor.is_finite()) {
+        return Err(Error::Checkpoint(format!(
+            "{section}.rope_scaling factor {factor} must be >= 1"
+        )));
+    }
+    let context = (max_pos as f64 * factor) as usize;
+    match kind {
+        Some("dynamic") => Ok((
+            RopeScaling::Dynamic {
+                factor,
+                original_max_position_embeddings: max_pos,
+            },
+            context,
+        )),
+        Some("linear") => Ok((RopeScaling::Linear { factor }, context)),
+        other => Err(Error::Checkpoint(format!(
+            "{section}.rope_scaling type {other:?} is not supported (supported: \"dynamic\", \"linear\")"
+        ))),
+    }
 }
 
 fn unsupported_llm(name: &str) -> Error {

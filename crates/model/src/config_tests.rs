@@ -57,3 +57,50 @@ fn names_missing_field() {
         "{err}"
     );
 }
+
+const QWEN2_TEXT: &str = r#""hidden_size":64,"num_attention_heads":4,"num_key_value_heads":2,
+    "num_hidden_layers":1,"intermediate_size":8,"vocab_size":10,"max_position_embeddings":100"#;
+
+#[test]
+fn parses_qwen2_dynamic_rope_in_every_spelling() {
+    // InternVL3 / `-hf` text configs: `rope_scaling` with `type` or `rope_type`, and
+    // transformers 5's `rope_parameters`.
+    for scaling in [
+        r#""rope_scaling":{"type":"dynamic","factor":2.0}"#,
+        r#""rope_scaling":{"rope_type":"dynamic","factor":2.0}"#,
+        r#""rope_parameters":{"rope_type":"dynamic","factor":2.0,"rope_theta":1000000.0}"#,
+    ] {
+        let t: Value = serde_json::from_str(&format!("{{{QWEN2_TEXT},{scaling}}}")).unwrap();
+        let c = parse_qwen2(&t, "text_config", None).unwrap();
+        assert_eq!(
+            c.rope_scaling,
+            RopeScaling::Dynamic {
+                factor: 2.0,
+                original_max_position_embeddings: 100
+            },
+            "{scaling}"
+        );
+        assert_eq!(c.max_position_embeddings, 200, "{scaling}");
+    }
+    let t: Value = serde_json::from_str(&format!(
+        "{{{QWEN2_TEXT},\"rope_scaling\":{{\"rope_type\":\"yarn\",\"factor\":4.0}}}}"
+    ))
+    .unwrap();
+    let err = parse_qwen2(&t, "text_config", None).unwrap_err();
+    assert!(err.to_string().contains("yarn"), "{err}");
+}
+
+#[test]
+fn hf_layout_crops_to_patches_even_when_the_saved_config_says_false() {
+    // What the conversion script saves; InternVLProcessor overrides it with its default True.
+    let cfg = format!(
+        r#"{{"architectures":["InternVLForConditionalGeneration"],
+        "vision_config":{{"hidden_size":32,"num_hidden_layers":1,"num_attention_heads":4,
+            "intermediate_size":8,"image_size":[448,448],"patch_size":[14,14]}},
+        "text_config":{{"model_type":"qwen2",{QWEN2_TEXT}}}}}"#
+    );
+    let pre = r#"{"crop_to_patches":false,"min_patches":1,"max_patches":12,
+        "size":{"height":448,"width":448}}"#;
+    let c = ModelConfig::parse(&cfg, Some(pre)).unwrap();
+    assert_eq!((c.tiling.min_tiles, c.tiling.max_tiles), (1, 12));
+}

@@ -9,19 +9,23 @@
 //! - [`checkpoint`]: find and read a checkpoint (directory, hub cache, bundled default)
 //! - [`config`]: both InternVL config layouts parsed into one [`ModelConfig`]
 //! - [`image`]: decode, EXIF, alpha, InternVL dynamic tiling, normalisation
-//! - [`prompt`]: instructions, chat template, image-token expansion, tokenisation
+//! - [`prompt`]: instructions, image-token expansion, tokenisation; [`chat_template`] picks and
+//!   renders the template ([`conversation`]: OpenGVLab's `conversation.py` templates)
 //!   ([`bpe_vocab`]: Qwen2 `vocab.json` + `merges.txt`, [`sentencepiece`]: `tokenizer.model`,
 //!   converted at load when there is no `tokenizer.json`)
 //! - [`vision`] + [`projector`]: InternViT, pixel shuffle, `mlp1`
 //! - [`language`]: Qwen2 / InternLM2 decoder over packed variable-length sequences
 //! - [`memory`]: weights + activations estimate, start-up fit check
 //! - [`scorer`]: [`RewardModel`], tying it together into [`Score`]s
+//! - [`report`]: what a load chooses and why (`rewarddance check-model`)
 //! - [`fixtures`]: reading the committed parity fixtures (tests and `rewarddance parity`)
 //! - [`seeded`]: weights computed from tensor names (the real-config conformance suite)
 
 pub mod bpe_vocab;
+pub mod chat_template;
 pub mod checkpoint;
 pub mod config;
+pub mod conversation;
 pub mod error;
 pub mod feature_cache;
 pub mod fixtures;
@@ -37,11 +41,13 @@ pub mod projector;
 pub mod prompt;
 pub mod ranking;
 pub mod rationale;
+pub mod report;
 pub mod scorer;
 pub mod seeded;
 pub mod sentencepiece;
 pub mod vision;
 
+pub use chat_template::{TemplateChoice, TemplateSource};
 pub use checkpoint::{Checkpoint, TokenizerSource, BUNDLED_MODEL_ID};
 pub use config::{Layout, ModelConfig};
 pub use error::{Error, Result};

@@ -1,9 +1,11 @@
 //! From an item to token ids: RewardDance instructions, the checkpoint's chat template, image
 //! placeholder expansion (`<img>` + N x `<IMG_CONTEXT>` + `</img>`), tokenisation.
 
-use minijinja::{context, Environment};
 use tokenizers::Tokenizer;
 
+use crate::chat_template::{ChatTemplate, TemplateChoice, TemplateInputs, TemplateSource};
+use crate::checkpoint::Checkpoint;
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::item::{Candidate, Mode, ScoreItem};
 
@@ -20,11 +22,6 @@ pub const POINTWISE_IMAGE_INSTRUCTION: &str = "Please evaluate the image generat
 pub const POINTWISE_VIDEO_INSTRUCTION: &str = "Please evaluate the video generated from the prompt: '{prompt}'. Does the video match the prompt and have high visual quality? Please answer \"yes\" or \"no\".";
 /// Default pairwise instruction (Image 1 = reference, Image 2 = candidate).
 pub const PAIRWISE_INSTRUCTION: &str = "Please evaluate two images generated from the prompt: '{prompt}'. Is image 2 better than image 1? Please answer \"yes\" or \"no\".";
-
-/// InternVL's `internvl2_5` conversation template (OpenGVLab `conversation.py`), used when the
-/// checkpoint ships no chat template.
-const INTERNVL2_5_TEMPLATE: &str = "<|im_start|>system\n{{ system_message }}<|im_end|>\n{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-const INTERNVL_SYSTEM_MESSAGE: &str = "你是书生·万象，英文名是InternVL，由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。";
 
 /// Answer tokens whose probability is the reward.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,21 +41,10 @@ impl Default for AnswerTokens {
     }
 }
 
-/// Where the chat template came from.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TemplateSource {
-    /// `chat_template.jinja` or `tokenizer_config.json`'s `chat_template`.
-    Checkpoint,
-    /// The built-in `internvl2_5` template.
-    InternVl25,
-}
-
 /// Turns items into token ids for one checkpoint.
 pub struct PromptBuilder {
     tokenizer: Tokenizer,
-    env: Environment<'static>,
-    template_source: TemplateSource,
+    template: ChatTemplate,
     bos_token: String,
     eos_token: String,
     /// Strings that must not appear in user text (special tokens and the image placeholder).
@@ -69,10 +55,41 @@ pub struct PromptBuilder {
 }
 
 impl PromptBuilder {
-    /// Builds from `tokenizer.json` bytes, an optional chat template and `tokenizer_config.json`.
+    /// The prompt builder of a checkpoint: its tokenizer, and the template `choice` resolves to
+    /// for its layout and files (see [`crate::chat_template`]).
+    pub fn for_checkpoint(
+        checkpoint: &Checkpoint,
+        config: &ModelConfig,
+        choice: &TemplateChoice,
+        answers: &AnswerTokens,
+    ) -> Result<Self> {
+        let tokenizer_config: serde_json::Value = match &checkpoint.tokenizer_config_json {
+            Some(text) => serde_json::from_str(text)
+                .map_err(|e| Error::Tokenizer(format!("tokenizer_config.json: {e}")))?,
+            None => serde_json::Value::Null,
+        };
+        let template = ChatTemplate::resolve(
+            choice,
+            &TemplateInputs {
+                layout: config.layout,
+                config_template: config.template.as_deref(),
+                config_system_message: config.system_message.as_deref(),
+                chat_template_file: checkpoint.chat_template.as_deref(),
+                tokenizer_config: &tokenizer_config,
+            },
+        )?;
+        Self::new(
+            &checkpoint.tokenizer_json,
+            template,
+            checkpoint.tokenizer_config_json.as_deref(),
+            answers,
+        )
+    }
+
+    /// Builds from `tokenizer.json` bytes, the resolved chat template and `tokenizer_config.json`.
     pub fn new(
         tokenizer_json: &[u8],
-        chat_template: Option<&str>,
+        template: ChatTemplate,
         tokenizer_config_json: Option<&str>,
         answers: &AnswerTokens,
     ) -> Result<Self> {
@@ -83,30 +100,6 @@ impl PromptBuilder {
                 .map_err(|e| Error::Tokenizer(format!("tokenizer_config.json: {e}")))?,
             None => serde_json::Value::Null,
         };
-        let template = chat_template
-            .map(str::to_string)
-            .or_else(|| template_from_config(&config["chat_template"]));
-        let (template, template_source) = match template {
-            Some(t) => (t, TemplateSource::Checkpoint),
-            None => (INTERNVL2_5_TEMPLATE.to_string(), TemplateSource::InternVl25),
-        };
-        let mut env = Environment::new();
-        // transformers renders chat templates with trim_blocks and lstrip_blocks on.
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> std::result::Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
-        env.add_template_owned("chat", template)
-            .map_err(|e| Error::Template(format!("cannot parse chat template: {e}")))?;
-
         let token_text = |v: &serde_json::Value| -> String {
             v.as_str()
                 .or_else(|| v["content"].as_str())
@@ -149,20 +142,23 @@ impl PromptBuilder {
             bos_token: token_text(&config["bos_token"]),
             eos_token: token_text(&config["eos_token"]),
             tokenizer,
-            env,
-            template_source,
+            template,
             reserved,
             image_context_id,
         })
     }
 
-    /// Id of the token that ends the assistant's turn (the checkpoint's `eos_token`, else
-    /// `<|im_end|>`), where rationale decoding stops.
+    /// Id of the token that ends the assistant's turn (a conversation template's separator,
+    /// else the checkpoint's `eos_token`, else `<|im_end|>`), where rationale decoding stops.
     pub fn end_token_id(&self) -> Option<u32> {
-        [self.eos_token.as_str(), "<|im_end|>"]
-            .iter()
-            .filter(|t| !t.is_empty())
-            .find_map(|t| self.tokenizer.token_to_id(t))
+        [
+            self.template.stop_token().unwrap_or_default(),
+            self.eos_token.as_str(),
+            "<|im_end|>",
+        ]
+        .iter()
+        .filter(|t| !t.is_empty())
+        .find_map(|t| self.tokenizer.token_to_id(t))
     }
 
     /// Text of generated token ids (special tokens skipped).
@@ -170,6 +166,21 @@ impl PromptBuilder {
         self.tokenizer
             .decode(ids, true)
             .map_err(|e| Error::Tokenizer(format!("decoding: {e}")))
+    }
+
+    /// The checkpoint's `(bos_token, eos_token)` texts (empty when not set).
+    pub fn special_tokens(&self) -> (&str, &str) {
+        (&self.bos_token, &self.eos_token)
+    }
+
+    /// Id of a token text, if the tokenizer has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
     }
 
     /// Id of the image-context token.
@@ -182,9 +193,9 @@ impl PromptBuilder {
         (self.yes_id, self.no_id)
     }
 
-    /// Which chat template is in use.
+    /// Which chat template is in use, where it came from, and how its output is tokenised.
     pub fn template_source(&self) -> &TemplateSource {
-        &self.template_source
+        self.template.source()
     }
 
     /// The default instruction for `mode` and candidate kind.
@@ -261,19 +272,8 @@ impl PromptBuilder {
 
     /// Renders the chat template around one user message, ready for the assistant's answer.
     pub fn render(&self, user_content: &str) -> Result<String> {
-        let template = self
-            .env
-            .get_template("chat")
-            .map_err(|e| Error::Template(e.to_string()))?;
-        template
-            .render(context! {
-                messages => vec![context! { role => "user", content => user_content }],
-                add_generation_prompt => true,
-                bos_token => &self.bos_token,
-                eos_token => &self.eos_token,
-                system_message => INTERNVL_SYSTEM_MESSAGE,
-            })
-            .map_err(|e| Error::Template(format!("rendering: {e}")))
+        self.template
+            .render(user_content, &self.bos_token, &self.eos_token)
     }
 
     /// Replaces the k-th placeholder by `<img>` + `tokens[k]` x `<IMG_CONTEXT>` + `</img>` and
@@ -302,20 +302,8 @@ impl PromptBuilder {
         }
         let enc = self
             .tokenizer
-            .encode(text, true)
+            .encode(text, self.template.add_special_tokens())
             .map_err(|e| Error::Tokenizer(format!("encoding the prompt: {e}")))?;
         Ok(enc.get_ids().to_vec())
-    }
-}
-
-/// `chat_template` as a string, or the `default` entry of a list of named templates.
-fn template_from_config(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Array(list) => list
-            .iter()
-            .find(|t| t["name"] == "default")
-            .and_then(|t| t["template"].as_str().map(String::from)),
-        _ => None,
     }
 }

@@ -182,8 +182,8 @@ impl Block {
 
 /// The InternViT encoder, truncated at the feature layer the projector reads.
 pub struct VisionTower {
-    patch_weight: Tensor,
-    patch_bias: Tensor,
+    /// The patch convolution as a linear map over flattened (3, p, p) patches.
+    patch: Linear,
     cls: Tensor,
     pos: Tensor,
     blocks: Vec<Block>,
@@ -239,8 +239,7 @@ impl VisionTower {
             None
         };
         Ok(VisionTower {
-            patch_weight,
-            patch_bias,
+            patch: Linear::from_parts(patch_weight, Some(patch_bias)),
             cls,
             pos,
             blocks,
@@ -264,11 +263,8 @@ impl VisionTower {
             .reshape((n, 3, g, p, g, p))?
             .permute((0, 2, 4, 1, 3, 5))?
             .reshape((n * g * g, 3 * p * p))?;
-        let c = self.patch_weight.dim(0)?;
-        let emb = patches
-            .matmul(&self.patch_weight.t()?)?
-            .broadcast_add(&self.patch_bias)?
-            .reshape((n, g * g, c))?;
+        let c = self.patch.weight().dim(0)?;
+        let emb = self.patch.forward(&patches)?.reshape((n, g * g, c))?;
         let cls = self.cls.broadcast_as((n, 1, c))?;
         let mut xs = Tensor::cat(&[&cls, &emb], 1)?.broadcast_add(&self.pos)?;
         for block in &self.blocks {

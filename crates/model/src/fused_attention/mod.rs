@@ -133,7 +133,7 @@ pub fn naive_attention(
         let mask = Tensor::from_vec(mask, (tq, tk), q.device())?.to_dtype(scores.dtype())?;
         scores = scores.broadcast_add(&mask)?;
     }
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let probs = crate::layers::softmax_last_dim(&scores)?;
     probs.matmul(v)
 }
 

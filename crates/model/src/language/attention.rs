@@ -90,8 +90,7 @@ pub fn packed_attention(
         };
         let keys = ks.dim(1)?;
         let scores = (qs.matmul(&ks.t()?)? * scale)?.reshape((kv_heads, group, len, keys))?;
-        let probs =
-            candle_nn::ops::softmax_last_dim(&scores.broadcast_add(masks.get(len, keys)?)?)?;
+        let probs = crate::layers::softmax_last_dim(&scores.broadcast_add(masks.get(len, keys)?)?)?;
         let out = probs
             .reshape((kv_heads, group * len, keys))?
             .matmul(&vs)?

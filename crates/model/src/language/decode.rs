@@ -212,7 +212,7 @@ impl LanguageModel {
             let values = Tensor::stack(&values, 0)?;
             let scale = (d as f64).powf(-0.5);
             let scores = (q.matmul(&keys.transpose(2, 3)?)? * scale)?.broadcast_add(&mask)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let probs = crate::layers::softmax_last_dim(&scores)?;
             let out = probs.matmul(&values)?.reshape((b, attn.heads * d))?;
             let out = attn.o.forward(&out)?;
             xs = layer.mlp_residual(&(xs + out)?)?;

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 mod features;
 
+use crate::chat_template::TemplateChoice;
 use crate::checkpoint::Checkpoint;
 use crate::config::{Layout, ModelConfig};
 use crate::error::{candle_message, Error, Result};
@@ -51,6 +52,8 @@ pub struct LoadOptions {
     /// Items of a batch that share at least this many leading tokens (system prompt,
     /// instruction, reference image) compute them once; `usize::MAX` disables prefix reuse.
     pub prefix_reuse_min_tokens: usize,
+    /// Which chat template builds prompts (default: what the checkpoint's own code uses).
+    pub template: TemplateChoice,
 }
 
 impl Default for LoadOptions {
@@ -66,6 +69,7 @@ impl Default for LoadOptions {
             feature_cache_bytes: 256 << 20,
             prefix_reuse_min_tokens: 32,
             reuse_images: true,
+            template: TemplateChoice::Auto,
         }
     }
 }
@@ -159,10 +163,10 @@ impl RewardModel {
             &checkpoint.config_json,
             checkpoint.preprocessor_config_json.as_deref(),
         )?;
-        let prompt = PromptBuilder::new(
-            &checkpoint.tokenizer_json,
-            checkpoint.chat_template.as_deref(),
-            checkpoint.tokenizer_config_json.as_deref(),
+        let prompt = PromptBuilder::for_checkpoint(
+            checkpoint,
+            &config,
+            &options.template,
             &options.answers,
         )?;
         if let Some(id) = config.image_token_id {
@@ -372,9 +376,15 @@ impl RewardModel {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        self.scores_from_logits(&self.last_logits(batch)?)
+    }
+
+    /// Next-token logits (items, vocab) in f32 at each item's last prompt position: what
+    /// [`Self::score_prepared`] reads the answer tokens from.
+    pub fn last_logits(&self, batch: &[&PreparedItem]) -> Result<Tensor> {
         let (embeds, packing) = self.packed_inputs(batch)?;
         let hidden = self.language.forward_last(&embeds, &packing)?;
-        self.scores_from_logits(&self.language.logits(&hidden)?)
+        Ok(self.language.logits(&hidden)?)
     }
 
     /// The batch's input embeddings (text + spliced image features) laid out for the decoder,

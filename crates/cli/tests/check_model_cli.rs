@@ -1,0 +1,66 @@
+//! `rewarddance check-model`: what a load chooses, on the committed fixtures of both layouts.
+
+use std::process::Command;
+
+fn check_model(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rewarddance"))
+        .arg("check-model")
+        .args(args)
+        .env_remove("REWARDDANCE_MODEL")
+        .env_remove("REWARDDANCE_TEMPLATE")
+        .output()
+        .expect("run rewarddance");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn fixture(name: &str) -> String {
+    format!(
+        "{}/../../fixtures/models/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[test]
+fn reports_template_tokenizer_tiling_answers_and_rope() {
+    let (code, out, err) = check_model(&["--model", &fixture("tiny-internvl-internlm2")]);
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(r["layout"], "OpenGvLab");
+    assert_eq!(r["language_model"], "InternLm2");
+    assert_eq!(r["template"]["kind"], "conversation");
+    assert_eq!(r["template"]["name"], "internvl2_5");
+    assert_eq!(r["template"]["from"], "config.json \"template\"");
+    assert_eq!(r["template"]["add_special_tokens"], true);
+    assert!(r["tokenizer"]["source"]
+        .as_str()
+        .unwrap()
+        .contains("tokenizer.model"));
+    assert_eq!(r["rope"]["scaling"], "dynamic");
+    assert!(r["answers"]["yes"][1].is_u64());
+    assert!(r["tiling"]["max_tiles"].is_u64());
+
+    let (code, out, err) = check_model(&["--model", &fixture("tiny-internvl-hf")]);
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(r["template"]["kind"], "jinja");
+    assert_eq!(r["template"]["add_special_tokens"], false);
+}
+
+#[test]
+fn an_unknown_template_is_refused_with_the_known_names() {
+    let (code, _, err) = check_model(&[
+        "--model",
+        &fixture("tiny-internvl-ogv"),
+        "--template",
+        "vicuna_v1.1",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("vicuna_v1.1") && err.contains("internvl2_5"),
+        "{err}"
+    );
+}
