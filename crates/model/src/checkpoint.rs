@@ -19,6 +19,8 @@ enum Weights {
     Static(&'static [u8]),
     /// Made-up weights at a preset's real shapes (benchmarks only).
     Random,
+    /// Weights computed from tensor names ([`crate::seeded`]): the conformance suite.
+    Seeded(crate::seeded::TensorInventory),
 }
 
 /// Which files the tokenizer was built from (first found wins, in this order).
@@ -116,6 +118,22 @@ impl Checkpoint {
 
     /// Reads a checkpoint directory.
     pub fn from_dir(dir: &Path) -> Result<Self> {
+        Self::read_dir(dir, None)
+    }
+
+    /// Reads the small files of a checkpoint directory (configs, tokenizer, templates) and
+    /// ignores its weights, if any: the tensors of `tensors` (names and shapes, as the
+    /// checkpoint's safetensors would hold them) come from [`crate::seeded`] instead. For the
+    /// real-config conformance suite, where the published weights are not at hand.
+    pub fn from_dir_with_seeded_weights(
+        dir: &Path,
+        tensors: crate::seeded::TensorInventory,
+    ) -> Result<Self> {
+        Self::read_dir(dir, Some(Weights::Seeded(tensors)))
+    }
+
+    /// Reads `dir`; its safetensors files unless `weights` says otherwise.
+    fn read_dir(dir: &Path, weights: Option<Weights>) -> Result<Self> {
         let read = |name: &str| -> Result<Option<Vec<u8>>> {
             let p = dir.join(name);
             match std::fs::read(&p) {
@@ -168,7 +186,10 @@ impl Checkpoint {
                     .map(|j| chat_template_from_json(&j))
                     .transpose()?,
             },
-            weights: Weights::Files(weight_files(dir)?),
+            weights: match weights {
+                Some(w) => w,
+                None => Weights::Files(weight_files(dir)?),
+            },
         })
     }
 
@@ -212,6 +233,11 @@ impl Checkpoint {
             }
             Weights::Random => Ok(VarBuilder::from_backend(
                 Box::new(crate::presets::RandomWeights),
+                dtype,
+                device.clone(),
+            )),
+            Weights::Seeded(tensors) => Ok(VarBuilder::from_backend(
+                Box::new(crate::seeded::SeededWeights::new(tensors.clone())),
                 dtype,
                 device.clone(),
             )),

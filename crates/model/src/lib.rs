@@ -19,6 +19,7 @@
 //! - [`scorer`]: [`RewardModel`], tying it together into [`Score`]s
 //! - [`report`]: what a load chooses and why (`rewarddance check-model`)
 //! - [`fixtures`]: reading the committed parity fixtures (tests and `rewarddance parity`)
+//! - [`seeded`]: weights computed from tensor names (the real-config conformance suite)
 
 pub mod bpe_vocab;
 pub mod chat_template;
@@ -42,6 +43,7 @@ pub mod ranking;
 pub mod rationale;
 pub mod report;
 pub mod scorer;
+pub mod seeded;
 pub mod sentencepiece;
 pub mod vision;
 
