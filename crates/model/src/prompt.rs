@@ -112,7 +112,17 @@ impl PromptBuilder {
             .filter(|t| t.special)
             .map(|t| t.content.clone())
             .collect();
-        reserved.push(IMAGE_PLACEHOLDER.to_string());
+        // The image markers are reserved whatever the tokenizer's `special` flag says: they decide
+        // where image features go.
+        reserved.extend(
+            [
+                IMAGE_PLACEHOLDER,
+                IMAGE_START,
+                IMAGE_END,
+                IMAGE_CONTEXT_TOKEN,
+            ]
+            .map(String::from),
+        );
         reserved.sort();
         reserved.dedup();
 
@@ -237,7 +247,18 @@ impl PromptBuilder {
                 )));
             }
         }
+        // The check again on the text the model will read: a reserved token can be split across
+        // the prompt and the instruction (`prompt = "<IMG_"`, `instruction = "{prompt}CONTEXT>"`).
         let instruction = instruction.replace("{prompt}", &item.prompt);
+        if let Some(tok) = self
+            .reserved
+            .iter()
+            .find(|t| instruction.contains(t.as_str()))
+        {
+            return Err(Error::InvalidInput(format!(
+                "the instruction with the prompt substituted contains the reserved token {tok:?}                  (split across the prompt and the instruction); it would inject a control token                  into the model's input"
+            )));
+        }
         let images = match (item.mode, video_frames, item.reference.is_some()) {
             (Mode::Pointwise, _, true) => {
                 return Err(Error::InvalidInput(
@@ -304,6 +325,19 @@ impl PromptBuilder {
             .tokenizer
             .encode(text, self.template.add_special_tokens())
             .map_err(|e| Error::Tokenizer(format!("encoding the prompt: {e}")))?;
-        Ok(enc.get_ids().to_vec())
+        let ids = enc.get_ids().to_vec();
+        // Whatever the text did, the ids must hold exactly one image-context token per feature,
+        // or the item would fail its whole batch at the splice.
+        let expected: usize = image_tokens.iter().sum();
+        let found = ids
+            .iter()
+            .filter(|&&id| id == self.image_context_id)
+            .count();
+        if found != expected {
+            return Err(Error::InvalidInput(format!(
+                "the prompt tokenises to {found} {IMAGE_CONTEXT_TOKEN} tokens for {expected}                  image features; the text must not form image tokens"
+            )));
+        }
+        Ok(ids)
     }
 }
