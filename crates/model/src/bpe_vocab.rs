@@ -105,6 +105,33 @@ fn parse_merges(text: &str) -> Result<Vec<Value>> {
     Ok(merges)
 }
 
+/// One `added_tokens_decoder` entry: its id, its JSON object, and its `content`.
+pub(crate) type AddedTokenEntry<'a> = (usize, &'a Value, &'a str);
+
+/// `tokenizer_config.json`'s `added_tokens_decoder` as `(id, entry, content)`, or `None` when it
+/// has none; an id that is not a number or an entry without `content` is an error. Shared by the
+/// Qwen2 and SentencePiece conversions.
+pub(crate) fn added_tokens_decoder(config: &Value) -> Result<Option<Vec<AddedTokenEntry<'_>>>> {
+    let Some(decoder) = config["added_tokens_decoder"].as_object() else {
+        return Ok(None);
+    };
+    decoder
+        .iter()
+        .map(|(id, t)| {
+            let id: usize = id.parse().map_err(|_| {
+                Error::Tokenizer(format!("tokenizer_config.json: added token id {id:?}"))
+            })?;
+            let content = t["content"].as_str().ok_or_else(|| {
+                Error::Tokenizer(format!(
+                    "tokenizer_config.json: added token {id} has no content"
+                ))
+            })?;
+            Ok((id, t, content))
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
 /// Added tokens in id order, as `tokenizers` JSON entries.
 fn added_tokens(vocab: &Map<String, Value>, config: &Value, legacy: &Value) -> Result<Vec<Value>> {
     let entry = |id: u64, t: &Value, content: &str, special: bool| {
@@ -128,16 +155,9 @@ fn added_tokens(vocab: &Map<String, Value>, config: &Value, legacy: &Value) -> R
         }
     }
     let mut out: Vec<(u64, Value)> = Vec::new();
-    if let Some(decoder) = config["added_tokens_decoder"].as_object() {
-        for (id, t) in decoder {
-            let id: u64 = id.parse().map_err(|_| {
-                Error::Tokenizer(format!("tokenizer_config.json: added token id {id:?}"))
-            })?;
-            let content = t["content"].as_str().ok_or_else(|| {
-                Error::Tokenizer(format!(
-                    "tokenizer_config.json: added token {id} has no content"
-                ))
-            })?;
+    if let Some(decoder) = added_tokens_decoder(config)? {
+        for (id, t, content) in decoder {
+            let id = id as u64;
             out.push((id, entry(id, t, content, true)));
         }
     } else if let Some(map) = legacy.as_object() {

@@ -331,16 +331,8 @@ fn added_tokens(model: &SentencePieceModel, config: &Value) -> Result<(Vec<Value
     };
     let mut out: Vec<(usize, Value)> = Vec::new();
     let mut renames = Vec::new();
-    if let Some(decoder) = config["added_tokens_decoder"].as_object() {
-        for (id, t) in decoder {
-            let id: usize = id.parse().map_err(|_| {
-                Error::Tokenizer(format!("tokenizer_config.json: added token id {id:?}"))
-            })?;
-            let content = t["content"].as_str().ok_or_else(|| {
-                Error::Tokenizer(format!(
-                    "tokenizer_config.json: added token {id} has no content"
-                ))
-            })?;
+    if let Some(decoder) = crate::bpe_vocab::added_tokens_decoder(config)? {
+        for (id, t, content) in decoder {
             // A renamed user-defined piece is matched after the `Replace` normaliser that maps
             // its old text to `content`, so it sits in the normalised added-token trie.
             let renamed = id < model.pieces.len() && model.pieces[id].piece != content;
