@@ -27,7 +27,9 @@ const ALLOC_SLACK: u64 = 256 * 1024 * 1024;
 ///   with [`Error::ImageTooLarge`]. The `image` crate's own [`Limits`] (maximum width, height
 ///   and allocation) are set as a second guard.
 /// * **Errors.** Empty, unrecognised, corrupt or truncated data and zero-size images fail with
-///   [`Error::InvalidImage`], naming the format when it was recognised.
+///   [`Error::InvalidImage`], naming the format when it was recognised. A JPEG must reach its
+///   `EOI` marker and a PNG's compressed text / ICC chunks must stay within Pillow's bounds
+///   ([`super::container`]), both checked before decoding.
 /// * **Orientation.** The EXIF orientation (JPEG, WebP, PNG `eXIf`) is applied; unreadable
 ///   EXIF is treated as "no transform", like Pillow.
 /// * **Alpha** (RGBA, LA, WebP alpha, and palette PNGs with `tRNS`) is composited on opaque
@@ -140,6 +142,7 @@ fn decode_encoded(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
     let png = png_header(bytes);
     if let Some((w, h, _)) = png {
         check_dimensions(w, h, limits)?;
+        super::container::check_png_chunks(bytes)?;
     }
     // Gray (0) and RGB (2) PNGs have no alpha channel; any alpha the decoder reports comes from
     // a tRNS colour key, which Pillow keeps in `info["transparency"]` and `convert("RGB")`
@@ -161,6 +164,9 @@ fn decode_encoded(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
                 "unrecognised image data (expected PNG, JPEG or WebP)".into(),
             ))
         }
+    }
+    if format == Some(ImageFormat::Jpeg) {
+        super::container::check_jpeg_complete(bytes)?;
     }
     // Header pass: only the allocation cap, so that an oversized image is reported by us with
     // its dimensions rather than as an anonymous `image` limit error.

@@ -315,3 +315,69 @@ fn exif_orientation_is_applied() {
     let red: Vec<u8> = img.pixels().map(|p| p[0]).collect();
     assert_eq!(red, [30, 0, 40, 10, 50, 20]);
 }
+
+// ---- container checks (decompression bombs beyond the pixel count, truncated JPEG) ----
+
+fn zlib(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    z.write_all(data).unwrap();
+    z.finish().unwrap()
+}
+
+/// A 64x64 PNG with one extra chunk.
+fn png_with(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    png(64, 64, 8, 2, &[90; 64 * 64 * 3], &[(kind, data)])
+}
+
+#[test]
+fn compressed_png_chunks_past_pillows_bounds_are_refused_fast() {
+    let bomb = zlib(&vec![0u8; 64 << 20]); // 64 MiB of zeros in ~64 KiB
+    let cases: [(&[u8; 4], Vec<u8>); 3] = [
+        (b"iCCP", [b"icc\0\0".as_slice(), &bomb].concat()),
+        (b"zTXt", [b"Comment\0\0".as_slice(), &bomb].concat()),
+        (
+            b"iTXt",
+            [b"Comment\0\x01\0en\0\0".as_slice(), &bomb].concat(),
+        ),
+    ];
+    for (kind, data) in cases {
+        let start = Instant::now();
+        let r = dec(png_with(kind, &data));
+        let err = r.unwrap_err().to_string();
+        assert!(err.contains("decompression bomb"), "{err}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+    // Within the bound: a 512 KiB profile and an uncompressed text chunk decode as before.
+    let icc = [b"icc\0\0".as_slice(), &zlib(&vec![1u8; 512 << 10])].concat();
+    assert!(dec(png_with(b"iCCP", &icc)).is_ok());
+    assert!(dec(png_with(b"tEXt", b"Comment\0hello")).is_ok());
+    // Many text chunks add up against MAX_TEXT_MEMORY.
+    let text = [b"k\0".as_slice(), &vec![b'a'; 1 << 20]].concat();
+    let chunks: Vec<(&[u8; 4], &[u8])> = (0..65).map(|_| (b"tEXt", text.as_slice())).collect();
+    let err = dec(png(2, 2, 8, 2, &[0; 12], &chunks))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("text chunks"), "{err}");
+}
+
+#[test]
+fn truncated_jpeg_is_invalid_at_every_cut() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fixtures/images/photo_120x90.jpg"
+    );
+    let full = std::fs::read(path).unwrap();
+    assert!(dec(full.clone()).is_ok());
+    for percent in [30, 50, 70, 90, 95, 99] {
+        let cut = full.len() * percent / 100;
+        assert_invalid(dec(full[..cut].to_vec()));
+    }
+    assert_invalid(dec(full[..full.len() - 2].to_vec())); // everything but EOI
+                                                          // Bytes after EOI are ignored, as by Pillow.
+    assert!(dec([full.as_slice(), b"trailing"].concat()).is_ok());
+}

@@ -17,6 +17,7 @@
 //! the bicubic resize, alpha flattening, grayscale/16-bit conversion and grid choice are
 //! bit-exact; JPEG decoding (zune-jpeg vs libjpeg-turbo) is not, see [`decode`].
 
+pub mod container;
 mod decode;
 mod pyorder;
 mod resample;
