@@ -30,12 +30,15 @@ impl BearerAuth {
         let Some(expected) = &self.expected else {
             return Ok(request);
         };
-        let given = request
+        // Every `authorization` header must carry the token: a duplicate that disagrees is
+        // refused rather than resolved by position.
+        let mut given = request
             .metadata()
-            .get("authorization")
-            .map(|v| v.as_bytes())
-            .unwrap_or_default();
-        if constant_time_eq(given, expected) {
+            .get_all("authorization")
+            .iter()
+            .peekable();
+        let present = given.peek().is_some();
+        if present && given.all(|v| constant_time_eq(v.as_bytes(), expected)) {
             Ok(request)
         } else {
             metrics::counter!(
@@ -77,5 +80,27 @@ mod tests {
         assert!(auth.check(with("Bearer s3cret ")).is_err());
         assert!(auth.check(Request::new(())).is_err());
         assert!(BearerAuth::new(None).check(Request::new(())).is_ok());
+    }
+
+    #[test]
+    fn duplicate_headers_must_all_agree() {
+        let auth = BearerAuth::new(Some("s3cret".into()));
+        let with = |values: &[&str]| {
+            let mut r = Request::new(());
+            for v in values {
+                r.metadata_mut()
+                    .append("authorization", v.parse().expect("ascii"));
+            }
+            r
+        };
+        assert!(auth
+            .check(with(&["Bearer s3cret", "Bearer s3cret"]))
+            .is_ok());
+        assert!(auth
+            .check(with(&["Bearer s3cret", "Bearer other"]))
+            .is_err());
+        assert!(auth
+            .check(with(&["Bearer other", "Bearer s3cret"]))
+            .is_err());
     }
 }

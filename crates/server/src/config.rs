@@ -124,18 +124,30 @@ impl ServerArgs {
         }
     }
 
-    /// The bearer token, from the flag or the file.
+    /// The bearer token, from the flag or the file. An empty or all-whitespace token is refused
+    /// (it would turn auth on and accept `authorization: Bearer ` with nothing after it), and so
+    /// is one with inner whitespace or control characters (no client could send it).
     pub fn token(&self) -> anyhow::Result<Option<String>> {
-        match (&self.auth_token, &self.auth_token_file) {
-            (Some(t), _) => Ok(Some(t.clone())),
+        let (token, from) = match (&self.auth_token, &self.auth_token_file) {
+            (Some(t), _) => (t.clone(), "--auth-token".to_string()),
             (None, Some(path)) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     anyhow::anyhow!("reading auth token file {}: {e}", path.display())
                 })?;
-                Ok(Some(text.trim_end().to_string()))
+                (
+                    text.trim_end().to_string(),
+                    format!("auth token file {}", path.display()),
+                )
             }
-            (None, None) => Ok(None),
+            (None, None) => return Ok(None),
+        };
+        if token.trim().is_empty() {
+            anyhow::bail!("{from} is empty: refusing to start with an empty bearer token");
         }
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            anyhow::bail!("{from} contains whitespace or control characters");
+        }
+        Ok(Some(token))
     }
 
     /// Drain timeout as a duration.
@@ -153,5 +165,44 @@ impl Default for ServerArgs {
             args: ServerArgs,
         }
         <Wrapper as clap::Parser>::parse_from(["serve"]).args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token_from_file(text: &str) -> anyhow::Result<Option<String>> {
+        let path =
+            std::env::temp_dir().join(format!("rd-token-{}-{}", std::process::id(), text.len()));
+        std::fs::write(&path, text)?;
+        let args = ServerArgs {
+            auth_token_file: Some(path.clone()),
+            ..ServerArgs::default()
+        };
+        let token = args.token();
+        let _ = std::fs::remove_file(path);
+        token
+    }
+
+    #[test]
+    fn empty_or_blank_tokens_refuse_to_start() {
+        for text in ["", "\n", "   \t\n"] {
+            let err = token_from_file(text).unwrap_err().to_string();
+            assert!(err.contains("empty"), "{text:?}: {err}");
+        }
+        let err = ServerArgs {
+            auth_token: Some(" ".into()),
+            ..ServerArgs::default()
+        }
+        .token()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("empty"), "{err}");
+        assert!(token_from_file("two words\n").is_err());
+        assert_eq!(
+            token_from_file("s3cret\n").unwrap().as_deref(),
+            Some("s3cret")
+        );
     }
 }
