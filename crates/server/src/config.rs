@@ -57,6 +57,9 @@ pub struct ServerArgs {
         default_value_t = 1024
     )]
     pub max_items_per_request: usize,
+    /// Most candidates in one Rank request (refused above it, before any image is looked at).
+    #[arg(long, env = "REWARDDANCE_MAX_RANK_CANDIDATES", default_value_t = 256)]
+    pub max_rank_candidates: usize,
     /// Largest request message in bytes.
     #[arg(long, env = "REWARDDANCE_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     pub max_message_bytes: usize,

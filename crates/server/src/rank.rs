@@ -30,6 +30,15 @@ impl RewardApi {
                 "ranking needs at least two candidates",
             ));
         }
+        // Before any image is decoded or any pair planned: N candidates cost N decodes and up to
+        // N x (N - 1) pairs, so an 8 kB request of 4000 empty candidates must not reach either.
+        if n > self.limits.max_rank_candidates {
+            return Err(Status::invalid_argument(format!(
+                "{n} candidates exceed the limit of {} per Rank request \
+                 (--max-rank-candidates)",
+                self.limits.max_rank_candidates
+            )));
+        }
         if request.prompt.trim().is_empty() {
             return Err(Status::invalid_argument("prompt is empty"));
         }

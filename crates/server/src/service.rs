@@ -21,6 +21,8 @@ use crate::{convert, status, stream};
 pub struct Limits {
     /// Most items per request.
     pub max_items_per_request: usize,
+    /// Most candidates per Rank request.
+    pub max_rank_candidates: usize,
     /// Unanswered items per stream.
     pub max_stream_in_flight: usize,
     /// Pixel limit for raw images (the model checks encoded ones).
@@ -50,6 +52,7 @@ impl RewardApi {
         let model = engine.backends()[0].model();
         let limits = Limits {
             max_items_per_request: args.max_items_per_request,
+            max_rank_candidates: args.max_rank_candidates,
             max_stream_in_flight: args.max_stream_in_flight.max(1),
             max_image_pixels: model.options().max_image_pixels,
             rationale: convert::RationaleLimits {
