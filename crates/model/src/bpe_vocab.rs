@@ -17,6 +17,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
+use crate::tokenizer_files::{added_tokens_decoder, json_or_null, serialise_checked};
 
 /// Qwen2's pre-tokenisation pattern (`PRETOKENIZE_REGEX` in transformers' `tokenization_qwen2.py`).
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -32,8 +33,8 @@ pub fn tokenizer_json(
     let mut vocab: Map<String, Value> = serde_json::from_slice(vocab_json)
         .map_err(|e| Error::Tokenizer(format!("vocab.json: {e}")))?;
     let merges = parse_merges(merges_txt)?;
-    let config = parse_json("tokenizer_config.json", tokenizer_config_json)?;
-    let legacy = parse_json("added_tokens.json", added_tokens_json)?;
+    let config = json_or_null("tokenizer_config.json", tokenizer_config_json)?;
+    let legacy = json_or_null("added_tokens.json", added_tokens_json)?;
     let added = added_tokens(&vocab, &config, &legacy)?;
     // Added tokens also enter the model's vocabulary at their ids, so each lands on its declared
     // id even across gaps (`tokenizers` otherwise numbers added tokens from the vocabulary's end).
@@ -62,30 +63,7 @@ pub fn tokenizer_json(
             "ignore_merges": false, "vocab": vocab, "merges": merges,
         },
     });
-    let bytes = serde_json::to_vec(&tokenizer)
-        .map_err(|e| Error::Tokenizer(format!("serialising the converted tokenizer: {e}")))?;
-    let built = tokenizers::Tokenizer::from_bytes(&bytes)
-        .map_err(|e| Error::Tokenizer(format!("vocab.json + merges.txt: {e}")))?;
-    for t in &added {
-        if let (Some(content), Some(id)) = (t["content"].as_str(), t["id"].as_u64()) {
-            let got = built.token_to_id(content);
-            if got != Some(id as u32) {
-                return Err(Error::Tokenizer(format!(
-                    "added token {content:?} should have id {id}, the converted tokenizer gives {got:?}"
-                )));
-            }
-        }
-    }
-    Ok(bytes)
-}
-
-fn parse_json(name: &str, text: Option<&str>) -> Result<Value> {
-    match text {
-        Some(text) => {
-            serde_json::from_str(text).map_err(|e| Error::Tokenizer(format!("{name}: {e}")))
-        }
-        None => Ok(Value::Null),
-    }
+    serialise_checked(&tokenizer, &added, "vocab.json + merges.txt")
 }
 
 /// `merges.txt`: one `left right` pair a line, after an optional `#version` header; blank lines
@@ -103,33 +81,6 @@ fn parse_merges(text: &str) -> Result<Vec<Value>> {
         merges.push(json!([a, b]));
     }
     Ok(merges)
-}
-
-/// One `added_tokens_decoder` entry: its id, its JSON object, and its `content`.
-pub(crate) type AddedTokenEntry<'a> = (usize, &'a Value, &'a str);
-
-/// `tokenizer_config.json`'s `added_tokens_decoder` as `(id, entry, content)`, or `None` when it
-/// has none; an id that is not a number or an entry without `content` is an error. Shared by the
-/// Qwen2 and SentencePiece conversions.
-pub(crate) fn added_tokens_decoder(config: &Value) -> Result<Option<Vec<AddedTokenEntry<'_>>>> {
-    let Some(decoder) = config["added_tokens_decoder"].as_object() else {
-        return Ok(None);
-    };
-    decoder
-        .iter()
-        .map(|(id, t)| {
-            let id: usize = id.parse().map_err(|_| {
-                Error::Tokenizer(format!("tokenizer_config.json: added token id {id:?}"))
-            })?;
-            let content = t["content"].as_str().ok_or_else(|| {
-                Error::Tokenizer(format!(
-                    "tokenizer_config.json: added token {id} has no content"
-                ))
-            })?;
-            Ok((id, t, content))
-        })
-        .collect::<Result<Vec<_>>>()
-        .map(Some)
 }
 
 /// Added tokens in id order, as `tokenizers` JSON entries.

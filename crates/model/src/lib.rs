@@ -45,6 +45,7 @@ pub mod report;
 pub mod scorer;
 pub mod seeded;
 pub mod sentencepiece;
+mod tokenizer_files;
 pub mod vision;
 
 pub use chat_template::{TemplateChoice, TemplateSource};

@@ -63,11 +63,10 @@ impl PromptBuilder {
         choice: &TemplateChoice,
         answers: &AnswerTokens,
     ) -> Result<Self> {
-        let tokenizer_config: serde_json::Value = match &checkpoint.tokenizer_config_json {
-            Some(text) => serde_json::from_str(text)
-                .map_err(|e| Error::Tokenizer(format!("tokenizer_config.json: {e}")))?,
-            None => serde_json::Value::Null,
-        };
+        let tokenizer_config = crate::tokenizer_files::json_or_null(
+            "tokenizer_config.json",
+            checkpoint.tokenizer_config_json.as_deref(),
+        )?;
         let template = ChatTemplate::resolve(
             choice,
             &TemplateInputs {
@@ -81,25 +80,21 @@ impl PromptBuilder {
         Self::new(
             &checkpoint.tokenizer_json,
             template,
-            checkpoint.tokenizer_config_json.as_deref(),
+            &tokenizer_config,
             answers,
         )
     }
 
-    /// Builds from `tokenizer.json` bytes, the resolved chat template and `tokenizer_config.json`.
+    /// Builds from `tokenizer.json` bytes, the resolved chat template and the parsed
+    /// `tokenizer_config.json` (`Null` when the checkpoint has none).
     pub fn new(
         tokenizer_json: &[u8],
         template: ChatTemplate,
-        tokenizer_config_json: Option<&str>,
+        config: &serde_json::Value,
         answers: &AnswerTokens,
     ) -> Result<Self> {
         let tokenizer = Tokenizer::from_bytes(tokenizer_json)
             .map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
-        let config: serde_json::Value = match tokenizer_config_json {
-            Some(text) => serde_json::from_str(text)
-                .map_err(|e| Error::Tokenizer(format!("tokenizer_config.json: {e}")))?,
-            None => serde_json::Value::Null,
-        };
         let token_text = |v: &serde_json::Value| -> String {
             v.as_str()
                 .or_else(|| v["content"].as_str())

@@ -25,6 +25,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
+use crate::tokenizer_files::{added_tokens_decoder, json_or_null, serialise_checked};
 
 /// SentencePiece piece types (`ModelProto.SentencePiece.Type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,11 +161,7 @@ impl SentencePieceModel {
 pub fn tokenizer_json(model_bytes: &[u8], tokenizer_config_json: Option<&str>) -> Result<Vec<u8>> {
     let model = SentencePieceModel::parse(model_bytes)?;
     model.check_supported()?;
-    let config: Value = match tokenizer_config_json {
-        Some(text) => serde_json::from_str(text)
-            .map_err(|e| Error::Tokenizer(format!("tokenizer_config.json: {e}")))?,
-        None => Value::Null,
-    };
+    let config = json_or_null("tokenizer_config.json", tokenizer_config_json)?;
     let id_of = |text: &str| model.pieces.iter().position(|p| p.piece == text);
     let unk = model
         .pieces
@@ -296,24 +293,7 @@ pub fn tokenizer_json(model_bytes: &[u8], tokenizer_config_json: Option<&str>) -
             "ignore_merges": false, "vocab": vocab, "merges": merges,
         },
     });
-    let bytes = serde_json::to_vec(&tokenizer)
-        .map_err(|e| Error::Tokenizer(format!("serialising the converted tokenizer: {e}")))?;
-    // The added tokens must land on their declared ids.
-    let built = tokenizers::Tokenizer::from_bytes(&bytes)
-        .map_err(|e| Error::Tokenizer(format!("converted tokenizer.model: {e}")))?;
-    for t in &added {
-        let (content, id) = (t["content"].as_str(), t["id"].as_u64());
-        if let (Some(content), Some(id)) = (content, id) {
-            if built.token_to_id(content) != Some(id as u32) {
-                return Err(Error::Tokenizer(format!(
-                    "added token {content:?} should have id {id}, but the converted tokenizer \
-                     gives {:?}",
-                    built.token_to_id(content)
-                )));
-            }
-        }
-    }
-    Ok(bytes)
+    serialise_checked(&tokenizer, &added, "converted tokenizer.model")
 }
 
 /// An added token that takes over a piece's id (`added_tokens_decoder` naming an id of
@@ -331,7 +311,7 @@ fn added_tokens(model: &SentencePieceModel, config: &Value) -> Result<(Vec<Value
     };
     let mut out: Vec<(usize, Value)> = Vec::new();
     let mut renames = Vec::new();
-    if let Some(decoder) = crate::bpe_vocab::added_tokens_decoder(config)? {
+    if let Some(decoder) = added_tokens_decoder(config)? {
         for (id, t, content) in decoder {
             // A renamed user-defined piece is matched after the `Replace` normaliser that maps
             // its old text to `content`, so it sits in the normalised added-token trie.
