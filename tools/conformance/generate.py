@@ -46,6 +46,8 @@ import torch
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "fixtures"))
+import fx_common  # noqa: E402  (RewardDance's user message, shared with the fixture generator)
 import seeded  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,11 +82,6 @@ CHECKPOINTS = {
     "InternVL3-1B-hf": ("hf", "qwen2", "small", None),
     "InternVL3-2B-hf": ("hf", "qwen2", "small", None),
 }
-
-# RewardDance's default instructions (crates/model/src/prompt.rs, the behaviour under test).
-POINTWISE_IMAGE = "Please evaluate the image generated from the prompt: '{prompt}'. Does the image match the prompt and have high visual quality? Please answer \"yes\" or \"no\"."
-POINTWISE_VIDEO = "Please evaluate the video generated from the prompt: '{prompt}'. Does the video match the prompt and have high visual quality? Please answer \"yes\" or \"no\"."
-PAIRWISE = "Please evaluate two images generated from the prompt: '{prompt}'. Is image 2 better than image 1? Please answer \"yes\" or \"no\"."
 
 IMAGES = {  # file -> (width, height, seed)
     "square_448.png": (448, 448, 1),
@@ -123,25 +120,6 @@ def make_images() -> None:
             cx, cy, r = rng.integers(0, w), rng.integers(0, h), int(rng.integers(10, max(12, min(w, h) // 3)))
             d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
         img.save(out / name, optimize=True)
-
-
-def user_content(case: dict) -> str:
-    """RewardDance's user message (crates/model/src/prompt.rs): images first, then the instruction."""
-    if case.get("instruction") is not None:
-        tpl = case["instruction"]
-    elif case["mode"] == "pairwise":
-        tpl = PAIRWISE
-    elif "video" in case:
-        tpl = POINTWISE_VIDEO
-    else:
-        tpl = POINTWISE_IMAGE
-    if case["mode"] == "pairwise":
-        prefix = "Image 1: <image>\nImage 2: <image>\n"
-    elif "video" in case:
-        prefix = "".join(f"Frame{k}: <image>\n" for k in range(1, len(case["video"]) + 1))
-    else:
-        prefix = "<image>\n"
-    return prefix + tpl.replace("{prompt}", case["prompt"])
 
 
 def case_images(case: dict) -> list[tuple[str, bool]]:
@@ -273,7 +251,7 @@ def run_ogv(name: str, family: str, ckpt: Path, case_ids) -> dict:
         if case_ids is not None and case["id"] not in case_ids:
             continue
         t0 = time.time()
-        content = user_content(case)
+        content = fx_common.user_content(case)[1]
         template = ogv.get_conv_template(model.template)  # as chat() does
         template.system_message = model.system_message
         template.append_message(template.roles[0], content)
