@@ -26,7 +26,7 @@ same numbers for it. ``crates/model/tests/bf16_accuracy.rs`` reads DIR from
 ``REWARDDANCE_BF16_REAL_DIR``.
 
 Run: python tools/precision/torch_bf16.py --real-dir /tmp/rd-bf16-real
-Writes fixtures/reference/bf16-torch.json.
+Writes fixtures/precision/bf16-torch.json.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ from fx_common import FIX, REF_DIR, write_json  # noqa: E402
 from fx_images import preprocess_image  # noqa: E402
 
 F32_TOL = 1e-4
-OUT = REF_DIR / "bf16-torch.json"
+# Its own folder: tools/fixtures/generate.py deletes and rewrites fixtures/reference.
+OUT = FIX / "precision" / "bf16-torch.json"
 
 
 def answer_scores(logits: torch.Tensor, yes: int, no: int) -> dict:

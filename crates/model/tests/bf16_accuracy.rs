@@ -4,7 +4,7 @@
 //! in f32 and in bf16, and compare |Δ logit| (the larger of the yes/no answer logits' deltas)
 //! and |Δ p_yes|. The same numbers for PyTorch (transformers' InternVL in eager attention, bf16
 //! vs f32 on the same weights and inputs) come from `tools/precision/torch_bf16.py`, committed
-//! in `fixtures/reference/bf16-torch.json`.
+//! in `fixtures/precision/bf16-torch.json`.
 //!
 //! The bounds: our error is at most 1.5x torch's, as the max and as the RMS over a set of
 //! items, for (a) the RMS of Δ logit over the vocabulary, per fixture, and (b) the answer
@@ -109,7 +109,7 @@ fn torch_rows(rows: &Value) -> Vec<(String, Errors)> {
 }
 
 fn torch_reference() -> Value {
-    let path = repo_root().join("fixtures/reference/bf16-torch.json");
+    let path = repo_root().join("fixtures/precision/bf16-torch.json");
     serde_json::from_str(&std::fs::read_to_string(path).expect("bf16-torch.json")).expect("json")
 }
 
