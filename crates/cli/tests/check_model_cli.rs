@@ -1,20 +1,9 @@
 //! `rewarddance check-model`: what a load chooses, on the committed fixtures of both layouts.
 
-use std::process::Command;
+mod common;
 
 fn check_model(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_rewarddance"))
-        .arg("check-model")
-        .args(args)
-        .env_remove("REWARDDANCE_MODEL")
-        .env_remove("REWARDDANCE_TEMPLATE")
-        .output()
-        .expect("run rewarddance");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::run("check-model", args)
 }
 
 fn fixture(name: &str) -> String {

@@ -14,12 +14,19 @@ pub fn fixture(name: &str) -> String {
 
 /// Runs `rewarddance score ARGS` on the bundled model: (exit code, stdout, stderr).
 pub fn run_score(args: &[&str]) -> (i32, String, String) {
+    run("score", args)
+}
+
+/// Runs `rewarddance SUBCOMMAND ARGS` with no model or template from the environment:
+/// (exit code, stdout, stderr).
+pub fn run(subcommand: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_rewarddance"))
-        .arg("score")
+        .arg(subcommand)
         .args(args)
         .env_remove("REWARDDANCE_MODEL")
+        .env_remove("REWARDDANCE_TEMPLATE")
         .output()
-        .expect("run rewarddance score");
+        .expect("run rewarddance");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
