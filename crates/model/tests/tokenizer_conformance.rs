@@ -12,7 +12,7 @@ mod common;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use common::repo_root;
+use common::{real_file, repo_root, skip_without_real_file};
 use rewarddance_model::{Checkpoint, TokenizerSource};
 use serde_json::Value;
 
@@ -29,17 +29,6 @@ fn gunzip(path: &Path) -> Vec<u8> {
         .read_to_end(&mut out)
         .expect("gunzip");
     out
-}
-
-/// The real InternLM2 `tokenizer.model` is not in this repository (fixtures/real/README.md):
-/// `$REWARDDANCE_REAL_FILES/tokenizers/internlm2/tokenizer.model`, else `shared/` beside the checkout.
-fn internlm2_model() -> Option<PathBuf> {
-    let rel = "tokenizers/internlm2/tokenizer.model";
-    let candidates = [
-        std::env::var_os("REWARDDANCE_REAL_FILES").map(|d| PathBuf::from(d).join(rel)),
-        Some(repo_root().join("../shared/real").join(rel)),
-    ];
-    candidates.into_iter().flatten().find(|p| p.is_file())
 }
 
 /// A checkpoint directory with the given tokenizer files, a stub config.json and an empty
@@ -129,11 +118,9 @@ fn qwen2_vocab_and_merges_give_transformers_ids() {
 
 #[test]
 fn internlm2_tokenizer_model_gives_opengvlab_ids() {
-    let Some(model) = internlm2_model() else {
-        eprintln!(
-            "SKIPPED: the real InternLM2 tokenizer.model is not here (fixtures/real/README.md says \
-             where it comes from; set REWARDDANCE_REAL_FILES or place it under ../shared/real)"
-        );
+    let rel = "tokenizers/internlm2/tokenizer.model";
+    let Some(model) = real_file(rel) else {
+        skip_without_real_file("the InternLM2 tokenizer conformance", rel);
         return;
     };
     let config = repo_root().join("fixtures/real/tokenizers/internlm2/tokenizer_config.json");

@@ -18,6 +18,34 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// A real checkpoint file (`rel` under a `real/` folder): in the repository's `fixtures/real/`,
+/// else (the InternLM2 `tokenizer.model`, which this repository cannot hold:
+/// fixtures/real/README.md) under `$REWARDDANCE_REAL_FILES` or `shared/real/` beside the checkout.
+pub fn real_file(rel: &str) -> Option<PathBuf> {
+    [
+        Some(repo_root().join("fixtures/real").join(rel)),
+        std::env::var_os("REWARDDANCE_REAL_FILES").map(|d| PathBuf::from(d).join(rel)),
+        Some(repo_root().join("../shared/real").join(rel)),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| p.is_file())
+}
+
+/// Says that `what` is skipped because a real file is absent, or fails the test when
+/// `REWARDDANCE_REQUIRE_REAL_FILES` is set (CI that has the files).
+pub fn skip_without_real_file(what: &str, missing: &str) {
+    let message = format!(
+        "SKIPPED {what}: the real {missing} is not here (fixtures/real/README.md says where it \
+         comes from; set REWARDDANCE_REAL_FILES or place it under ../shared/real)"
+    );
+    assert!(
+        std::env::var_os("REWARDDANCE_REQUIRE_REAL_FILES").is_none(),
+        "REWARDDANCE_REQUIRE_REAL_FILES is set: {message}"
+    );
+    eprintln!("{message}");
+}
+
 /// The repository's `fixtures/`.
 pub fn fixtures() -> Fixtures {
     Fixtures::new(repo_root().join("fixtures"))
