@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::checkpoint::Checkpoint;
 use crate::config::{Layout, ModelConfig, RopeScaling, TextArch};
 use crate::error::Result;
-use crate::prompt::{PromptBuilder, IMAGE_CONTEXT_TOKEN};
+use crate::prompt::PromptBuilder;
 use crate::scorer::LoadOptions;
 use crate::TemplateSource;
 
@@ -120,7 +120,7 @@ pub fn check_model(checkpoint: &Checkpoint, options: &LoadOptions) -> Result<Mod
             bos_token: bos.to_string(),
             eos_token: eos.to_string(),
             end_of_turn_id: prompt.end_token_id(),
-            image_context_id: prompt.token_id(IMAGE_CONTEXT_TOKEN).unwrap_or_default(),
+            image_context_id: prompt.image_context_id(),
         },
         answers: AnswerReport {
             yes: (options.answers.yes.clone(), yes),
