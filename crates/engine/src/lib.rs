@@ -14,7 +14,9 @@
 //!    by token budget and item cap, waiting at most `max_batch_delay` for a batch to fill, and
 //!    skipping items whose caller is gone or whose deadline passed.
 //! 4. The device worker (an OS thread) runs one packed forward pass and answers every item of
-//!    the batch; a failure or panic fails only that batch, with [`FailureKind::Internal`].
+//!    the batch. When the batch fails, the worker checks the device with a probe forward; on
+//!    a healthy device the batch is split until each failing item is alone, so one item never
+//!    fails its neighbours, and only a device that fails its probe counts against health.
 //! 5. Items that asked for a rationale stay on their worker after the prefill and join its
 //!    running decode batch (continuous batching; see *Decoding* below).
 //!
@@ -38,6 +40,9 @@ mod batcher;
 mod config;
 mod decoding;
 mod engine;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
+mod isolation;
 mod job;
 pub mod metrics;
 mod worker;

@@ -35,8 +35,11 @@ pub const PREPROCESS_DURATION_SECONDS: &str = "rewarddance_preprocess_duration_s
 pub const INFERENCE_DURATION_SECONDS: &str = "rewarddance_inference_duration_seconds";
 /// Counter: submissions refused because the queue was full (items).
 pub const REJECTED_ITEMS_TOTAL: &str = "rewarddance_rejected_items_total";
-/// Counter: batches that failed on a device (error or panic), label `device`.
+/// Counter: batches that failed on a device that then failed its probe too (error or panic), label `device`.
 pub const WORKER_FAILURES_TOTAL: &str = "rewarddance_worker_failures_total";
+/// Counter: items that failed a batch alone while the device passed its probe (their batch
+/// neighbours were re-run and scored), label `device`.
+pub const ISOLATED_ITEMS_TOTAL: &str = "rewarddance_isolated_items_total";
 /// Counter: device worker restarts after a panic, label `device`.
 pub const WORKER_RESTARTS_TOTAL: &str = "rewarddance_worker_restarts_total";
 /// Gauge: 1 while a device worker is healthy, 0 after repeated failures, label `device`.
@@ -85,6 +88,7 @@ pub const ALL: &[&str] = &[
     DECODING_SEQUENCES,
     WORKER_FAILURES_TOTAL,
     WORKER_RESTARTS_TOTAL,
+    ISOLATED_ITEMS_TOTAL,
     WORKER_HEALTHY,
     SERVING,
 ];
@@ -141,6 +145,10 @@ pub fn describe() {
     describe_counter!(
         WORKER_RESTARTS_TOTAL,
         "Device worker restarts after a panic."
+    );
+    describe_counter!(
+        ISOLATED_ITEMS_TOTAL,
+        "Items that failed their batch alone on a healthy device (neighbours re-run)."
     );
     describe_gauge!(WORKER_HEALTHY, "1 while the device worker is healthy.");
     describe_gauge!(SERVING, "1 while gRPC health reports SERVING.");
@@ -235,6 +243,10 @@ pub(crate) fn record_worker_failure(device: &str, panicked: bool) {
     if panicked {
         counter!(WORKER_RESTARTS_TOTAL, "device" => device.to_string()).increment(1);
     }
+}
+
+pub(crate) fn record_isolated(device: &str, items: usize) {
+    counter!(ISOLATED_ITEMS_TOTAL, "device" => device.to_string()).increment(items as u64);
 }
 
 pub(crate) fn set_worker_healthy(device: &str, healthy: bool) {

@@ -1,8 +1,11 @@
 //! Device workers: one OS thread per device, pulling batches from the batcher, running one
-//! packed forward pass each and answering every item. A failing batch (model error or panic)
-//! fails only its own items; after a panic the worker loop is re-entered fresh (a restart;
-//! model weights are immutable, so nothing needs rebuilding), and a device that keeps failing
-//! is reported as failing to the batcher, which turns health NOT_SERVING.
+//! packed forward pass each and answering every item. When a batch fails (model error or
+//! panic), the worker runs its probe (the warm-up item alone): if the device passes, the batch
+//! is split until the items that fail alone are found ([`crate::isolation`]); they get their
+//! own error and their neighbours are scored, and the device's health is untouched. Only a
+//! device that fails its probe counts as failing; one that keeps failing is reported to the
+//! batcher, which turns health NOT_SERVING. Model weights are immutable, so a panic needs no
+//! rebuild: the worker goes on with the next batch.
 //!
 //! Items that asked for a rationale join the worker's [`DecodeSet`] after their prefill; the
 //! worker then alternates between at most one new prefill batch and one decode step (see the
@@ -13,13 +16,14 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rewarddance_model::{PreparedItem, RationaleOptions, ScoreItem};
+use rewarddance_model::{Generation, PreparedItem, RationaleOptions, Score, ScoreItem};
 use tokio::sync::mpsc;
 
 use crate::backend::Backend;
 use crate::batcher::{Batch, BatcherMsg, WorkerStatus};
 use crate::decoding::{DecodeSet, Decoding, StepOutcome};
-use crate::job::{FailureKind, ItemError};
+use crate::isolation;
+use crate::job::{FailureKind, ItemError, Job, PreparedJob};
 use crate::metrics;
 
 /// Starts worker `index` on its own thread.
@@ -44,6 +48,7 @@ pub(crate) fn spawn(
                 consecutive_failures: 0,
                 max_decoding_sequences: max_decoding_sequences.max(1),
                 decoding: DecodeSet::default(),
+                probe: None,
             };
             worker.run(&warmup);
         })?;
@@ -59,6 +64,8 @@ struct Worker {
     consecutive_failures: u32,
     max_decoding_sequences: usize,
     decoding: DecodeSet,
+    /// The prepared warm-up item: a forward of it alone tells whether the device computes.
+    probe: Option<PreparedItem>,
 }
 
 /// How one batch went.
@@ -164,19 +171,79 @@ impl Worker {
     }
 
     /// One forward on a synthetic item, so the first real batch does not pay for lazy setup.
-    fn warm_up(&self, item: &ScoreItem) -> Result<(), String> {
-        let run = || -> Result<(), String> {
-            let prepared = self.backend.prepare(item).map_err(|e| e.to_string())?;
-            self.backend
-                .score_prepared(&[&prepared])
-                .map_err(|e| e.to_string())?;
-            Ok(())
+    /// The prepared item is kept as the probe that tells device failures from item failures.
+    fn warm_up(&mut self, item: &ScoreItem) -> Result<(), String> {
+        let prepared = catch_unwind(AssertUnwindSafe(|| self.backend.prepare(item)))
+            .map_err(|_| "preparing the warm-up item panicked".to_string())?
+            .map_err(|e| e.to_string())?;
+        self.probe = Some(prepared);
+        self.probe().map_err(|f| f.message())
+    }
+
+    /// One forward of the probe item alone: does the device still compute?
+    fn probe(&self) -> Result<(), BatchFailure> {
+        let Some(probe) = &self.probe else {
+            return Err(BatchFailure::Error("no probe item (warm-up failed)".into()));
         };
-        catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|_| Err("panicked".into()))
+        catch_unwind(AssertUnwindSafe(|| self.backend.score_prepared(&[probe])))
+            .map_err(|panic| BatchFailure::Panic(panic_message(&*panic)))?
+            .map_err(|e| BatchFailure::Error(e.to_string()))
+            .map(drop)
+    }
+
+    /// One packed forward over `jobs`: per item its score and, when it asked for one, the
+    /// generation that decodes its rationale.
+    fn forward(&self, jobs: &[PreparedJob]) -> Result<Vec<Prefilled>, BatchFailure> {
+        let refs: Vec<&PreparedItem> = jobs.iter().map(|p| &p.prepared).collect();
+        let options: Vec<Option<RationaleOptions>> = jobs.iter().map(|p| p.job.rationale).collect();
+        let tokens: usize = refs.iter().map(|p| p.num_tokens()).sum();
+        let start = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            if options.iter().all(Option::is_none) {
+                // The fast path: trainers want the number only.
+                let scores = self.backend.score_prepared(&refs)?;
+                Ok((scores, Vec::new()))
+            } else {
+                self.backend.prefill_for_rationales(&refs, &options)
+            }
+        }));
+        metrics::record_batch(
+            &self.device,
+            jobs.len(),
+            tokens,
+            start.elapsed().as_secs_f64(),
+        );
+        let model = self.backend.model();
+        metrics::record_reuse(
+            &self.device,
+            &model.feature_cache_stats(),
+            model.prefix_tokens_saved(),
+        );
+        let n = jobs.len();
+        match result {
+            Ok(Ok((scores, generations))) if scores.len() == n => {
+                let mut generations = generations.into_iter();
+                Ok(scores
+                    .into_iter()
+                    .map(|score| (score, generations.next().flatten()))
+                    .collect())
+            }
+            Ok(Ok((scores, _))) => Err(BatchFailure::Error(format!(
+                "the model returned {} scores for {n} items",
+                scores.len()
+            ))),
+            Ok(Err(err)) if err.is_caller_error() => {
+                Err(BatchFailure::Caller(ItemError::from_model(&err)))
+            }
+            Ok(Err(err)) => Err(BatchFailure::Error(err.to_string())),
+            Err(panic) => Err(BatchFailure::Panic(panic_message(&*panic))),
+        }
     }
 
     /// Scores one batch and answers each of its items, except those that asked for a
-    /// rationale: they join the decode set with their score.
+    /// rationale: they join the decode set with their score. A failed batch is split to find
+    /// the items that fail alone (see [`crate::isolation`]) when the device still passes its
+    /// probe; only a device that fails the probe counts as a failing device.
     fn run_batch(&mut self, batch: Batch) -> Outcome {
         let cut = Instant::now();
         // Callers may have gone or expired while the batch waited for this thread.
@@ -191,83 +258,154 @@ impl Worker {
         if jobs.is_empty() {
             return Outcome::Ok;
         }
-        let tokens: usize = jobs.iter().map(|p| p.prepared.num_tokens()).sum();
-        let span = tracing::info_span!("batch", device = %self.device, items = jobs.len(), tokens);
+        let shape = BatchShape {
+            items: jobs.len(),
+            tokens: jobs.iter().map(|p| p.prepared.num_tokens()).sum(),
+            start: Instant::now(),
+        };
+        let span = tracing::info_span!("batch", device = %self.device, items = shape.items, tokens = shape.tokens);
         for p in &jobs {
             span.follows_from(&p.job.span);
         }
         let _entered = span.enter();
-        let refs: Vec<&PreparedItem> = jobs.iter().map(|p| &p.prepared).collect();
-        let options: Vec<Option<RationaleOptions>> = jobs.iter().map(|p| p.job.rationale).collect();
-        let start = Instant::now();
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            if options.iter().all(Option::is_none) {
-                // The fast path: trainers want the number only.
-                let scores = self.backend.score_prepared(&refs)?;
-                Ok((scores, Vec::new()))
-            } else {
-                self.backend.prefill_for_rationales(&refs, &options)
-            }
-        }));
-        let elapsed = start.elapsed();
-        metrics::record_batch(&self.device, jobs.len(), tokens, elapsed.as_secs_f64());
-        let model = self.backend.model();
-        metrics::record_reuse(
-            &self.device,
-            &model.feature_cache_stats(),
-            model.prefix_tokens_saved(),
-        );
-        let n = jobs.len();
-        let (outcome, failure) = match result {
-            Ok(Ok((scores, generations))) if scores.len() == n => {
-                let mut generations = generations.into_iter();
-                let started = Instant::now();
-                for (p, score) in jobs.into_iter().zip(scores) {
-                    let mut job = p.job;
-                    job.timing.inference = elapsed;
-                    job.timing.batch_items = n;
-                    job.timing.batch_tokens = tokens;
-                    match generations.next().flatten() {
-                        Some(generation) => self.decoding.join(Decoding {
-                            generation,
-                            job,
-                            score,
-                            started,
-                        }),
-                        None => job.succeed(score, None),
-                    }
-                }
-                tracing::debug!(elapsed_ms = elapsed.as_secs_f64() * 1e3, "batch scored");
+        let failure = match self.forward(&jobs) {
+            Ok(results) => {
+                self.answer(jobs.into_iter().zip(results.into_iter().map(Ok)), &shape);
+                tracing::debug!(
+                    elapsed_ms = shape.start.elapsed().as_secs_f64() * 1e3,
+                    "batch scored"
+                );
                 return Outcome::Ok;
             }
-            Ok(Ok((scores, _))) => (
-                Outcome::Failed,
-                format!("the model returned {} scores for {n} items", scores.len()),
-            ),
-            Ok(Err(err)) => {
-                tracing::error!(error = %err, "batch failed");
-                (Outcome::Failed, format!("model failure: {err}"))
-            }
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                tracing::error!(panic = %what, "batch panicked");
-                (
-                    Outcome::Panicked,
-                    "the device worker failed on this batch".into(),
-                )
-            }
+            Err(failure) => failure,
         };
-        for p in jobs {
-            let mut job = p.job;
-            job.timing.inference = elapsed;
-            job.timing.batch_items = n;
-            job.timing.batch_tokens = tokens;
-            job.fail(ItemError::new(FailureKind::Internal, failure.clone()));
+        tracing::warn!(error = %failure.message(), "batch failed; checking the device");
+        // A lone item the model refused as the caller's error says nothing about the device.
+        let lone_caller_error = shape.items == 1 && matches!(failure, BatchFailure::Caller(_));
+        if !lone_caller_error {
+            if let Err(probe) = self.probe() {
+                tracing::error!(error = %probe.message(), "the device fails its probe too");
+                let message = format!("device failure: {}", failure.message());
+                for p in jobs {
+                    let mut job = p.job;
+                    shape.stamp(&mut job);
+                    job.fail(ItemError::new(FailureKind::Internal, message.clone()));
+                }
+                return match probe {
+                    BatchFailure::Panic(_) => Outcome::Panicked,
+                    _ => Outcome::Failed,
+                };
+            }
         }
-        outcome
+        let mut retain = |half: Vec<PreparedJob>| {
+            let now = Instant::now();
+            half.into_iter()
+                .filter_map(|mut p| {
+                    p.job = p.job.check(now)?;
+                    Some(p)
+                })
+                .collect()
+        };
+        let (results, reruns) = isolation::bisect(
+            jobs,
+            &mut |half: &[PreparedJob]| self.forward(half),
+            &mut retain,
+            failure,
+        );
+        let isolated = results.iter().filter(|(_, r)| r.is_err()).count();
+        tracing::warn!(
+            isolated,
+            reruns,
+            "the device is healthy: items that fail alone were answered with their own error"
+        );
+        metrics::record_isolated(&self.device, isolated);
+        self.answer(results.into_iter(), &shape);
+        Outcome::Ok
     }
+
+    /// Answers each job with its result; rationale items join the decode set instead.
+    fn answer(
+        &mut self,
+        results: impl Iterator<Item = (PreparedJob, Result<Prefilled, BatchFailure>)>,
+        shape: &BatchShape,
+    ) {
+        let started = Instant::now();
+        for (p, result) in results {
+            let mut job = p.job;
+            shape.stamp(&mut job);
+            match result {
+                Ok((score, Some(generation))) => self.decoding.join(Decoding {
+                    generation,
+                    job,
+                    score,
+                    started,
+                }),
+                Ok((score, None)) => job.succeed(score, None),
+                Err(failure) => job.fail(failure.alone()),
+            }
+        }
+    }
+}
+
+/// An item's prefill result: its score and, when it asked for a rationale, its generation.
+type Prefilled = (Score, Option<Generation>);
+
+/// Size and start of the batch its items were answered from (for their timings).
+struct BatchShape {
+    items: usize,
+    tokens: usize,
+    start: Instant,
+}
+
+impl BatchShape {
+    fn stamp(&self, job: &mut Job) {
+        job.timing.inference = self.start.elapsed();
+        job.timing.batch_items = self.items;
+        job.timing.batch_tokens = self.tokens;
+    }
+}
+
+/// Why a forward pass failed as a whole.
+enum BatchFailure {
+    /// The model refused an item as the caller's error.
+    Caller(ItemError),
+    /// A model error (or a wrong number of results).
+    Error(String),
+    /// A panic, with its message.
+    Panic(String),
+}
+
+impl BatchFailure {
+    /// For logs.
+    fn message(&self) -> String {
+        match self {
+            BatchFailure::Caller(e) => e.to_string(),
+            BatchFailure::Error(m) => m.clone(),
+            BatchFailure::Panic(m) => format!("panic: {m}"),
+        }
+    }
+
+    /// The answer for an item that failed alone while the device passed its probe.
+    fn alone(self) -> ItemError {
+        match self {
+            BatchFailure::Caller(e) => e,
+            BatchFailure::Error(m) => ItemError::new(
+                FailureKind::Internal,
+                format!("the model failed on this item: {m}"),
+            ),
+            BatchFailure::Panic(_) => ItemError::new(
+                FailureKind::Internal,
+                "the model failed unexpectedly on this item",
+            ),
+        }
+    }
+}
+
+/// The text of a panic payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }

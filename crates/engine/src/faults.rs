@@ -1,0 +1,143 @@
+//! Fault injection for tests (cargo feature `fault-injection`): a [`Backend`] wrapper that
+//! fails, panics or stalls on purpose, so tests can prove that one item never fails its
+//! neighbours and that health follows the device rather than what callers send.
+//!
+//! Faults are asked for by markers in an item's prompt text (they reach the backend inside the
+//! rendered user message):
+//! - `[[fault:panic]]`: any forward containing the item panics.
+//! - `[[fault:error]]`: any forward containing the item fails with a compute error.
+//! - `[[fault:invalid]]`: any forward containing the item fails with a caller error
+//!   (`InvalidInput`), as a batch-level check of one item's input would.
+//! - `[[fault:oom]]`: a forward containing the item *and others* fails with an out-of-memory
+//!   compute error; the item alone succeeds (a batch too big for the device).
+//! - `[[fault:sleep=MS]]`: the forward sleeps MS milliseconds first.
+//!
+//! [`FaultyBackend::break_device`] makes every forward fail (a device that really broke).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rewarddance_model::{
+    Error, Generation, PreparedItem, RationaleOptions, Result, RewardModel, Score, ScoreItem, Token,
+};
+
+use crate::backend::Backend;
+
+/// Wraps a backend and injects the faults its items ask for.
+pub struct FaultyBackend<B: Backend> {
+    inner: B,
+    broken: AtomicBool,
+    forwards: AtomicUsize,
+}
+
+impl<B: Backend> FaultyBackend<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B) -> Self {
+        FaultyBackend {
+            inner,
+            broken: AtomicBool::new(false),
+            forwards: AtomicUsize::new(0),
+        }
+    }
+
+    /// Makes every forward fail (`true`) or work again (`false`).
+    pub fn break_device(&self, broken: bool) {
+        self.broken.store(broken, Ordering::SeqCst);
+    }
+
+    /// Forward passes attempted so far (the warm-up included).
+    pub fn forwards(&self) -> usize {
+        self.forwards.load(Ordering::SeqCst)
+    }
+
+    /// The wrapped backend.
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+
+    /// Applies the faults `batch` asks for.
+    fn inject(&self, batch: &[&PreparedItem]) -> Result<()> {
+        self.forwards.fetch_add(1, Ordering::SeqCst);
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(compute("injected device failure"));
+        }
+        for item in batch {
+            if let Some(ms) = sleep_marker(&item.user_content) {
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+        }
+        let has = |marker: &str| batch.iter().any(|p| p.user_content.contains(marker));
+        if has("[[fault:panic]]") {
+            panic!("injected panic");
+        }
+        if has("[[fault:error]]") {
+            return Err(compute("injected compute error"));
+        }
+        if has("[[fault:invalid]]") {
+            return Err(Error::InvalidInput("injected invalid input".into()));
+        }
+        if batch.len() > 1 && has("[[fault:oom]]") {
+            return Err(compute("injected CUDA_ERROR_OUT_OF_MEMORY"));
+        }
+        Ok(())
+    }
+}
+
+fn compute(message: &str) -> Error {
+    Error::Compute(candle_core::Error::Msg(message.to_string()))
+}
+
+/// `MS` of a `[[fault:sleep=MS]]` marker.
+fn sleep_marker(text: &str) -> Option<u64> {
+    let rest = &text[text.find("[[fault:sleep=")? + "[[fault:sleep=".len()..];
+    rest[..rest.find("]]")?].parse().ok()
+}
+
+impl<B: Backend> Backend for FaultyBackend<B> {
+    fn model(&self) -> &RewardModel {
+        self.inner.model()
+    }
+
+    fn prepare(&self, item: &ScoreItem) -> Result<PreparedItem> {
+        self.inner.prepare(item)
+    }
+
+    fn score_prepared(&self, batch: &[&PreparedItem]) -> Result<Vec<Score>> {
+        self.inject(batch)?;
+        self.inner.score_prepared(batch)
+    }
+
+    fn prefill_for_rationales(
+        &self,
+        batch: &[&PreparedItem],
+        options: &[Option<RationaleOptions>],
+    ) -> Result<(Vec<Score>, Vec<Option<Generation>>)> {
+        self.inject(batch)?;
+        self.inner.prefill_for_rationales(batch, options)
+    }
+
+    fn next_token(&self, generation: &mut Generation) -> Result<Token> {
+        self.inner.next_token(generation)
+    }
+
+    fn decode_forward(&self, generations: &mut [&mut Generation]) -> Result<()> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(compute("injected device failure"));
+        }
+        self.inner.decode_forward(generations)
+    }
+
+    fn device_name(&self) -> String {
+        self.inner.device_name()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sleep_markers_parse() {
+        assert_eq!(super::sleep_marker("a [[fault:sleep=250]] b"), Some(250));
+        assert_eq!(super::sleep_marker("[[fault:sleep=x]]"), None);
+        assert_eq!(super::sleep_marker("nothing"), None);
+    }
+}
