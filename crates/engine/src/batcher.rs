@@ -91,6 +91,10 @@ pub(crate) async fn run(
                 }
             }
         }
+        if queue.len() > config.max_batch_items {
+            // Backed up behind busy devices: items whose callers left must not pile up.
+            purge(&mut queue, Instant::now());
+        }
         wake = dispatch(&mut queue, &mut idle, &config);
     }
     for p in queue {

@@ -72,12 +72,19 @@ impl From<ScoreItem> for Work {
     }
 }
 
-/// One item's pending answer. Dropping it tells the engine nobody waits any more: the item is
-/// dropped before compute, or its rationale stops decoding.
-#[derive(Debug)]
+/// One item's pending answer. Dropping it tells the engine nobody waits any more: the item's
+/// queue slot is released at once (its input is freed if it still waits for preprocessing),
+/// and the item is dropped before compute, or its rationale stops decoding.
 pub struct Ticket {
     result: oneshot::Receiver<ItemResult>,
     text: Option<mpsc::UnboundedReceiver<String>>,
+    slot: Slot,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket").finish_non_exhaustive()
+    }
 }
 
 impl Ticket {
@@ -90,10 +97,13 @@ impl Ticket {
 
     /// Waits for the item's result.
     pub async fn wait(self) -> ItemResult {
-        // Text nobody took is not kept while the rationale decodes.
-        let Ticket { result, text } = self;
+        // Text nobody took is not kept while the rationale decodes. The slot stays held until
+        // the answer arrives (the job releases it first when it answers).
+        let Ticket { result, text, slot } = self;
         drop(text);
-        result.await.unwrap_or_else(|_| {
+        let answer = result.await;
+        drop(slot);
+        answer.unwrap_or_else(|_| {
             ItemResult::failed(ItemError::new(
                 FailureKind::Internal,
                 "the engine dropped the item without an answer",
@@ -114,16 +124,48 @@ pub(crate) struct Inner {
     pub health: watch::Sender<Health>,
 }
 
-/// A queue slot: admitted items hold one until they are answered or dropped.
-pub(crate) struct Slot(Arc<Inner>);
+/// What an admitted item's ticket and its job share: its queue slot, released exactly once by
+/// whichever lets go first (the job when it answers or is dropped, the ticket when the caller
+/// stops waiting), and its input while it waits for preprocessing (freed with the slot when
+/// the caller goes away).
+struct Admission {
+    engine: Arc<Inner>,
+    released: AtomicBool,
+    item: std::sync::Mutex<Option<ScoreItem>>,
+}
+
+impl Admission {
+    fn release(&self) {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let left = self.engine.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
+        metrics::set_in_flight(left);
+        if left == 0 {
+            self.engine.idle.notify_waiters();
+        }
+    }
+
+    fn take_item(&self) -> Option<ScoreItem> {
+        self.item.lock().map_or(None, |mut item| item.take())
+    }
+}
+
+/// A handle on an item's [`Admission`]; dropping either handle releases the slot.
+pub(crate) struct Slot(Arc<Admission>);
+
+impl Slot {
+    /// The item's input, taken for preprocessing; `None` once its caller went away.
+    pub(crate) fn take_item(&self) -> Option<ScoreItem> {
+        self.0.take_item()
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let left = self.0.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
-        metrics::set_in_flight(left);
-        if left == 0 {
-            self.0.idle.notify_waiters();
-        }
+        self.0.release();
+        // The ticket's side: the caller may be gone before preprocessing took the input.
+        drop(self.0.take_item());
     }
 }
 
@@ -270,9 +312,17 @@ impl Engine {
                 }
                 None => (None, None),
             };
-            tickets.push(Ticket { result, text });
+            let admission = Arc::new(Admission {
+                engine: inner.clone(),
+                released: AtomicBool::new(false),
+                item: std::sync::Mutex::new(Some(item)),
+            });
+            tickets.push(Ticket {
+                result,
+                text,
+                slot: Slot(admission.clone()),
+            });
             let job = Job {
-                item,
                 rationale,
                 text: text_tx,
                 reply,
@@ -280,7 +330,7 @@ impl Engine {
                 span: span.clone(),
                 admitted,
                 timing: Timing::default(),
-                _slot: Slot(inner.clone()),
+                slot: Slot(admission),
             };
             let engine = inner.clone();
             inner.pool.spawn_fifo(move || preprocess(&engine, job));
@@ -315,8 +365,13 @@ fn preprocess(inner: &Inner, mut job: Job) {
     let Some(mut job) = job.check(start) else {
         return;
     };
+    let Some(item) = job.slot.take_item() else {
+        job.discard();
+        return;
+    };
     let backend = &inner.backends[0];
-    let prepared = catch_unwind(AssertUnwindSafe(|| backend.prepare(&job.item)));
+    let prepared = catch_unwind(AssertUnwindSafe(|| backend.prepare(&item)));
+    drop(item);
     job.timing.preprocess = start.elapsed();
     metrics::record_preprocess(job.timing.preprocess.as_secs_f64());
     match prepared {

@@ -11,6 +11,7 @@
 //! - `[[fault:oom]]`: a forward containing the item *and others* fails with an out-of-memory
 //!   compute error; the item alone succeeds (a batch too big for the device).
 //! - `[[fault:sleep=MS]]`: the forward sleeps MS milliseconds first.
+//! - `[[fault:prepare_sleep=MS]]`: preprocessing the item sleeps MS milliseconds first.
 //!
 //! [`FaultyBackend::break_device`] makes every forward fail (a device that really broke).
 
@@ -62,7 +63,7 @@ impl<B: Backend> FaultyBackend<B> {
             return Err(compute("injected device failure"));
         }
         for item in batch {
-            if let Some(ms) = sleep_marker(&item.user_content) {
+            if let Some(ms) = marker_value(&item.user_content, "[[fault:sleep=") {
                 std::thread::sleep(Duration::from_millis(ms));
             }
         }
@@ -87,9 +88,9 @@ fn compute(message: &str) -> Error {
     Error::Compute(candle_core::Error::Msg(message.to_string()))
 }
 
-/// `MS` of a `[[fault:sleep=MS]]` marker.
-fn sleep_marker(text: &str) -> Option<u64> {
-    let rest = &text[text.find("[[fault:sleep=")? + "[[fault:sleep=".len()..];
+/// `N` of a `{opening}N]]` marker in `text`.
+fn marker_value(text: &str, opening: &str) -> Option<u64> {
+    let rest = &text[text.find(opening)? + opening.len()..];
     rest[..rest.find("]]")?].parse().ok()
 }
 
@@ -99,6 +100,9 @@ impl<B: Backend> Backend for FaultyBackend<B> {
     }
 
     fn prepare(&self, item: &ScoreItem) -> Result<PreparedItem> {
+        if let Some(ms) = marker_value(&item.prompt, "[[fault:prepare_sleep=") {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
         self.inner.prepare(item)
     }
 
@@ -136,8 +140,9 @@ impl<B: Backend> Backend for FaultyBackend<B> {
 mod tests {
     #[test]
     fn sleep_markers_parse() {
-        assert_eq!(super::sleep_marker("a [[fault:sleep=250]] b"), Some(250));
-        assert_eq!(super::sleep_marker("[[fault:sleep=x]]"), None);
-        assert_eq!(super::sleep_marker("nothing"), None);
+        let sleep = |text| super::marker_value(text, "[[fault:sleep=");
+        assert_eq!(sleep("a [[fault:sleep=250]] b"), Some(250));
+        assert_eq!(sleep("[[fault:sleep=x]]"), None);
+        assert_eq!(sleep("nothing"), None);
     }
 }

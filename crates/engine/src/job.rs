@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use rewarddance_model::{PreparedItem, RationaleOptions, Score, ScoreItem};
+use rewarddance_model::{PreparedItem, RationaleOptions, Score};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Span;
 
@@ -155,7 +155,6 @@ impl ItemResult {
 /// An admitted item on its way through the engine. Dropping it unanswered frees its queue
 /// slot; the ticket then reports an internal error (or nobody is listening any more).
 pub(crate) struct Job {
-    pub item: ScoreItem,
     /// Decode a rationale after the score.
     pub rationale: Option<RationaleOptions>,
     /// Where rationale text increments go as they are decoded (receiver may be gone).
@@ -165,7 +164,8 @@ pub(crate) struct Job {
     pub span: Span,
     pub admitted: Instant,
     pub timing: Timing,
-    pub _slot: Slot,
+    /// The queue slot (and, until preprocessing takes it, the item's input).
+    pub slot: Slot,
 }
 
 /// A job whose item has been prepared, waiting in the batcher's queue.

@@ -30,8 +30,11 @@
 //! `max_decoding_sequences` rationales run, the worker takes no new prefill batch (other
 //! devices still do), which bounds the memory held by key/value caches.
 //!
-//! Every admitted item is answered exactly once (or dropped because nobody is listening), and
-//! the count of admitted items is what [`Engine::drained`] waits on during shutdown.
+//! Every admitted item is answered exactly once (or dropped because nobody is listening). An
+//! item holds its queue slot until it is answered or its caller lets go of the ticket,
+//! whichever comes first: a cancelled call frees its slots (and the input of items still
+//! waiting for preprocessing) at once. The count of held slots is what [`Engine::drained`]
+//! waits on during shutdown.
 
 #![warn(missing_docs)]
 

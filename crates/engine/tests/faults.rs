@@ -176,3 +176,57 @@ async fn a_broken_device_still_turns_health_failing_and_recovers() {
     .expect("health back to serving")
     .expect("engine alive");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_call_frees_its_queue_slots_while_its_items_wait_for_preprocessing() {
+    let model = RewardModel::load(&Checkpoint::bundled(), LoadOptions::default()).expect("model");
+    let backend = Arc::new(FaultyBackend::new(model));
+    let config = EngineConfig {
+        preprocess_threads: 1,
+        max_queue_items: 16,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(vec![backend.clone() as Arc<dyn Backend>], config).expect("start");
+    engine.ready().await.expect("warm-up");
+    // One slow item holds the only preprocessing thread; everything behind it waits.
+    let slow = engine
+        .submit(
+            vec![item("[[fault:prepare_sleep=1500]] a cat", 1)],
+            None,
+            &Span::none(),
+        )
+        .expect("admitted");
+    for round in 0..20 {
+        let cancelled = engine
+            .submit(
+                (0..15).map(|s| item("gone", s)).collect(),
+                None,
+                &Span::none(),
+            )
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        drop(cancelled);
+        assert_eq!(
+            engine.in_flight(),
+            1,
+            "round {round}: slots held by a cancelled call"
+        );
+    }
+    let live = engine
+        .submit(
+            (0..15).map(|s| item("a dog", s)).collect(),
+            None,
+            &Span::none(),
+        )
+        .expect("a live caller is admitted");
+    assert!(slow
+        .into_iter()
+        .next()
+        .expect("ticket")
+        .wait()
+        .await
+        .outcome
+        .is_ok());
+    for t in live {
+        assert!(t.wait().await.outcome.is_ok());
+    }
+}
