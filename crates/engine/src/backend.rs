@@ -2,9 +2,11 @@
 //! so that tests can inject faults (slow batches, panics) without touching the model.
 
 use candle_core::DeviceLocation;
+use std::sync::Arc;
+
 use rewarddance_model::{
-    Device, Generation, PreparedItem, RationaleOptions, Result, RewardModel, Score, ScoreItem,
-    Token,
+    Device, Generation, ImageInput, PreparedImage, PreparedItem, RationaleOptions, Result,
+    RewardModel, Score, ScoreItem, Token,
 };
 
 /// A model on one device. Every method must be pure per item (batching never changes a score).
@@ -15,6 +17,12 @@ pub trait Backend: Send + Sync + 'static {
     /// CPU half: decode, tile, render and tokenise one item. Called concurrently.
     fn prepare(&self, item: &ScoreItem) -> Result<PreparedItem> {
         self.model().prepare(item)
+    }
+
+    /// CPU half for one still image shared by several items (a `Rank`'s candidates): decoded
+    /// and tiled once. Called concurrently.
+    fn prepare_image(&self, input: &ImageInput) -> Result<Arc<PreparedImage>> {
+        self.model().prepare_image(input)
     }
 
     /// Device half: one packed forward pass, scores in batch order. Called from the device's

@@ -5,13 +5,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rewarddance_model::{Candidate, ImageInput, Mode, RationaleOptions, ScoreItem};
+use rewarddance_model::{Candidate, ImageInput, Mode, PreparedImage, RationaleOptions, ScoreItem};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::Span;
 
 use crate::backend::Backend;
 use crate::batcher::{self, BatcherMsg};
 use crate::config::EngineConfig;
+use crate::fair::{FairPool, Task};
 use crate::job::{FailureKind, ItemError, ItemResult, Job, PreparedJob, Timing};
 use crate::metrics;
 use crate::worker;
@@ -112,12 +113,31 @@ impl Ticket {
     }
 }
 
+/// One image's pending preparation ([`Engine::prepare_images`]). Dropping it frees its queue
+/// slot, and the image is not prepared if no thread has started on it.
+pub struct ImageTicket {
+    result: oneshot::Receiver<Result<Arc<PreparedImage>, ItemError>>,
+    _slot: Slot,
+}
+
+impl ImageTicket {
+    /// Waits for the prepared image, or why it could not be prepared.
+    pub async fn wait(self) -> Result<Arc<PreparedImage>, ItemError> {
+        self.result.await.unwrap_or_else(|_| {
+            Err(ItemError::new(
+                FailureKind::Internal,
+                "the engine dropped the image without an answer",
+            ))
+        })
+    }
+}
+
 /// Shared state behind [`Engine`] handles.
 pub(crate) struct Inner {
     pub config: EngineConfig,
     pub backends: Vec<Arc<dyn Backend>>,
     pub to_batcher: mpsc::UnboundedSender<BatcherMsg>,
-    pool: rayon::ThreadPool,
+    pool: Arc<FairPool>,
     in_flight: AtomicUsize,
     accepting: AtomicBool,
     idle: Notify,
@@ -135,6 +155,14 @@ struct Admission {
 }
 
 impl Admission {
+    fn new(engine: &Arc<Inner>, item: Option<ScoreItem>) -> Arc<Self> {
+        Arc::new(Admission {
+            engine: engine.clone(),
+            released: AtomicBool::new(false),
+            item: std::sync::Mutex::new(item),
+        })
+    }
+
     fn release(&self) {
         if self.released.swap(true, Ordering::AcqRel) {
             return;
@@ -185,11 +213,7 @@ impl Engine {
                 "the engine needs at least one device",
             ));
         }
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(config.preprocess_threads.max(1))
-            .thread_name(|i| format!("rd-preprocess-{i}"))
-            .build()
-            .map_err(std::io::Error::other)?;
+        let pool = FairPool::new(config.preprocess_threads)?;
         let (to_batcher, from_handles) = mpsc::unbounded_channel();
         let (health, _) = watch::channel(Health::Starting);
         let inner = Arc::new(Inner {
@@ -274,10 +298,99 @@ impl Engine {
         span: &Span,
     ) -> Result<Vec<Ticket>, SubmitError> {
         let inner = &self.inner;
+        self.reserve(items.len())?;
+        let admitted = Instant::now();
+        let mut tickets = Vec::with_capacity(items.len());
+        let mut tasks: Vec<Task> = Vec::with_capacity(items.len());
+        for work in items {
+            let Work { item, rationale } = work.into();
+            let (reply, result) = oneshot::channel();
+            let (text_tx, text) = match rationale {
+                Some(_) => {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    (Some(tx), Some(rx))
+                }
+                None => (None, None),
+            };
+            let admission = Admission::new(inner, Some(item));
+            tickets.push(Ticket {
+                result,
+                text,
+                slot: Slot(admission.clone()),
+            });
+            let job = Job {
+                rationale,
+                text: text_tx,
+                reply,
+                deadline,
+                span: span.clone(),
+                admitted,
+                timing: Timing::default(),
+                slot: Slot(admission),
+            };
+            let engine = inner.clone();
+            tasks.push(Box::new(move || preprocess(&engine, job)));
+        }
+        inner.pool.spawn_group(tasks);
+        Ok(tickets)
+    }
+
+    /// Decodes and tiles still images once each, for items that share them (a `Rank`'s
+    /// candidates, each in many pairs). Admission is the same as for items: each image takes
+    /// a queue slot until it is prepared (or its ticket is dropped), the whole call is
+    /// refused when the queue cannot take it, and the work runs on the preprocessing pool.
+    pub fn prepare_images(
+        &self,
+        images: Vec<ImageInput>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<ImageTicket>, SubmitError> {
+        let inner = &self.inner;
+        self.reserve(images.len())?;
+        let mut tickets = Vec::with_capacity(images.len());
+        let mut tasks: Vec<Task> = Vec::with_capacity(images.len());
+        for input in images {
+            let (reply, result) = oneshot::channel();
+            let slot = Slot(Admission::new(inner, None));
+            tickets.push(ImageTicket {
+                result,
+                _slot: Slot(slot.0.clone()),
+            });
+            let engine = inner.clone();
+            tasks.push(Box::new(move || {
+                if reply.is_closed() {
+                    return;
+                }
+                let answer = if deadline.is_some_and(|d| Instant::now() >= d) {
+                    Err(ItemError::new(
+                        FailureKind::DeadlineExceeded,
+                        "deadline passed before the image was prepared",
+                    ))
+                } else {
+                    let backend = &engine.backends[0];
+                    match catch_unwind(AssertUnwindSafe(|| backend.prepare_image(&input))) {
+                        Ok(Ok(prepared)) => Ok(prepared),
+                        Ok(Err(err)) => Err(ItemError::from_model(&err)),
+                        Err(_) => Err(ItemError::new(
+                            FailureKind::Internal,
+                            "preprocessing failed unexpectedly",
+                        )),
+                    }
+                };
+                drop(input);
+                let _ = reply.send(answer);
+                drop(slot);
+            }));
+        }
+        inner.pool.spawn_group(tasks);
+        Ok(tickets)
+    }
+
+    /// Takes `n` queue slots at once, or none.
+    fn reserve(&self, n: usize) -> Result<(), SubmitError> {
+        let inner = &self.inner;
         if !inner.accepting.load(Ordering::Acquire) {
             return Err(SubmitError::ShuttingDown);
         }
-        let n = items.len();
         let capacity = inner.config.max_queue_items;
         let mut current = inner.in_flight.load(Ordering::Acquire);
         loop {
@@ -300,42 +413,7 @@ impl Engine {
             }
         }
         metrics::set_in_flight(current + n);
-        let admitted = Instant::now();
-        let mut tickets = Vec::with_capacity(n);
-        for work in items {
-            let Work { item, rationale } = work.into();
-            let (reply, result) = oneshot::channel();
-            let (text_tx, text) = match rationale {
-                Some(_) => {
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    (Some(tx), Some(rx))
-                }
-                None => (None, None),
-            };
-            let admission = Arc::new(Admission {
-                engine: inner.clone(),
-                released: AtomicBool::new(false),
-                item: std::sync::Mutex::new(Some(item)),
-            });
-            tickets.push(Ticket {
-                result,
-                text,
-                slot: Slot(admission.clone()),
-            });
-            let job = Job {
-                rationale,
-                text: text_tx,
-                reply,
-                deadline,
-                span: span.clone(),
-                admitted,
-                timing: Timing::default(),
-                slot: Slot(admission),
-            };
-            let engine = inner.clone();
-            inner.pool.spawn_fifo(move || preprocess(&engine, job));
-        }
-        Ok(tickets)
+        Ok(())
     }
 
     /// Stops admitting items (submissions fail with [`SubmitError::ShuttingDown`]) and reports

@@ -16,10 +16,12 @@
 //! [`FaultyBackend::break_device`] makes every forward fail (a device that really broke).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rewarddance_model::{
-    Error, Generation, PreparedItem, RationaleOptions, Result, RewardModel, Score, ScoreItem, Token,
+    Error, Generation, ImageInput, PreparedImage, PreparedItem, RationaleOptions, Result,
+    RewardModel, Score, ScoreItem, Token,
 };
 
 use crate::backend::Backend;
@@ -104,6 +106,10 @@ impl<B: Backend> Backend for FaultyBackend<B> {
             std::thread::sleep(Duration::from_millis(ms));
         }
         self.inner.prepare(item)
+    }
+
+    fn prepare_image(&self, input: &ImageInput) -> Result<Arc<PreparedImage>> {
+        self.inner.prepare_image(input)
     }
 
     fn score_prepared(&self, batch: &[&PreparedItem]) -> Result<Vec<Score>> {

@@ -9,7 +9,9 @@
 //! 1. [`Engine::submit`] admits a request's items atomically (or refuses them all with
 //!    [`SubmitError::QueueFull`]) and returns one [`Ticket`] per item.
 //! 2. A preprocessing pool (`rayon`, `preprocess_threads` threads) decodes, tiles and tokenises
-//!    the item ([`Backend::prepare`]); bad items are answered right there.
+//!    the item ([`Backend::prepare`]); bad items are answered right there. The pool serves
+//!    submissions round-robin, one item per turn, so a large request never starves a later
+//!    small one.
 //! 3. One batcher task owns the queue of prepared items. When a worker is idle it cuts a batch
 //!    by token budget and item cap, waiting at most `max_batch_delay` for a batch to fill, and
 //!    skipping items whose caller is gone or whose deadline passed.
@@ -43,6 +45,7 @@ mod batcher;
 mod config;
 mod decoding;
 mod engine;
+mod fair;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
 mod isolation;
@@ -52,5 +55,5 @@ mod worker;
 
 pub use backend::{device_name, Backend};
 pub use config::EngineConfig;
-pub use engine::{Engine, Health, SubmitError, Ticket, Work};
+pub use engine::{Engine, Health, ImageTicket, SubmitError, Ticket, Work};
 pub use job::{FailureKind, ItemError, ItemResult, RationaleEnd, RationaleOutput, Timing};

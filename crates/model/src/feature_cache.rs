@@ -9,40 +9,7 @@ use std::sync::Mutex;
 
 use candle_core::Tensor;
 
-use crate::image::{RgbImage, TilingConfig};
-
-/// Content key of one preprocessed image: decoded pixels + how they were tiled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ImageKey([u8; 32]);
-
-impl ImageKey {
-    /// Hashes the decoded RGB pixels, their size, whether the image is a video frame (one tile)
-    /// and every tiling setting that changes the tiles.
-    pub fn of(img: &RgbImage, frame: bool, tiling: &TilingConfig) -> Self {
-        let mut h = blake3::Hasher::new();
-        h.update(&[frame as u8, tiling.use_thumbnail as u8]);
-        for v in [img.width(), img.height(), tiling.image_size] {
-            h.update(&v.to_le_bytes());
-        }
-        for v in [tiling.min_tiles, tiling.max_tiles] {
-            h.update(&(v as u64).to_le_bytes());
-        }
-        for v in tiling.mean.iter().chain(&tiling.std) {
-            h.update(&v.to_le_bytes());
-        }
-        h.update(img.as_raw());
-        ImageKey(*h.finalize().as_bytes())
-    }
-
-    /// Hashes already-normalised tiles (for items whose pixels were supplied directly).
-    pub fn of_pixels(pixels: &[f32]) -> Self {
-        let mut h = blake3::Hasher::new();
-        h.update(b"normalised-f32-tiles");
-        let bytes: Vec<u8> = pixels.iter().flat_map(|v| v.to_le_bytes()).collect();
-        h.update(&bytes);
-        ImageKey(*h.finalize().as_bytes())
-    }
-}
+pub use crate::image::ImageKey;
 
 /// Counters of the cache's use since start-up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

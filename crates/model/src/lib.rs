@@ -53,7 +53,7 @@ pub use checkpoint::{Checkpoint, TokenizerSource, BUNDLED_MODEL_ID};
 pub use config::{Layout, ModelConfig};
 pub use error::{Error, Result};
 pub use feature_cache::CacheStats;
-pub use image::ImageInput;
+pub use image::{ImageInput, PreparedImage};
 pub use item::{Candidate, Mode, Score, ScoreItem};
 pub use prompt::AnswerTokens;
 pub use rationale::{Generation, Rationale, RationaleOptions, StopReason, Token};

@@ -74,7 +74,7 @@ fn pixel_values_match_pillow() {
         for item in reference.items().iter().filter(|i| all_png(i)) {
             let id = item["id"].as_str().unwrap_or("?");
             let prepared = model.prepare(&score_item(item)).expect("prepare");
-            let diff = max_abs_diff(prepared.pixels(), &reference.pixels_of(item));
+            let diff = max_abs_diff(&prepared.pixels(), &reference.pixels_of(item));
             assert!(diff <= PNG_PIXEL_TOL, "{name}/{id}: pixel diff {diff}");
         }
     }

@@ -13,6 +13,13 @@ pub const DEFAULT_ADDR: &str = "0.0.0.0:50051";
 /// Default Prometheus `/metrics` listen address.
 pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9090";
 
+/// Default text byte limit per token of context. Real prompts average 3-5 bytes per token with
+/// the Qwen2 and InternLM2 tokenizers, so 16 leaves wide room while a caller can no longer hold
+/// a preprocessing thread for seconds with megabytes of text.
+pub const TEXT_BYTES_PER_TOKEN: usize = 16;
+/// Smallest default text byte limit (for models with short contexts).
+pub const MIN_DEFAULT_TEXT_BYTES: usize = 64 << 10;
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -60,6 +67,10 @@ pub struct ServerArgs {
     /// Most candidates in one Rank request (refused above it, before any image is looked at).
     #[arg(long, env = "REWARDDANCE_MAX_RANK_CANDIDATES", default_value_t = 256)]
     pub max_rank_candidates: usize,
+    /// Most bytes of an item's `prompt` and of its `instruction`, each, checked before
+    /// tokenising (default: 16 bytes per token of the model's context, at least 64 KiB).
+    #[arg(long, env = "REWARDDANCE_MAX_TEXT_BYTES")]
+    pub max_text_bytes: Option<usize>,
     /// Largest request message in bytes.
     #[arg(long, env = "REWARDDANCE_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     pub max_message_bytes: usize,
@@ -151,6 +162,13 @@ impl ServerArgs {
             anyhow::bail!("{from} contains whitespace or control characters");
         }
         Ok(Some(token))
+    }
+
+    /// The text byte limit for a model that takes `max_tokens` tokens per item.
+    pub fn max_text_bytes(&self, max_tokens: usize) -> usize {
+        self.max_text_bytes.unwrap_or_else(|| {
+            (max_tokens.saturating_mul(TEXT_BYTES_PER_TOKEN)).max(MIN_DEFAULT_TEXT_BYTES)
+        })
     }
 
     /// Drain timeout as a duration.

@@ -13,8 +13,38 @@ fn invalid(message: impl Into<String>) -> ItemError {
     ItemError::new(FailureKind::InvalidArgument, message)
 }
 
+/// What one item may carry, checked before it is queued.
+#[derive(Debug, Clone, Copy)]
+pub struct ItemLimits {
+    /// Pixel limit for raw images (the model checks encoded ones from their header).
+    pub max_image_pixels: u64,
+    /// Most bytes of `prompt` and of `instruction`, each (checked before tokenising).
+    pub max_text_bytes: usize,
+}
+
+/// Checks a caller's text field against the byte limit.
+pub fn text(what: &str, value: &str, limits: &ItemLimits) -> Result<(), ItemError> {
+    if value.len() > limits.max_text_bytes {
+        return Err(ItemError {
+            kind: FailureKind::InvalidArgument,
+            reason: "too_many_tokens",
+            message: format!(
+                "{what} is {} bytes, over the limit of {} bytes (--max-text-bytes)",
+                value.len(),
+                limits.max_text_bytes
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Converts one proto item, checking what can be checked without the model.
-pub fn item(item: v1::ScoreItem, max_image_pixels: u64) -> Result<ScoreItem, ItemError> {
+pub fn item(item: v1::ScoreItem, limits: &ItemLimits) -> Result<ScoreItem, ItemError> {
+    let max_image_pixels = limits.max_image_pixels;
+    text("prompt", &item.prompt, limits)?;
+    if let Some(instruction) = &item.instruction {
+        text("instruction", instruction, limits)?;
+    }
     if item.prompt.trim().is_empty() {
         return Err(invalid("prompt is empty"));
     }
@@ -113,7 +143,7 @@ pub fn rationale(
 
 /// Converts one image; raw pixels are checked for shape and the pixel limit here (encoded
 /// images are checked from their header by the model before decoding).
-fn image(img: v1::Image, what: &str, max_image_pixels: u64) -> Result<ImageInput, ItemError> {
+pub fn image(img: v1::Image, what: &str, max_image_pixels: u64) -> Result<ImageInput, ItemError> {
     match img.source {
         Some(v1::image::Source::Encoded(bytes)) => {
             if bytes.is_empty() {
@@ -232,6 +262,27 @@ mod tests {
         }
     }
 
+    const LIMITS: ItemLimits = ItemLimits {
+        max_image_pixels: 100,
+        max_text_bytes: 64,
+    };
+
+    #[test]
+    fn text_over_the_byte_limit_is_refused_before_tokenising() {
+        let mut it = proto_item(raw(2, 2, 12));
+        it.prompt = "x".repeat(65);
+        let e = item(it.clone(), &LIMITS).expect_err("long prompt");
+        assert_eq!(
+            (e.kind, e.reason),
+            (FailureKind::InvalidArgument, "too_many_tokens")
+        );
+        assert!(e.message.contains("65 bytes"), "{e}");
+        it.prompt = "x".repeat(64);
+        assert!(item(it.clone(), &LIMITS).is_ok());
+        it.instruction = Some("{prompt}".repeat(9));
+        assert!(item(it, &LIMITS).is_err(), "instruction of 72 bytes");
+    }
+
     fn proto_item(img: v1::Image) -> v1::ScoreItem {
         v1::ScoreItem {
             prompt: "a cat".into(),
@@ -242,13 +293,13 @@ mod tests {
 
     #[test]
     fn raw_images_are_checked_before_the_queue() {
-        assert!(item(proto_item(raw(2, 2, 12)), 100).is_ok());
-        let e = item(proto_item(raw(2, 2, 11)), 100).expect_err("short");
+        assert!(item(proto_item(raw(2, 2, 12)), &LIMITS).is_ok());
+        let e = item(proto_item(raw(2, 2, 11)), &LIMITS).expect_err("short");
         assert!(e.message.contains("needs 12 bytes"), "{e}");
-        let e = item(proto_item(raw(20, 20, 1200)), 100).expect_err("big");
+        let e = item(proto_item(raw(20, 20, 1200)), &LIMITS).expect_err("big");
         assert_eq!(e.reason, "image_too_large");
         assert_eq!(
-            item(proto_item(raw(0, 2, 0)), 100).unwrap_err().kind,
+            item(proto_item(raw(0, 2, 0)), &LIMITS).unwrap_err().kind,
             FailureKind::InvalidArgument
         );
     }
@@ -256,11 +307,11 @@ mod tests {
     #[test]
     fn mode_defaults_follow_the_reference() {
         let mut it = proto_item(raw(2, 2, 12));
-        assert_eq!(item(it.clone(), 100).expect("ok").mode, Mode::Pointwise);
+        assert_eq!(item(it.clone(), &LIMITS).expect("ok").mode, Mode::Pointwise);
         it.reference = Some(raw(2, 2, 12));
-        assert_eq!(item(it.clone(), 100).expect("ok").mode, Mode::Pairwise);
+        assert_eq!(item(it.clone(), &LIMITS).expect("ok").mode, Mode::Pairwise);
         it.mode = 9;
-        assert!(item(it, 100).is_err());
+        assert!(item(it, &LIMITS).is_err());
     }
 
     #[test]
@@ -301,12 +352,12 @@ mod tests {
     fn missing_parts_are_item_errors() {
         let mut it = proto_item(raw(2, 2, 12));
         it.prompt = " ".into();
-        assert!(item(it, 100).is_err());
+        assert!(item(it, &LIMITS).is_err());
         let none = v1::ScoreItem {
             prompt: "p".into(),
             ..Default::default()
         };
-        assert!(item(none, 100)
+        assert!(item(none, &LIMITS)
             .unwrap_err()
             .message
             .contains("no candidate"));
@@ -317,6 +368,6 @@ mod tests {
             })),
             ..Default::default()
         };
-        assert!(item(video, 100).is_err());
+        assert!(item(video, &LIMITS).is_err());
     }
 }

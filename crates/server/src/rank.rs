@@ -1,20 +1,24 @@
 //! `Rank`: N candidates for one prompt, ranked pairwise (Bradley-Terry over a schedule of
 //! ordered pairs) or pointwise, on top of the same admission path as `Score`.
 //!
-//! Each candidate image is decoded once up front so a broken one is reported as that
-//! candidate's error (not as a failure of every pair it appears in); the pairs themselves go
-//! through the engine like any scored items, where identical images are encoded once per batch
-//! and the shared prefix (system prompt + reference image) is computed once.
+//! Each candidate image is decoded and tiled once up front, through the engine's admission
+//! and preprocessing pool like any item, so a broken one is reported as that candidate's
+//! error (not as a failure of every pair it appears in), and N candidates cost N decodes and
+//! N images' tiles in memory, not 2 (N - 1) + 1 each. The pairs then go through the engine
+//! like any scored items, sharing those tiles, where identical images are encoded once per
+//! batch and the shared prefix (system prompt + reference image) is computed once.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use rewarddance_engine::{FailureKind, ItemError};
-use rewarddance_model::image::{decode, DecodeLimits};
+use rewarddance_engine::{FailureKind, ItemError, Work};
 use rewarddance_model::ranking::{rank_pairwise, rank_pointwise, schedule_pairs, Schedule};
+use rewarddance_model::{Candidate, ImageInput, Mode, PreparedImage, ScoreItem};
 use rewarddance_proto::v1;
 use tonic::Status;
 
-use crate::service::{collect, ItemAdmitError, RewardApi};
+use crate::convert;
+use crate::service::{collect, engine_deadline, ItemAdmitError, RewardApi};
 use crate::status;
 
 impl RewardApi {
@@ -42,11 +46,27 @@ impl RewardApi {
         if request.prompt.trim().is_empty() {
             return Err(Status::invalid_argument("prompt is empty"));
         }
-        let pairwise = !matches!(
-            v1::RankMethod::try_from(request.method),
-            Ok(v1::RankMethod::Pointwise)
-        );
-        let errors = self.check_candidates(&request.candidates).await;
+        let item_limits = &self.limits.item;
+        let text_ok = convert::text("prompt", &request.prompt, item_limits).and_then(|()| {
+            request
+                .instruction
+                .as_deref()
+                .map_or(Ok(()), |i| convert::text("instruction", i, item_limits))
+        });
+        text_ok.map_err(|e| Status::invalid_argument(e.message))?;
+        let pairwise = match v1::RankMethod::try_from(request.method) {
+            Ok(v1::RankMethod::Unspecified | v1::RankMethod::Pairwise) => true,
+            Ok(v1::RankMethod::Pointwise) => false,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown rank method {}",
+                    request.method
+                )))
+            }
+        };
+        let (images, errors) = self
+            .prepare_candidates(request.candidates, deadline)
+            .await?;
         let failed: Vec<bool> = errors.iter().map(Option::is_some).collect();
 
         // The items to score: ordered pairs (reference i, candidate j) or single candidates.
@@ -76,27 +96,33 @@ impl RewardApi {
         let scores = if units.is_empty() {
             Vec::new()
         } else {
-            let items = units
+            // Every pair shares its two candidates' prepared tiles: nothing is decoded again.
+            let image = |c: usize| images[c].clone().map(ImageInput::Prepared);
+            let converted = units
                 .iter()
-                .map(|&(i, j)| v1::ScoreItem {
-                    id: String::new(),
-                    prompt: request.prompt.clone(),
-                    candidate: Some(v1::score_item::Candidate::Image(
-                        request.candidates[j].clone(),
-                    )),
-                    reference: pairwise.then(|| request.candidates[i].clone()),
-                    instruction: request.instruction.clone(),
-                    mode: if pairwise {
-                        v1::Mode::Pairwise
-                    } else {
-                        v1::Mode::Pointwise
-                    } as i32,
-                    rationale: None,
+                .map(|&(i, j)| {
+                    let item = ScoreItem {
+                        prompt: request.prompt.clone(),
+                        candidate: Candidate::Image(image(j).ok_or_else(lost)?),
+                        reference: if pairwise {
+                            Some(image(i).ok_or_else(lost)?)
+                        } else {
+                            None
+                        },
+                        instruction: request.instruction.clone(),
+                        mode: if pairwise {
+                            Mode::Pairwise
+                        } else {
+                            Mode::Pointwise
+                        },
+                    };
+                    Ok((Work::from(item), false))
                 })
                 .collect();
             let admitted = self
-                .admit(
-                    v1::ScoreRequest { items },
+                .admit_converted(
+                    vec![String::new(); units.len()],
+                    converted,
                     deadline,
                     &tracing::Span::current(),
                 )
@@ -104,6 +130,7 @@ impl RewardApi {
                     ItemAdmitError::Invalid(msg) => Status::invalid_argument(msg),
                     ItemAdmitError::Refused(e) => status::submit_status(&e),
                 })?;
+            drop(images);
             collect(admitted, deadline, &self.model_id, None)
                 .await
                 .results
@@ -164,43 +191,60 @@ impl RewardApi {
         })
     }
 
-    /// Decodes each candidate once (off the async runtime): `Some(error)` for the broken ones.
-    async fn check_candidates(&self, candidates: &[v1::Image]) -> Vec<Option<ItemError>> {
-        let limits = DecodeLimits {
-            max_pixels: self.limits.max_image_pixels,
-        };
-        let mut out = Vec::with_capacity(candidates.len());
-        for (c, img) in candidates.iter().enumerate() {
-            let probe = v1::ScoreItem {
-                id: String::new(),
-                prompt: "-".into(),
-                candidate: Some(v1::score_item::Candidate::Image(img.clone())),
-                reference: None,
-                instruction: None,
-                mode: v1::Mode::Pointwise as i32,
-                rationale: None,
-            };
-            let checked = match crate::convert::item(probe, limits.max_pixels) {
-                Err(e) => Some(e),
-                Ok(rewarddance_model::ScoreItem {
-                    candidate: rewarddance_model::Candidate::Image(input),
-                    ..
-                }) => tokio::task::spawn_blocking(move || decode(&input, &limits).err())
-                    .await
-                    .unwrap_or(None)
-                    .map(|e| {
-                        // Same code and reason as `Score` gives a broken image.
-                        let mut err = ItemError::from_model(&e);
-                        err.message = format!("candidate {c}: {}", err.message);
-                        err
-                    }),
-                Ok(_) => Some(ItemError::new(
-                    FailureKind::InvalidArgument,
-                    "candidate is not an image",
-                )),
-            };
-            out.push(checked);
+    /// Decodes and tiles each candidate once, through the engine's admission and
+    /// preprocessing pool (as `Score` items are): per candidate, its prepared image or the
+    /// error that leaves it out of the ranking.
+    async fn prepare_candidates(
+        &self,
+        candidates: Vec<v1::Image>,
+        deadline: Option<Instant>,
+    ) -> Result<Prepared, Status> {
+        let n = candidates.len();
+        let mut errors: Vec<Option<ItemError>> = vec![None; n];
+        let mut inputs = Vec::with_capacity(n);
+        let mut positions = Vec::with_capacity(n);
+        for (c, img) in candidates.into_iter().enumerate() {
+            match convert::image(
+                img,
+                &format!("candidate {c}"),
+                self.limits.item.max_image_pixels,
+            ) {
+                Ok(input) => {
+                    inputs.push(input);
+                    positions.push(c);
+                }
+                Err(e) => errors[c] = Some(e),
+            }
         }
-        out
+        let tickets = self
+            .engine
+            .prepare_images(inputs, engine_deadline(deadline))
+            .map_err(|e| status::submit_status(&e))?;
+        let mut images = vec![None; n];
+        for (c, ticket) in positions.into_iter().zip(tickets) {
+            let answer = match deadline {
+                None => ticket.wait().await,
+                Some(at) => tokio::time::timeout_at(at.into(), ticket.wait())
+                    .await
+                    .unwrap_or_else(|_| Err(status::deadline_item_error())),
+            };
+            match answer {
+                Ok(image) => images[c] = Some(image),
+                Err(mut e) => {
+                    // Same code and reason as `Score` gives a broken image.
+                    e.message = format!("candidate {c}: {}", e.message);
+                    errors[c] = Some(e);
+                }
+            }
+        }
+        Ok((images, errors))
     }
+}
+
+/// Per candidate: its prepared image (absent when it failed) and its error.
+type Prepared = (Vec<Option<Arc<PreparedImage>>>, Vec<Option<ItemError>>);
+
+/// A pair refers to a candidate that has no image (cannot happen: failed ones are left out).
+fn lost() -> ItemError {
+    ItemError::new(FailureKind::Internal, "a ranked candidate lost its image")
 }

@@ -25,8 +25,8 @@ pub struct Limits {
     pub max_rank_candidates: usize,
     /// Unanswered items per stream.
     pub max_stream_in_flight: usize,
-    /// Pixel limit for raw images (the model checks encoded ones).
-    pub max_image_pixels: u64,
+    /// What a single item may carry (checked before it is queued).
+    pub item: convert::ItemLimits,
     /// What an item may ask of the rationale decoder.
     pub rationale: convert::RationaleLimits,
 }
@@ -36,6 +36,11 @@ pub struct Limits {
 /// DEADLINE) before the handler's timer answers DEADLINE_EXCEEDED without a score. Best
 /// effort: the engine checks between decode steps.
 const ENGINE_DEADLINE_LEAD: Duration = Duration::from_millis(20);
+
+/// When the engine stops work on a call's items: [`ENGINE_DEADLINE_LEAD`] before the call's.
+pub(crate) fn engine_deadline(deadline: Option<Instant>) -> Option<Instant> {
+    deadline.map(|d| d.checked_sub(ENGINE_DEADLINE_LEAD).unwrap_or(d))
+}
 
 /// The service implementation (cheap to clone).
 #[derive(Clone)]
@@ -54,7 +59,10 @@ impl RewardApi {
             max_items_per_request: args.max_items_per_request,
             max_rank_candidates: args.max_rank_candidates,
             max_stream_in_flight: args.max_stream_in_flight.max(1),
-            max_image_pixels: model.options().max_image_pixels,
+            item: convert::ItemLimits {
+                max_image_pixels: model.options().max_image_pixels,
+                max_text_bytes: args.max_text_bytes(model.max_tokens_per_item()),
+            },
             rationale: convert::RationaleLimits {
                 max_tokens: args.max_rationale_tokens,
                 default_tokens: args.default_rationale_tokens,
@@ -100,13 +108,24 @@ impl RewardApi {
         for item in request.items {
             ids.push(item.id.clone());
             let rationale = convert::rationale(item.rationale, self.limits.rationale);
-            converted.push(
-                convert::item(item, self.limits.max_image_pixels).and_then(|item| {
-                    let (rationale, stream) = rationale?.unzip();
-                    Ok((Work { item, rationale }, stream.unwrap_or(false)))
-                }),
-            );
+            converted.push(convert::item(item, &self.limits.item).and_then(|item| {
+                let (rationale, stream) = rationale?.unzip();
+                Ok((Work { item, rationale }, stream.unwrap_or(false)))
+            }));
         }
+        self.admit_converted(ids, converted, deadline, span)
+    }
+
+    /// Admits converted items (the valid ones; the others are answered with their error at
+    /// once). `converted[i]`: the work and whether its rationale text is streamed.
+    pub(crate) fn admit_converted(
+        &self,
+        ids: Vec<String>,
+        mut converted: Vec<Result<(Work, bool), ItemError>>,
+        deadline: Option<Instant>,
+        span: &tracing::Span,
+    ) -> Result<Vec<(String, Pending)>, ItemAdmitError> {
+        let n = converted.len();
         let good: Vec<Work> = converted
             .iter_mut()
             .filter_map(|c| {
@@ -115,10 +134,9 @@ impl RewardApi {
                     .map(|(w, _)| std::mem::replace(w, placeholder()))
             })
             .collect();
-        let engine_deadline = deadline.map(|d| d.checked_sub(ENGINE_DEADLINE_LEAD).unwrap_or(d));
         let mut tickets = self
             .engine
-            .submit(good, engine_deadline, span)
+            .submit(good, engine_deadline(deadline), span)
             .map_err(ItemAdmitError::Refused)?
             .into_iter();
         let mut out = Vec::with_capacity(n);

@@ -171,3 +171,119 @@ async fn too_many_candidates_are_refused_before_any_work() {
     );
     server.shutdown().await;
 }
+
+/// Issue #14: six 40 MP PNGs took 25 s as a Rank (each image decoded and tiled 2(N-1)+1
+/// times) against 2.5 s as a Score. Each candidate is now prepared once and every pair
+/// shares its tiles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_candidate_is_decoded_once_and_pairs_share_its_tiles() {
+    use std::sync::atomic::Ordering;
+    let backend = TestBackend::new(Duration::ZERO);
+    let server = TestServer::start(backend.clone(), args()).await;
+    let mut client = server.client().await;
+    let candidates: Vec<v1::Image> = (0..4).map(|s| png_image(60 + 7 * s, 48, s as u8)).collect();
+    let before = (
+        backend.images_prepared.load(Ordering::SeqCst),
+        backend.images_decoded_in_items.load(Ordering::SeqCst),
+    );
+    let got = client
+        .rank(request(candidates, v1::RankMethod::Pairwise))
+        .await
+        .expect("rank")
+        .into_inner();
+    assert_eq!(got.comparisons, 12);
+    assert!(got.candidates.iter().all(|c| c.error.is_none()));
+    assert_eq!(
+        backend.images_prepared.load(Ordering::SeqCst) - before.0,
+        4,
+        "one decode per candidate"
+    );
+    assert_eq!(
+        backend.images_decoded_in_items.load(Ordering::SeqCst) - before.1,
+        0,
+        "the 12 pairs decoded images again"
+    );
+    server.shutdown().await;
+}
+
+/// Issue #14: Rank decoded its candidates outside the admission bound (8 concurrent Ranks of
+/// two 40 MP images: 792 MiB). Preparing them now holds queue slots like Score items, so a
+/// full queue refuses the Rank before anything is decoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rank_preprocessing_goes_through_admission() {
+    use std::sync::atomic::Ordering;
+    let backend = TestBackend::new(Duration::ZERO);
+    let server = TestServer::start(
+        backend.clone(),
+        rewarddance_server::ServerArgs {
+            max_queue_items: 16,
+            ..args()
+        },
+    )
+    .await;
+    backend.image_delay_ms.store(400, Ordering::SeqCst);
+    let mut client = server.client().await;
+    let candidates: Vec<v1::Image> = (0..3).map(|s| png_image(50, 40, s)).collect();
+    let call = tokio::spawn(async move {
+        client
+            .rank(request(candidates, v1::RankMethod::Pointwise))
+            .await
+    });
+    // While the candidates are prepared, they hold queue slots.
+    let mut held = 0;
+    for _ in 0..30 {
+        held = held.max(server.engine.in_flight());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(held >= 3, "candidates being prepared held {held} slots");
+    let got = call.await.expect("join").expect("rank").into_inner();
+    assert_eq!(got.comparisons, 3);
+    // A full queue refuses a Rank before any candidate is decoded.
+    backend.image_delay_ms.store(0, Ordering::SeqCst);
+    backend.gate_open.store(false, Ordering::SeqCst);
+    let mut filler = server.client().await;
+    let fill = tokio::spawn(async move {
+        filler
+            .score(common::request(
+                (0..16).map(|s| item("", "fill", s)).collect(),
+            ))
+            .await
+    });
+    while server.engine.in_flight() < 16 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let prepared = backend.images_prepared.load(Ordering::SeqCst);
+    let mut client = server.client().await;
+    let err = client
+        .rank(request(
+            vec![png_image(50, 40, 1), png_image(50, 40, 2)],
+            v1::RankMethod::Pairwise,
+        ))
+        .await
+        .expect_err("queue is full");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(backend.images_prepared.load(Ordering::SeqCst), prepared);
+    backend.gate_open.store(true, Ordering::SeqCst);
+    fill.await.expect("join").expect("fill");
+    server.shutdown().await;
+}
+
+/// Unknown enum values are refused, never mapped to a default (issue #14, item 10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_rank_method_is_refused() {
+    let server = TestServer::start(TestBackend::new(Duration::ZERO), args()).await;
+    let mut client = server.client().await;
+    let mut req = request(
+        vec![raw_image(8, 8, 0), raw_image(8, 8, 1)],
+        v1::RankMethod::Pairwise,
+    );
+    req.method = 7;
+    let err = client.rank(req).await.expect_err("unknown method");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("unknown rank method 7"),
+        "{}",
+        err.message()
+    );
+    server.shutdown().await;
+}

@@ -241,13 +241,13 @@ async fn a_cancelled_stream_stops_decoding() {
     tokio::time::timeout(Duration::from_secs(10), server.engine.drained())
         .await
         .expect("the cancelled item leaves the engine");
+    // The slot is released when the server drops the ticket; the decoder drops the sequence
+    // at its next step, so at most the step under way and the next one run (5 ms each),
+    // where an uncancelled sequence would run ~60 in 300 ms.
     let steps = backend.decode_steps();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        backend.decode_steps(),
-        steps,
-        "no decode steps after cancel"
-    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = backend.decode_steps() - steps;
+    assert!(after <= 3, "{after} decode steps after cancel");
     assert!(steps < 1000, "stopped mid-way");
     server.shutdown().await;
 }

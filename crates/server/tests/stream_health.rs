@@ -103,9 +103,12 @@ async fn a_cancelled_stream_leaves_no_work_behind() {
         scored < 10,
         "{scored} of 30 items were computed after the cancel"
     );
-    // Nothing else is computed later.
+    // Nothing else is computed later, but the one batch (of one item) that was on the device
+    // when the slots were released (at once, on cancel) may finish; uncancelled items would
+    // go on at one per 100 ms.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(backend.scored() - before, scored);
+    let later = backend.scored() - before - scored;
+    assert!(later <= 1, "{later} items computed after the slots were released");
     server.shutdown().await;
 }
 

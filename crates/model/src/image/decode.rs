@@ -54,6 +54,9 @@ pub fn decode(input: &ImageInput, limits: &DecodeLimits) -> Result<RgbImage> {
             height,
             data,
         } => decode_raw(*width, *height, data, limits),
+        ImageInput::Prepared(_) => Err(Error::InvalidInput(
+            "this image was already decoded and tiled".into(),
+        )),
     }
 }
 

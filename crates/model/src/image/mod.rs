@@ -19,6 +19,8 @@
 
 pub mod container;
 mod decode;
+mod key;
+mod prepared;
 mod pyorder;
 mod resample;
 mod tiling;
@@ -30,6 +32,8 @@ mod tiling_tests;
 
 pub use ::image::RgbImage;
 pub use decode::decode;
+pub use key::ImageKey;
+pub use prepared::{ImageLayout, PreparedImage};
 pub use tiling::{
     frame_tile, max_tiles_for, resize_bicubic, select_grid, target_ratios, tile_image,
 };
@@ -48,6 +52,9 @@ pub enum ImageInput {
         /// `width * height * 3` bytes: R, G, B for each pixel, rows top to bottom.
         data: Vec<u8>,
     },
+    /// An image this process already decoded and tiled ([`PreparedImage::prepare`]), shared
+    /// between items without another decode (what `Rank` sends its pairs).
+    Prepared(std::sync::Arc<PreparedImage>),
 }
 
 /// Limits applied while decoding untrusted images.

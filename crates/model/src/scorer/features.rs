@@ -26,9 +26,8 @@ impl RewardModel {
         let mut distinct: Vec<(ImageKey, &[f32], usize)> = Vec::new();
         let mut occurrences: Vec<usize> = Vec::new();
         for item in batch {
-            let mut start = 0;
-            for (key, layout) in item.image_keys.iter().zip(&item.images) {
-                let len = layout.num_tiles * tile_len;
+            for tile in &item.tiles {
+                let key = &tile.key();
                 let seen_before = index
                     .get(key)
                     .copied()
@@ -39,13 +38,12 @@ impl RewardModel {
                         slot
                     }
                     None => {
-                        distinct.push((*key, &item.pixels[start..start + len], layout.num_tiles));
+                        distinct.push((*key, tile.pixels(), tile.layout().num_tiles));
                         index.insert(*key, distinct.len() - 1);
                         distinct.len() - 1
                     }
                 };
                 occurrences.push(slot);
-                start += len;
             }
         }
         if distinct.is_empty() {

@@ -5,9 +5,9 @@
 //! [`RewardModel::score_prepared`] (one packed forward pass on the device).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use serde::Serialize;
 
 mod features;
 
@@ -15,8 +15,9 @@ use crate::chat_template::TemplateChoice;
 use crate::checkpoint::Checkpoint;
 use crate::config::{Layout, ModelConfig};
 use crate::error::{candle_message, Error, Result};
-use crate::feature_cache::{CacheStats, FeatureCache, ImageKey};
-use crate::image::{decode, frame_tile, tile_image, DecodeLimits, ImageInput, TiledImage};
+use crate::feature_cache::{CacheStats, FeatureCache};
+pub use crate::image::ImageLayout;
+use crate::image::{DecodeLimits, ImageInput, PreparedImage};
 use crate::item::{Candidate, Score, ScoreItem};
 use crate::language::{LanguageModel, Packing};
 use crate::layers::logsumexp_last;
@@ -74,19 +75,6 @@ impl Default for LoadOptions {
     }
 }
 
-/// How one image of an item was tiled.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ImageLayout {
-    /// Size after EXIF orientation, (width, height).
-    pub size: (u32, u32),
-    /// Tile grid, (columns, rows).
-    pub grid: (u32, u32),
-    /// Whether a thumbnail tile was appended.
-    pub thumbnail: bool,
-    /// Tiles fed to the vision tower for this image.
-    pub num_tiles: usize,
-}
-
 /// An item ready for the device: token ids and normalised tiles.
 #[derive(Debug, Clone)]
 pub struct PreparedItem {
@@ -98,9 +86,9 @@ pub struct PreparedItem {
     pub input_ids: Vec<u32>,
     /// Per image, in prompt order.
     pub images: Vec<ImageLayout>,
-    /// Content key per image (same order), for in-batch dedupe and the feature cache.
-    image_keys: Vec<ImageKey>,
-    pixels: Vec<f32>,
+    /// The tiles of each image (same order), shared with other items that use the same
+    /// prepared image; their content keys drive in-batch dedupe and the feature cache.
+    tiles: Vec<Arc<PreparedImage>>,
 }
 
 impl PreparedItem {
@@ -114,29 +102,40 @@ impl PreparedItem {
         self.images.iter().map(|i| i.num_tiles).sum()
     }
 
-    /// The normalised pixels, (num_tiles, 3, S, S) row-major.
-    pub fn pixels(&self) -> &[f32] {
-        &self.pixels
+    /// The normalised pixels of all images, (num_tiles, 3, S, S) row-major.
+    pub fn pixels(&self) -> Vec<f32> {
+        self.tiles
+            .iter()
+            .flat_map(|t| t.pixels())
+            .copied()
+            .collect()
+    }
+
+    /// Bytes of tiles this item holds (shared tiles are counted by each item using them).
+    pub fn pixel_bytes(&self) -> usize {
+        self.tiles.iter().map(|t| t.bytes()).sum()
     }
 
     /// Replaces the pixels (e.g. with a reference implementation's), keeping the layout.
     pub fn with_pixels(mut self, pixels: Vec<f32>) -> Result<Self> {
-        if pixels.len() != self.pixels.len() {
+        let expected: usize = self.tiles.iter().map(|t| t.pixels().len()).sum();
+        if pixels.len() != expected {
             return Err(Error::InvalidInput(format!(
-                "expected {} pixel values, got {}",
-                self.pixels.len(),
+                "expected {expected} pixel values, got {}",
                 pixels.len()
             )));
         }
         // The keys must follow the content: hash the new tiles themselves.
-        let tile_len = self.pixels.len() / self.num_tiles().max(1);
         let mut start = 0;
-        for (key, layout) in self.image_keys.iter_mut().zip(&self.images) {
-            let end = start + layout.num_tiles * tile_len;
-            *key = ImageKey::of_pixels(&pixels[start..end]);
+        for tile in self.tiles.iter_mut() {
+            let end = start + tile.pixels().len();
+            *tile = Arc::new(PreparedImage::from_pixels(
+                tile.layout().clone(),
+                tile.is_frame(),
+                pixels[start..end].to_vec(),
+            ));
             start = end;
         }
-        self.pixels = pixels;
         Ok(self)
     }
 }
@@ -289,6 +288,15 @@ impl RewardModel {
         self.options.max_tokens_per_item.map_or(ctx, |m| m.min(ctx))
     }
 
+    /// Decodes and tiles one still image under this model's limits and tiling, once, for use
+    /// by several items ([`ImageInput::Prepared`]).
+    pub fn prepare_image(&self, input: &ImageInput) -> Result<Arc<PreparedImage>> {
+        let limits = DecodeLimits {
+            max_pixels: self.options.max_image_pixels,
+        };
+        PreparedImage::prepare(input, false, &self.config.tiling, &limits)
+    }
+
     /// CPU half of scoring: decode and tile images, render and tokenise the prompt, check limits.
     pub fn prepare(&self, item: &ScoreItem) -> Result<PreparedItem> {
         let user_content = self.prompt.user_content(item)?;
@@ -297,23 +305,9 @@ impl RewardModel {
         };
         let tiling = &self.config.tiling;
         let max_tiles = self.options.max_tiles_per_item;
-        let tile_one =
-            |input: &ImageInput, frame: bool| -> Result<(ImageLayout, TiledImage, ImageKey)> {
-                let img = decode(input, &limits)?;
-                let key = ImageKey::of(&img, frame, tiling);
-                let tiled = if frame {
-                    frame_tile(&img, tiling)?
-                } else {
-                    tile_image(&img, tiling)?
-                };
-                let layout = ImageLayout {
-                    size: img.dimensions(),
-                    grid: tiled.grid,
-                    thumbnail: tiled.thumbnail,
-                    num_tiles: tiled.num_tiles,
-                };
-                Ok((layout, tiled, key))
-            };
+        let tile_one = |input: &ImageInput, frame: bool| -> Result<Arc<PreparedImage>> {
+            PreparedImage::prepare(input, frame, tiling, &limits)
+        };
         let mut tiled = Vec::new();
         if let Some(reference) = &item.reference {
             tiled.push(tile_one(reference, false)?);
@@ -332,7 +326,7 @@ impl RewardModel {
                 }
             }
         }
-        let total_tiles: usize = tiled.iter().map(|(l, _, _)| l.num_tiles).sum();
+        let total_tiles: usize = tiled.iter().map(|t| t.layout().num_tiles).sum();
         if total_tiles > max_tiles {
             return Err(Error::TooManyTiles {
                 tiles: total_tiles,
@@ -342,7 +336,7 @@ impl RewardModel {
         let per_tile = self.config.tokens_per_tile();
         let image_tokens: Vec<usize> = tiled
             .iter()
-            .map(|(l, _, _)| l.num_tiles * per_tile)
+            .map(|t| t.layout().num_tiles * per_tile)
             .collect();
         let rendered_prompt = self.prompt.render(&user_content)?;
         let input_ids = self.prompt.tokenize(&rendered_prompt, &image_tokens)?;
@@ -353,21 +347,12 @@ impl RewardModel {
                 limit,
             });
         }
-        let mut pixels = Vec::with_capacity(tiled.iter().map(|(_, t, _)| t.pixels.len()).sum());
-        let mut images = Vec::with_capacity(tiled.len());
-        let mut image_keys = Vec::with_capacity(tiled.len());
-        for (layout, t, key) in tiled {
-            pixels.extend_from_slice(&t.pixels);
-            images.push(layout);
-            image_keys.push(key);
-        }
         Ok(PreparedItem {
             user_content,
             rendered_prompt,
             input_ids,
-            images,
-            image_keys,
-            pixels,
+            images: tiled.iter().map(|t| t.layout().clone()).collect(),
+            tiles: tiled,
         })
     }
 

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rewarddance_engine::{Backend, Engine};
-use rewarddance_model::{Checkpoint, Generation, LoadOptions, PreparedItem, RewardModel, Score};
+use rewarddance_model::{
+    Candidate, Checkpoint, Generation, ImageInput, LoadOptions, PreparedImage, PreparedItem,
+    RewardModel, Score, ScoreItem,
+};
 use rewarddance_proto::v1;
 use rewarddance_proto::v1::reward_service_client::RewardServiceClient;
 use rewarddance_server::ServerArgs;
@@ -25,6 +28,12 @@ pub struct TestBackend {
     pub gate_open: AtomicBool,
     pub step_delay: Duration,
     pub decode_steps: AtomicUsize,
+    /// Images prepared alone (`prepare_image`: Rank's candidates).
+    pub images_prepared: AtomicUsize,
+    /// Images decoded while preparing items (not already prepared).
+    pub images_decoded_in_items: AtomicUsize,
+    /// Sleep in `prepare_image`, in milliseconds.
+    pub image_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl TestBackend {
@@ -41,6 +50,9 @@ impl TestBackend {
             gate_open: AtomicBool::new(true),
             step_delay,
             decode_steps: AtomicUsize::new(0),
+            images_prepared: AtomicUsize::new(0),
+            images_decoded_in_items: AtomicUsize::new(0),
+            image_delay_ms: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -56,6 +68,27 @@ impl TestBackend {
 impl Backend for TestBackend {
     fn model(&self) -> &RewardModel {
         &self.model
+    }
+    fn prepare_image(&self, input: &ImageInput) -> rewarddance_model::Result<Arc<PreparedImage>> {
+        std::thread::sleep(Duration::from_millis(
+            self.image_delay_ms.load(Ordering::SeqCst),
+        ));
+        self.images_prepared.fetch_add(1, Ordering::SeqCst);
+        self.model.prepare_image(input)
+    }
+    fn prepare(&self, item: &ScoreItem) -> rewarddance_model::Result<PreparedItem> {
+        let images = match &item.candidate {
+            Candidate::Image(i) => vec![i],
+            Candidate::Video(frames) => frames.iter().collect(),
+        };
+        let decoded = images
+            .into_iter()
+            .chain(&item.reference)
+            .filter(|i| !matches!(i, ImageInput::Prepared(_)))
+            .count();
+        self.images_decoded_in_items
+            .fetch_add(decoded, Ordering::SeqCst);
+        self.model.prepare(item)
     }
     fn score_prepared(&self, batch: &[&PreparedItem]) -> rewarddance_model::Result<Vec<Score>> {
         while !self.gate_open.load(Ordering::SeqCst) {
