@@ -267,6 +267,15 @@ def test_one_pod_per_accelerator(kdir):
         assert mounts[base].get("readOnly"), f"{kdir}: model volume mounted read-write"
 
 
+@pytest.mark.parametrize("kdir", SERVICE_KUSTOMIZATIONS)
+def test_shared_model_claim_names_its_storage_class(kdir):
+    """A ReadOnlyMany claim says which storage class provides it: without one it gets the
+    cluster's default class, usually ReadWriteOnce only, and stays Pending with every pod."""
+    for pvc in objects(kdir, "PersistentVolumeClaim"):
+        if "ReadOnlyMany" in pvc["spec"].get("accessModes", []):
+            assert "storageClassName" in pvc["spec"], f"{kdir}: PVC {pvc['metadata']['name']} names no storageClassName"
+
+
 # ---------------------------------------------------------------------------------------------
 # Services, monitors, PDB
 
