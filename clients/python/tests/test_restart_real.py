@@ -126,6 +126,7 @@ def test_server_restart_mid_loop_fails_no_call(tmp_path, caplog, kind, gap_s):
                 times["sigterm"] = time.monotonic()
                 old.proc.terminate()
                 old.proc.wait(30)
+                times["old_exited"] = time.monotonic()
                 time.sleep(gap_s)
                 _, stop_new = start_real_server(tmp_path / "new", "--no-metrics", port=port)
                 stops.append(stop_new)
@@ -140,12 +141,12 @@ def test_server_restart_mid_loop_fails_no_call(tmp_path, caplog, kind, gap_s):
         for _, _, r in loop.results:
             assert r.ok_mask.all(), r.errors
             np.testing.assert_allclose(r.scores, want, atol=1e-6)
-        # With a gap, the restart hit the loop: calls were made while no server was there to
+        # With a gap, the restart hit the loop: calls were in flight while no server was there to
         # answer them, and they retried.
         retried = [x for x in caplog.records if x.levelno == logging.WARNING and "retrying" in x.getMessage()]
-        during = [1 for t0, _, _ in loop.results if times["sigterm"] < t0 < times["new_serving"]]
+        waited = [1 for t0, t1, _ in loop.results if t0 < times["new_serving"] and t1 > times["old_exited"]]
         if gap_s:
-            assert retried and during, f"the restart did not hit the loop ({summary})"
+            assert retried and waited, f"the restart did not hit the loop ({summary})"
     finally:
         for stop in reversed(stops):
             stop()
