@@ -13,11 +13,22 @@
 # (crates/server/src/config.rs, crates/cli/src/model_args.rs); deploy/tests/test_dockerfile.py
 # checks the ports, variables, user and health check below against the code.
 # GPU hosts need the NVIDIA container toolkit and a driver for CUDA 13.0 (>= 580).
+#
+# Every download is pinned and checked against its sha256 (rustup-init, grpc_health_probe); crates
+# are checked by cargo against Cargo.lock. The dependencies build in a layer of their own
+# (cargo-chef: a "recipe" of the manifests and Cargo.lock), so a change to the sources rebuilds
+# only the workspace crates; a layer, unlike a cache mount, is also kept by CI's layer caches.
 
 ARG CUDA_VERSION=13.0.1
 ARG UBUNTU=ubuntu24.04
 ARG DEBIAN=bookworm
 ARG RUST_VERSION=1.95.0
+# rustup-init for the CUDA build stage, pinned by version and by the sha256 published next to it
+# (static.rust-lang.org/rustup/archive/<version>/x86_64-unknown-linux-gnu/rustup-init.sha256).
+ARG RUSTUP_VERSION=1.28.2
+ARG RUSTUP_INIT_SHA256=20a06e644b0d9bd2fbdbfd52d42540bdde820ea7df86e92e533c073da0cdd43c
+# cargo-chef, from crates.io (`cargo install --locked`: its own Cargo.lock, crates checked by cargo).
+ARG CARGO_CHEF_VERSION=0.1.77
 # grpc_health_probe for HEALTHCHECK (grpc.health.v1): a static Go binary, pinned by version and
 # sha256 of the linux-amd64 release asset.
 ARG GRPC_HEALTH_PROBE_VERSION=v0.4.37
@@ -37,9 +48,21 @@ RUN apt-get update \
     && echo "${GRPC_HEALTH_PROBE_SHA256}  /grpc_health_probe" | sha256sum -c - \
     && chmod 0755 /grpc_health_probe
 
+# --- cargo-chef and the recipe: the manifests + Cargo.lock, which change less than the sources ----
+FROM rust:${RUST_VERSION}-slim-${DEBIAN} AS chef
+ARG CARGO_CHEF_VERSION
+RUN cargo install --locked --version "${CARGO_CHEF_VERSION}" cargo-chef
+WORKDIR /src
+
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
 # --- CUDA build ----------------------------------------------------------------------------------
 FROM nvidia/cuda:${CUDA_VERSION}-devel-${UBUNTU} AS cuda-build
 ARG RUST_VERSION
+ARG RUSTUP_VERSION
+ARG RUSTUP_INIT_SHA256
 # Compute capability candle's kernels are compiled for (90 = Hopper: H100/H200).
 ARG CUDA_COMPUTE_CAP=90
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -49,24 +72,30 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 ENV RUSTUP_HOME=/opt/rustup CARGO_HOME=/opt/cargo PATH=/opt/cargo/bin:$PATH \
     CUDA_ROOT=/usr/local/cuda CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP}
-RUN curl --proto '=https' --tlsv1.2 -fsSL https://sh.rustup.rs \
-    | sh -s -- -y --profile minimal --default-toolchain "${RUST_VERSION}"
+RUN curl --proto '=https' --tlsv1.2 -fsSL -o /tmp/rustup-init \
+       "https://static.rust-lang.org/rustup/archive/${RUSTUP_VERSION}/x86_64-unknown-linux-gnu/rustup-init" \
+    && echo "${RUSTUP_INIT_SHA256}  /tmp/rustup-init" | sha256sum -c - \
+    && chmod 0755 /tmp/rustup-init \
+    && /tmp/rustup-init -y --no-modify-path --profile minimal --default-toolchain "${RUST_VERSION}" \
+    && rm /tmp/rustup-init
+COPY --from=chef /usr/local/cargo/bin/cargo-chef /opt/cargo/bin/cargo-chef
 WORKDIR /src
-COPY . .
+# Dependencies only (the layer is reused until a manifest or Cargo.lock changes), with the same
+# profile, features and package as the build below, or that build would compile them again.
+COPY --from=planner /src/recipe.json recipe.json
+RUN cargo chef cook --release --features cuda -p rewarddance-cli --recipe-path recipe.json
 # nvcc is on PATH in the devel image; libcuda is linked against the toolkit's stub and comes from
-# the host driver at run time. The target dir is a cache mount, so the binary is copied out here.
-RUN --mount=type=cache,target=/opt/cargo/registry \
-    --mount=type=cache,target=/src/target \
-    cargo build --release --locked --features cuda -p rewarddance-cli \
+# the host driver at run time.
+COPY . .
+RUN cargo build --release --locked --features cuda -p rewarddance-cli \
     && install -D -m 0755 target/release/rewarddance /out/rewarddance
 
 # --- CPU build -----------------------------------------------------------------------------------
-FROM rust:${RUST_VERSION}-slim-${DEBIAN} AS cpu-build
-WORKDIR /src
+FROM chef AS cpu-build
+COPY --from=planner /src/recipe.json recipe.json
+RUN cargo chef cook --release -p rewarddance-cli --recipe-path recipe.json
 COPY . .
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p rewarddance-cli \
+RUN cargo build --release --locked -p rewarddance-cli \
     && install -D -m 0755 target/release/rewarddance /out/rewarddance
 
 # --- CPU runtime (`--target cpu`) ----------------------------------------------------------------

@@ -202,6 +202,65 @@ def test_health_probe_is_pinned_and_verified():
     assert "${GRPC_HEALTH_PROBE_VERSION}" in run and "sha256sum -c" in run
 
 
+def test_every_download_is_pinned_and_verified():
+    """A RUN that fetches a file (curl / wget) checks it against a pinned sha256 in the same RUN and
+    never pipes it into a shell; tools from crates.io are installed with --locked at a version."""
+    args, stages = parse()
+    for s in stages:
+        for run in s.all("RUN"):
+            if re.search(r"\b(curl|wget)\b[^&|;]*https?://", run):
+                assert "sha256sum -c" in run, f"stage {s.name}: a download without a checksum: {run[:120]}"
+                assert not re.search(r"\|\s*(ba)?sh\b", run), f"stage {s.name}: a download piped into a shell"
+            for m in re.finditer(r"cargo install\b[^&;]*", run):
+                assert "--locked" in m.group(0) and "--version" in m.group(0), f"stage {s.name}: {m.group(0)}"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", args["RUSTUP_VERSION"])
+    assert re.fullmatch(r"[0-9a-f]{64}", args["RUSTUP_INIT_SHA256"])
+    rustup = " ".join(stage("cuda-build").all("RUN"))
+    assert "/rustup/archive/${RUSTUP_VERSION}/" in rustup and "${RUSTUP_INIT_SHA256}" in rustup
+    assert "sh.rustup.rs" not in DOCKERFILE.read_text()
+
+
+def _cargo_flags(cmd: str) -> set[str]:
+    """The profile / feature / package flags of a `cargo build` or `cargo chef cook` command."""
+    return set(re.findall(r"--release|--features \S+|--no-default-features|-p \S+|--package \S+", cmd))
+
+
+@pytest.mark.parametrize("name", ["cuda-build", "cpu-build"])
+def test_dependencies_build_in_a_layer_of_their_own(name):
+    """Before the sources are copied in, the stage builds the dependencies from cargo-chef's recipe
+    (manifests + Cargo.lock only), with the flags of the real build: a source change then reuses
+    that layer and compiles only the workspace crates. No cache mount on the target dir, or the
+    compiled dependencies would not be in the layer."""
+    s = stage(name)
+    steps = [(op, args) for op, args in s.instructions if op in ("COPY", "RUN")]
+    cook = next((i for i, (op, a) in enumerate(steps) if op == "RUN" and "cargo chef cook" in a), None)
+    build = next((i for i, (op, a) in enumerate(steps) if op == "RUN" and "cargo build" in a), None)
+    assert cook is not None and build is not None, f"{name}: no `cargo chef cook` before `cargo build`"
+    sources = [i for i, (op, a) in enumerate(steps) if op == "COPY" and a.split()[-2:] == [".", "."]]
+    assert len(sources) == 1 and cook < sources[0] < build, f"{name}: want cook, then COPY . ., then build: {steps}"
+    for op, a in steps[:cook]:
+        if op == "COPY":
+            assert "recipe.json" in a or "cargo-chef" in a, f"{name}: {a!r} copied before the dependency layer"
+    cook_cmd, build_cmd = steps[cook][1], steps[build][1]
+    assert _cargo_flags(cook_cmd) == _cargo_flags(build_cmd), f"{name}: cook {cook_cmd!r} vs build {build_cmd!r}"
+    assert "--locked" in build_cmd
+    for _, a in steps:
+        assert not re.search(r"--mount=type=cache,target=\S*/target\b", a), f"{name}: target dir on a cache mount"
+    planner = " ".join(stage("planner").all("RUN"))
+    assert "cargo chef prepare --recipe-path recipe.json" in planner
+
+
+@pytest.mark.parametrize("name", RUNTIME_STAGES)
+def test_pod_runs_as_the_image_user(name):
+    """The Deployment's runAsUser / runAsGroup / fsGroup are the image's USER (a different uid can
+    read nothing owned by the image's user, and hides which user the image expects)."""
+    uid, _, gid = stage(name).one("USER").partition(":")
+    pod = yaml.safe_load(DEPLOYMENT.read_text())["spec"]["template"]["spec"]["securityContext"]
+    assert (str(pod["runAsUser"]), str(pod["runAsGroup"]), str(pod["fsGroup"])) == (uid, gid, gid), (
+        f"{name}: image runs as {uid}:{gid}, deploy/base/deployment.yaml as "
+        f"{pod['runAsUser']}:{pod['runAsGroup']} (fsGroup {pod['fsGroup']})")
+
+
 @pytest.mark.parametrize("name", RUNTIME_STAGES)
 def test_entrypoint_serves(name):
     s = stage(name)

@@ -1,6 +1,7 @@
 """deploy/ checks: every kustomization renders, every rendered object validates against the
 Kubernetes schemas (strict) or, for CRDs, against deploy/tests/crd-schemas/, and the manifests,
-prometheus-adapter rules, alerts and dashboard agree with what the binary serves (sources.py).
+prometheus-adapter rules and dashboard agree with what the binary serves (sources.py); the
+alerts are in test_alerts.py.
 
 Run through deploy/ci.sh (pinned venv), or: pytest deploy/tests (needs kubectl for renders).
 Environment: RD_K8S_VERSION (default 1.30.0), RD_BIN (a rewarddance binary to ask for flags and
@@ -37,8 +38,6 @@ CRD_KINDS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule",
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject",
 }
-# Alert runbook headings: docs/runbook.md, or README.md once the runbook is merged into it.
-RUNBOOKS = [src.REPO / "docs/runbook.md", src.REPO / "README.md"]
 DASHBOARD = DEPLOY / "dashboards/rewarddance.json"
 ADAPTER_VALUES = DEPLOY / "prometheus-adapter/values.yaml"
 PROMQL_METRIC = re.compile(r"\b(" + re.escape(src.metric_prefix()) + r"[a-z0-9_]+)\b")
@@ -267,6 +266,15 @@ def test_one_pod_per_accelerator(kdir):
         assert mounts[base].get("readOnly"), f"{kdir}: model volume mounted read-write"
 
 
+@pytest.mark.parametrize("kdir", SERVICE_KUSTOMIZATIONS)
+def test_shared_model_claim_names_its_storage_class(kdir):
+    """A ReadOnlyMany claim says which storage class provides it: without one it gets the
+    cluster's default class, usually ReadWriteOnce only, and stays Pending with every pod."""
+    for pvc in objects(kdir, "PersistentVolumeClaim"):
+        if "ReadOnlyMany" in pvc["spec"].get("accessModes", []):
+            assert "storageClassName" in pvc["spec"], f"{kdir}: PVC {pvc['metadata']['name']} names no storageClassName"
+
+
 # ---------------------------------------------------------------------------------------------
 # Services, monitors, PDB
 
@@ -446,47 +454,6 @@ def test_autoscaler(kdir):
 
 
 # ---------------------------------------------------------------------------------------------
-# Alerts
-
-
-def runbook_anchors() -> set[str]:
-    anchors = set()
-    for runbook in RUNBOOKS:
-        if runbook.exists():
-            for title in re.findall(r"^#+\s+(.+?)\s*$", runbook.read_text(), re.M):
-                anchors.add(re.sub(r"[^a-z0-9 _-]", "", title.lower()).replace(" ", "-"))
-    return anchors
-
-
-@pytest.mark.parametrize("kdir", SERVICE_KUSTOMIZATIONS)
-def test_alerts(kdir):
-    rules = objects(kdir, "PrometheusRule")
-    if not rules:
-        pytest.skip(f"{kdir} ships no PrometheusRule")
-    anchors = runbook_anchors()
-    alerts = {}
-    for pr in rules:
-        for group in pr["spec"]["groups"]:
-            for rule in group["rules"]:
-                if "alert" not in rule:
-                    continue
-                alerts[rule["alert"]] = rule
-                where = f"{kdir} alert {rule['alert']}"
-                check_promql(rule["expr"], where)
-                assert rule.get("labels", {}).get("severity") in ("critical", "warning", "info"), f"{where}: severity"
-                url = rule.get("annotations", {}).get("runbook_url", "")
-                assert url.endswith("#" + rule["alert"].lower()), f"{where}: runbook_url should end with #{rule['alert'].lower()}"
-                assert rule["alert"].lower() in anchors, f"{where}: neither docs/runbook.md nor README.md has a heading {rule['alert']}"
-    for need in ("RewardDanceItemErrorRateHigh", "RewardDanceQueueSaturated", "RewardDanceScoreLatencyHigh"):
-        assert need in alerts, f"{kdir}: missing alert {need}"
-    # The saturation ratio divides by the pods' admission limit.
-    m = re.search(r"/\s*(\d+)\s*>", alerts["RewardDanceQueueSaturated"]["expr"])
-    assert m, "RewardDanceQueueSaturated: expected `... / <REWARDDANCE_MAX_QUEUE_ITEMS> > ratio`"
-    assert int(m.group(1)) == int(setting(kdir, "REWARDDANCE_MAX_QUEUE_ITEMS")), (
-        f"{kdir}: RewardDanceQueueSaturated divides by {m.group(1)}, pods run REWARDDANCE_MAX_QUEUE_ITEMS={setting(kdir, 'REWARDDANCE_MAX_QUEUE_ITEMS')}")
-
-
-# ---------------------------------------------------------------------------------------------
 # Dashboard
 
 
@@ -558,8 +525,9 @@ def free(port: int) -> bool:
 def test_binary_serves_what_cpu_dev_declares():
     """Starts the binary with the cpu-dev container's environment (ports untouched), waits until
     /metrics on the declared metrics port reports SERVING, checks the gRPC port accepts
-    connections and every served metric is in ALL, then SIGTERMs it: it must exit within the
-    drain timeout (nothing in flight)."""
+    connections, every served metric is in ALL and the queue-capacity gauge is the pod's
+    REWARDDANCE_MAX_QUEUE_ITEMS, then SIGTERMs it: it must exit within the drain timeout (nothing
+    in flight)."""
     binary, why = src.fresh_binary()
     if not binary:
         pytest.skip(f"no fresh binary: {why}")
@@ -594,6 +562,12 @@ def test_binary_serves_what_cpu_dev_declares():
         served = set(re.findall(r"^(rewarddance_[a-z0-9_]+?)(?:_bucket|_sum|_count)?(?:\{| )", text, re.M))
         unknown = served - set(src.metrics())
         assert not unknown, f"/metrics serves metrics missing from metrics.rs ALL: {unknown}"
+        # The queue-saturation alert divides by this gauge: it must be the pod's setting.
+        limit = int(setting(kdir, "REWARDDANCE_MAX_QUEUE_ITEMS"))
+        capacity = re.search(r"^rewarddance_queue_capacity_items(?:\{[^}]*\})? (\S+)$", text, re.M)
+        assert capacity and float(capacity.group(1)) == limit, (
+            f"/metrics: rewarddance_queue_capacity_items is {capacity and capacity.group(1)}, "
+            f"the pod runs REWARDDANCE_MAX_QUEUE_ITEMS={limit}")
         started = time.time()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=int(setting(kdir, "REWARDDANCE_DRAIN_TIMEOUT_S")) + 5)

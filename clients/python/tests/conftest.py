@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import pytest
 
@@ -62,10 +63,11 @@ class RealServer:
             return ""
 
 
-def start_real_server(tmp_dir: pathlib.Path, *extra_args: str):
-    """Starts `rewarddance serve` with extra flags on free ports, waits for SERVING, and returns
-    (RealServer, stop). Skips (or fails, with REWARDDANCE_REQUIRE_SERVER=1) when the binary has
-    no `serve` subcommand."""
+def start_real_server(tmp_dir: pathlib.Path, *extra_args: str, port: Optional[int] = None):
+    """Starts `rewarddance serve` with extra flags on free ports (the gRPC one is `port` when
+    given: a restart on the same address), waits for SERVING, and returns (RealServer, stop).
+    Skips (or fails, with REWARDDANCE_REQUIRE_SERVER=1) when the binary has no `serve`
+    subcommand."""
     binary = server_binary()
     reason = _serve_unavailable_reason(binary)
     if reason:
@@ -74,7 +76,7 @@ def start_real_server(tmp_dir: pathlib.Path, *extra_args: str):
         pytest.skip(reason)
     from rewarddance import RewardClient
 
-    port, mport = free_port(), free_port()
+    port, mport = port or free_port(), free_port()
     log = tmp_dir / "server.log"
     logf = open(log, "wb")
     proc = subprocess.Popen(

@@ -62,6 +62,8 @@ class FakeRewardService(pb_grpc.RewardServiceServicer):
         self.token_delay = 0.0  # seconds between streamed rationale tokens
         self.tokens_streamed = 0  # rationale deltas sent on ScoreStream, all calls together
         self.stream_calls = 0
+        # stream_abort: a code that ends every ScoreStream call right after its first delta.
+        self.stream_abort: Optional[grpc.StatusCode] = None
 
     def _start(self, request, context):
         with self.lock:
@@ -99,6 +101,8 @@ class FakeRewardService(pb_grpc.RewardServiceServicer):
                         self.tokens_streamed += 1
                     yield pb.ScoreResponse(model_id="fake", rationale_deltas=[
                         pb.RationaleDelta(request=k, index=i, id=item.id, text=text)])
+                    if self.stream_abort is not None:
+                        context.abort(self.stream_abort, f"injected {self.stream_abort.name} mid-stream")
             yield out
 
     def _answer(self, request):

@@ -1,5 +1,5 @@
-"""Client behaviour against the in-process fake server: retries, deadlines, ordering, targets,
-threads, async. Runs without the real server."""
+"""Client behaviour against the in-process fake server: deadlines, ordering, targets, threads,
+async (retries: test_retry_fake.py). Runs without the real server."""
 import asyncio
 import threading
 import time
@@ -51,61 +51,6 @@ def test_bad_item_is_masked_alone(fake):
     assert np.isnan(scores[2]) and not np.isnan(np.delete(scores, 2)).any()
     assert errors[2].reason == "invalid_image" and errors[2].status_code == grpc.StatusCode.INVALID_ARGUMENT
     assert [e is None for e in errors] == ok.tolist()
-
-
-def test_retries_on_unavailable_then_succeeds(fake):
-    fake.service.fail_next = [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE]
-    with RewardClient(fake.target, retry=FAST, chunk_size=8) as c:
-        r = c.score("p", imgs(3))
-    assert r.ok_mask.all() and fake.service.calls == [3, 3, 3]
-
-
-def test_retries_are_logged(fake, caplog):
-    fake.service.fail_next = [grpc.StatusCode.UNAVAILABLE]
-    with caplog.at_level("INFO", logger="rewarddance"):
-        with RewardClient(fake.target, retry=FAST, chunk_size=8) as c:
-            assert c.score("p", imgs(1)).ok_mask.all()
-    msgs = [r.getMessage() for r in caplog.records if r.name == "rewarddance"]
-    assert len(msgs) == 1 and "retrying after UNAVAILABLE" in msgs[0] and "try 1 of 5" in msgs[0]
-
-
-def test_retries_on_resource_exhausted(fake):
-    fake.service.fail_next = [grpc.StatusCode.RESOURCE_EXHAUSTED]
-    with RewardClient(fake.target, retry=FAST, chunk_size=8) as c:
-        assert c.score("p", imgs(2)).ok_mask.all()
-    assert len(fake.service.calls) == 2
-
-
-@pytest.mark.parametrize("code", [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED,
-                                  grpc.StatusCode.INTERNAL])
-def test_no_retry_on_other_codes(fake, code):
-    fake.service.fail_next = [code]
-    with RewardClient(fake.target, retry=FAST, chunk_size=8) as c:
-        with pytest.raises(RewardError) as ei:
-            c.score("p", imgs(2))
-    assert ei.value.code == code and ei.value.attempts == 1
-    assert len(fake.service.calls) == 1
-
-
-def test_gives_up_after_max_attempts(fake):
-    fake.service.fail_next = [grpc.StatusCode.UNAVAILABLE] * 10
-    with RewardClient(fake.target, retry=RetryPolicy(max_attempts=3, initial_backoff=0.01), chunk_size=8) as c:
-        with pytest.raises(RewardError) as ei:
-            c.score("p", imgs(1))
-    assert ei.value.code == grpc.StatusCode.UNAVAILABLE and ei.value.attempts == 3
-    assert len(fake.service.calls) == 3
-
-
-def test_retries_never_outlive_the_timeout(fake):
-    fake.service.fail_next = [grpc.StatusCode.UNAVAILABLE] * 100
-    slow = RetryPolicy(max_attempts=100, initial_backoff=0.2, max_backoff=0.2, jitter=0.0)
-    with RewardClient(fake.target, retry=slow, chunk_size=8) as c:
-        t0 = time.monotonic()
-        with pytest.raises(RewardError) as ei:
-            c.score("p", imgs(1), timeout=0.5)
-        took = time.monotonic() - t0
-    assert took < 0.5 and ei.value.code == grpc.StatusCode.UNAVAILABLE
-    assert 2 <= ei.value.attempts <= 3
 
 
 def test_deadline_applies_to_the_call(fake):

@@ -25,12 +25,25 @@ def test_backoff_grows_jittered_and_capped():
         ds = [p.backoff(attempt) for _ in range(200)]
         assert all(base * 0.5 <= d <= base for d in ds)
         assert max(ds) - min(ds) > 0.1 * base  # jittered
+    # No cap on tries by default: the call's deadline bounds them.
     assert p.should_retry(grpc.StatusCode.UNAVAILABLE, 1)
-    assert p.should_retry(grpc.StatusCode.RESOURCE_EXHAUSTED, 4)
-    assert not p.should_retry(grpc.StatusCode.UNAVAILABLE, 5)
+    assert p.should_retry(grpc.StatusCode.RESOURCE_EXHAUSTED, 10_000)
+    assert 0.5 <= p.backoff(10_000) <= 1.0
+    capped = RetryPolicy(max_attempts=5)
+    assert capped.should_retry(grpc.StatusCode.UNAVAILABLE, 4) and not capped.should_retry(grpc.StatusCode.UNAVAILABLE, 5)
     for code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED,
                  grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INTERNAL):
         assert not p.should_retry(code, 1)
+
+
+def test_default_backoff_is_50ms_doubling_to_2s():
+    p = RetryPolicy()
+    assert (p.initial_backoff, p.multiplier, p.max_backoff, p.max_attempts) == (0.05, 2.0, 2.0, None)
+    assert not p.wait_for_ready
+    for bad in ({"max_attempts": 0}, {"initial_backoff": 0}, {"initial_backoff": 3.0}, {"jitter": 1.5},
+                {"multiplier": 0.5}):
+        with pytest.raises(ValueError):
+            RetryPolicy(**bad)
 
 
 def test_prepare_broadcasts_and_checks_lengths():

@@ -176,7 +176,7 @@ def test_queue_full_is_retried(tiny_queue_server, caplog):
         with RewardClient(tiny_queue_server.target, retry=patient, chunk_size=2, max_workers=16) as c:
             r = c.score(PROMPT, items, timeout=120)
     assert r.ok_mask.all(), [e for e in r.errors if e]
-    retried = [x for x in caplog.records if "retrying after RESOURCE_EXHAUSTED" in x.getMessage()]
+    retried = [x for x in caplog.records if "server busy (RESOURCE_EXHAUSTED" in x.getMessage()]
     assert retried, "the server never pushed back: test did not exercise the retry"
     with RewardClient(tiny_queue_server.target, retry=patient) as ref:
         # No chunk size: the default is capped by the server's queue (2), or this could never pass.

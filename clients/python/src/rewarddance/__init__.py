@@ -8,7 +8,7 @@ See `RewardClient`, `AsyncRewardClient` and `ScoreResult`; rationales: `score(..
 and `stream_rationales()`. The generated protobuf messages are in
 `rewarddance.v1.reward_pb2`.
 """
-from ._core import NO_RETRY, RetryPolicy
+from ._retry import NO_RETRY, RetryPolicy
 from ._images import DEFAULT_RAW_MAX_BYTES, ImageConversionError, to_image_message
 from ._types import (ItemErrorInfo, RankResult, RationaleDelta, RationaleOptions, RationaleResult, RewardError,
                      ScoreResult)

@@ -1,11 +1,10 @@
-"""Transport-independent parts of the clients: targets and channel options, retry policy,
-building items from trainer inputs, chunking, and putting results back in input order."""
+"""Transport-independent parts of the clients: targets and channel options, building items from
+trainer inputs, chunking, and putting results back in input order (retries: `_retry`)."""
 from __future__ import annotations
 
 import json
-import random
-from dataclasses import dataclass, field
-from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import grpc
 import numpy as np
@@ -15,7 +14,6 @@ from ._types import (RATIONALE_STOPS, ItemErrorInfo, RankResult, RationaleDelta,
                      RationaleResult, ScoreResult)
 from .v1 import reward_pb2 as pb
 
-DEFAULT_TIMEOUT = 120.0
 DEFAULT_CHUNK_SIZE = 32
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Generous client-side caps: the server enforces its own `Limits.max_message_bytes`.
@@ -62,9 +60,9 @@ def channel_options(lb_policy: str = "round_robin", extra: Optional[Sequence[Tup
         "grpc.keepalive_timeout_ms": 10_000,
         "grpc.keepalive_permit_without_calls": 0,
         # Reconnect to a restarted server quickly instead of after grpc's default backoff (1 s,
-        # growing to 120 s).
+        # growing to 120 s): at most 2 s, like the retries' own backoff cap.
         "grpc.initial_reconnect_backoff_ms": 200,
-        "grpc.max_reconnect_backoff_ms": 5_000,
+        "grpc.max_reconnect_backoff_ms": 2_000,
     }
     for k, v in extra or ():
         opts[k] = v
@@ -76,46 +74,6 @@ def call_metadata(token: Optional[str], metadata: Optional[Sequence[Tuple[str, s
     if token:
         md.append(("authorization", f"Bearer {token}"))
     return tuple(md) or None
-
-
-# ---------------------------------------------------------------------------------------------
-# Retries
-# ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Retries of a whole call on `retryable` status codes only (UNAVAILABLE: server draining,
-    restarting or unreachable; RESOURCE_EXHAUSTED: its queue is full), with exponential backoff
-    and jitter, at most `max_attempts` tries in all, and never past the call's timeout: a retry
-    whose backoff would end after the deadline is not made.
-
-    The delay before try k+1 is `min(max_backoff, initial_backoff * multiplier**(k-1))`,
-    scaled by a uniform random factor in `[1 - jitter, 1]`.
-    """
-
-    max_attempts: int = 5
-    initial_backoff: float = 0.1
-    max_backoff: float = 5.0
-    multiplier: float = 2.0
-    jitter: float = 0.5
-    retryable: FrozenSet[grpc.StatusCode] = field(
-        default_factory=lambda: frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
-    )
-
-    def __post_init__(self):
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be >= 1")
-
-    def backoff(self, attempt: int) -> float:
-        """Seconds to wait after failed try number `attempt` (1-based)."""
-        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
-        return base * (1.0 - self.jitter * random.random())
-
-    def should_retry(self, code: grpc.StatusCode, attempt: int) -> bool:
-        return code in self.retryable and attempt < self.max_attempts
-
-
-NO_RETRY = RetryPolicy(max_attempts=1)
 
 
 # ---------------------------------------------------------------------------------------------

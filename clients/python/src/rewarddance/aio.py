@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable, List, Optional, Sequence, Tuple, TypeVar, Union
@@ -10,14 +9,14 @@ from typing import Any, AsyncIterator, Awaitable, Callable, List, Optional, Sequ
 import grpc
 import grpc.aio
 
-from . import _core, _images
-from ._core import RetryPolicy, Targets
+from . import _core, _images, _retry
+from ._core import Targets
+from ._retry import RetryPolicy
 from ._types import RankResult, RationaleDelta, RewardError, ScoreResult
 from .v1 import reward_pb2 as pb
 from .v1 import reward_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
-log = logging.getLogger("rewarddance")
 
 
 class AsyncRewardClient:
@@ -35,7 +34,7 @@ class AsyncRewardClient:
         self,
         targets: Targets,
         *,
-        timeout: float = _core.DEFAULT_TIMEOUT,
+        timeout: float = _retry.DEFAULT_TIMEOUT,
         retry: Optional[RetryPolicy] = None,
         token: Optional[str] = None,
         credentials: Optional[grpc.ChannelCredentials] = None,
@@ -46,8 +45,9 @@ class AsyncRewardClient:
         options: Optional[Sequence[Tuple[str, Any]]] = None,
     ):
         self.targets: List[str] = _core.normalize_targets(targets)
-        self.timeout = float(timeout)
+        self.timeout = _retry.check_timeout(timeout)
         self.retry = retry or RetryPolicy()
+        self._outage = _retry.Outage()
         self.chunk_size = chunk_size
         self.raw_max_bytes = int(raw_max_bytes)
         self._credentials = credentials
@@ -85,37 +85,30 @@ class AsyncRewardClient:
         self._next += 1
         return k
 
-    async def _call(self, fn: Callable[[Any, float], Awaitable[T]], timeout: Optional[float]) -> T:
+    def _attempts(self, timeout: Optional[float], deadline: Optional[float] = None) -> _retry.Attempts:
+        total = _retry.call_timeout(self.timeout, timeout)
+        return _retry.Attempts(self.retry, self._outage, total, deadline)
+
+    async def _call(self, fn: Callable[[Any, dict], Awaitable[T]], timeout: Optional[float],
+                    deadline: Optional[float] = None) -> T:
+        """`RewardClient._call` with `await`: the same retries, deadline and logging."""
         self._ensure()
-        total = self.timeout if timeout is None else float(timeout)
-        deadline = time.monotonic() + total
-        attempt = 0
+        tries = self._attempts(timeout, deadline)
         while True:
-            attempt += 1
+            kw = tries.begin(self._metadata)
             k = self._pick()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RewardError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                  f"timeout of {total:g} s passed before try {attempt}", attempt - 1)
             try:
-                return await fn(self._stubs[k], remaining)
+                out = await fn(self._stubs[k], kw)
             except grpc.RpcError as e:
-                code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
-                details = (e.details() if hasattr(e, "details") else str(e)) or ""
-                if self.retry.should_retry(code, attempt):
-                    delay = self.retry.backoff(attempt)
-                    if time.monotonic() + delay < deadline:
-                        log.info("retrying after %s from %s (try %d of %d) in %.3f s: %s", code.name,
-                                 self.targets[k], attempt, self.retry.max_attempts, delay, details)
-                        await asyncio.sleep(delay)
-                        continue
-                raise RewardError(code, details, attempt, self.targets[k]) from None
+                await asyncio.sleep(tries.failed(e, self.targets[k]))
+                continue
+            tries.succeeded()
+            return out
 
     async def info(self, *, timeout: Optional[float] = None, refresh: bool = False) -> pb.InfoResponse:
         if self._info is not None and not refresh:
             return self._info
-        md = self._metadata
-        self._info = await self._call(lambda stub, t: stub.Info(pb.InfoRequest(), timeout=t, metadata=md), timeout)
+        self._info = await self._call(lambda stub, kw: stub.Info(pb.InfoRequest(), **kw), timeout)
         return self._info
 
     async def health_status(self, service: str = "", *, timeout: float = 5.0) -> dict:
@@ -170,7 +163,7 @@ class AsyncRewardClient:
     ) -> ScoreResult:
         """See `RewardClient.score`. Image conversion runs in the loop's default executor."""
         self._ensure()
-        total = self.timeout if timeout is None else float(timeout)
+        total = _retry.call_timeout(self.timeout, timeout)
         deadline = time.monotonic() + total
         loop = asyncio.get_running_loop()
         prep = await loop.run_in_executor(None, lambda: _core.prepare(
@@ -182,13 +175,11 @@ class AsyncRewardClient:
             size = _core.spread(prep, size, len(self.targets))
         chunks = _core.make_chunks(prep.items, size, max_bytes)
         asm = _core.Assembler(prep)
-        md = self._metadata
 
         async def run(indices: List[int]):
             req = pb.ScoreRequest(items=[prep.items[i] for i in indices])
-            left = max(deadline - time.monotonic(), 0.0)
             try:
-                return await self._call(lambda stub, t: stub.Score(req, timeout=t, metadata=md), left), None
+                return await self._call(lambda stub, kw: stub.Score(req, **kw), total, deadline), None
             except RewardError as e:
                 return None, e
 
@@ -229,7 +220,7 @@ class AsyncRewardClient:
         `async for` cancels it when asyncio finalizes the abandoned stream.
         """
         _core.check_rationale(rationale)
-        total = self.timeout if timeout is None else float(timeout)
+        total = _retry.call_timeout(self.timeout, timeout)
         deadline = time.monotonic() + total
         stream = AsyncRationaleStream()
         ctl = stream._ctl
@@ -239,61 +230,44 @@ class AsyncRewardClient:
                                  raw_max_bytes=self.raw_max_bytes, value_range=value_range, rationale=rationale,
                                  stream_rationale=True)
 
-        stream._gen = self._stream_events(ctl, prepare, chunk_size, deadline, total, mask_call_errors)
+        stream._gen = self._stream_events(ctl, prepare, chunk_size, self._attempts(total, deadline), mask_call_errors)
         return stream
 
     async def _stream_events(self, ctl: _core.StreamControl, prepare: Callable[[], _core.Prepared],
-                             chunk_size: Optional[int], deadline: float, total: float,
+                             chunk_size: Optional[int], tries: _retry.Attempts,
                              mask_call_errors: bool) -> AsyncIterator[Union[RationaleDelta, ScoreResult]]:
         self._ensure()
         loop = asyncio.get_running_loop()
         prep = await loop.run_in_executor(None, prepare)
-        size, max_bytes = await self._limits(chunk_size or self.chunk_size, total)
+        size, max_bytes = await self._limits(chunk_size or self.chunk_size, tries.total)
         state = _core.StreamState(prep, _core.make_chunks(prep.items, size, max_bytes))
         ctl.state = state
-        md = self._metadata
-        attempt = 0
         while state.requests:
-            attempt += 1
-            k = self._pick()
-            remaining = deadline - time.monotonic()
             if ctl.cancelled:
                 return
-            if remaining <= 0:
-                err = RewardError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                  f"timeout of {total:g} s passed before try {attempt}", attempt - 1)
-                if not mask_call_errors:
-                    raise err
-                state.fail_rest(err.code, str(err))
-                break
-            call = self._stubs[k].ScoreStream(iter(state.requests), timeout=remaining, metadata=md)
-            ctl.call = call
-            received = False
+            call = None
             try:
-                async for resp in call:
-                    received = True
-                    for ev in state.on_response(resp):
-                        yield ev
+                kw = tries.begin(self._metadata)
+                k = self._pick()
+                call = self._stubs[k].ScoreStream(iter(state.requests), **kw)
+                ctl.call = call
+                received = False
+                try:
+                    async for resp in call:
+                        received = True
+                        for ev in state.on_response(resp):
+                            yield ev
+                except grpc.RpcError as e:
+                    if ctl.cancelled:
+                        return
+                    # As in `RewardClient`: retried only before the first message.
+                    await asyncio.sleep(tries.failed(e, self.targets[k], retry=not received))
+                    continue
                 if not state.finished:
                     raise RewardError(grpc.StatusCode.INTERNAL,
                                       f"stream ended after {state.done} of {len(state.chunks)} answers",
-                                      attempt, self.targets[k])
-            except grpc.RpcError as e:
-                if ctl.cancelled:
-                    return
-                code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
-                details = (e.details() if hasattr(e, "details") else str(e)) or ""
-                if not received and self.retry.should_retry(code, attempt):
-                    delay = self.retry.backoff(attempt)
-                    if time.monotonic() + delay < deadline:
-                        log.info("retrying stream after %s from %s (try %d of %d) in %.3f s: %s", code.name,
-                                 self.targets[k], attempt, self.retry.max_attempts, delay, details)
-                        await asyncio.sleep(delay)
-                        continue
-                err = RewardError(code, details, attempt, self.targets[k])
-                if not mask_call_errors:
-                    raise err from None
-                state.fail_rest(code, str(err))
+                                      tries.attempt, self.targets[k])
+                tries.succeeded()
             except asyncio.CancelledError:
                 if ctl.cancelled:
                     return
@@ -303,7 +277,8 @@ class AsyncRewardClient:
                     raise
                 state.fail_rest(err.code, str(err))
             finally:
-                call.cancel()  # a no-op once the call has ended; else (consumer stopped early) stops the server
+                if call is not None:
+                    call.cancel()  # a no-op once the call has ended; else (consumer stopped early) stops the server
             break
         result = state.asm.result()
         ctl.result = result
@@ -327,8 +302,7 @@ class AsyncRewardClient:
         req, client_errors = await loop.run_in_executor(None, lambda: _core.rank_request(
             prompt, candidates, instruction=instruction, method=method, opponents=opponents, seed=seed,
             raw_max_bytes=self.raw_max_bytes, value_range=value_range))
-        md = self._metadata
-        resp = await self._call(lambda stub, t: stub.Rank(req, timeout=t, metadata=md), timeout)
+        resp = await self._call(lambda stub, kw: stub.Rank(req, **kw), timeout)
         return _core.rank_result(resp, len(req.candidates), client_errors)
 
     async def close(self) -> None:

@@ -1,7 +1,6 @@
 """The synchronous client: `RewardClient`."""
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -10,14 +9,14 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Typ
 
 import grpc
 
-from . import _core, _images
-from ._core import RetryPolicy, Targets
+from . import _core, _images, _retry
+from ._core import Targets
+from ._retry import RetryPolicy
 from ._types import RankResult, RationaleDelta, RewardError, ScoreResult
 from .v1 import reward_pb2 as pb
 from .v1 import reward_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
-log = logging.getLogger("rewarddance")
 
 
 class RewardClient:
@@ -28,10 +27,10 @@ class RewardClient:
             comma-separated string of addresses, or a list of them. With several, each call (each
             chunk, each retry) goes to the next one in turn; one grpc channel per target, each with
             round-robin load balancing over whatever its name resolves to.
-        timeout: default overall time limit in seconds of one `score()`/`info()` call, retries and
-            backoff included (120 s).
-        retry: `RetryPolicy` (default: 5 attempts on UNAVAILABLE / RESOURCE_EXHAUSTED only, backoff
-            0.1 s doubling to 5 s, jittered); `_core.NO_RETRY` disables retries.
+        timeout: default overall time limit in seconds of one call (`score()`, `rank()`,
+            `info()`, a rationale stream), retries and backoff included (120 s; finite).
+        retry: `RetryPolicy` (default: UNAVAILABLE / RESOURCE_EXHAUSTED only, retried until the
+            call's deadline, backoff 50 ms doubling to 2 s, jittered); `NO_RETRY` disables retries.
         token: bearer token sent as `authorization: Bearer <token>`.
         credentials: `grpc.ChannelCredentials` for TLS (default: plaintext).
         chunk_size: items per request (default: the server's `max_items_per_request` from Info).
@@ -47,7 +46,7 @@ class RewardClient:
         self,
         targets: Targets,
         *,
-        timeout: float = _core.DEFAULT_TIMEOUT,
+        timeout: float = _retry.DEFAULT_TIMEOUT,
         retry: Optional[RetryPolicy] = None,
         token: Optional[str] = None,
         credentials: Optional[grpc.ChannelCredentials] = None,
@@ -59,8 +58,9 @@ class RewardClient:
         options: Optional[Sequence[Tuple[str, Any]]] = None,
     ):
         self.targets: List[str] = _core.normalize_targets(targets)
-        self.timeout = float(timeout)
+        self.timeout = _retry.check_timeout(timeout)
         self.retry = retry or RetryPolicy()
+        self._outage = _retry.Outage()
         self.chunk_size = chunk_size
         self.max_workers = max(1, int(max_workers))
         self.raw_max_bytes = int(raw_max_bytes)
@@ -117,33 +117,26 @@ class RewardClient:
                 self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="rewarddance")
             return self._pool
 
-    def _call(self, fn: Callable[[pb_grpc.RewardServiceStub, float], T], timeout: Optional[float]) -> T:
-        """Runs fn(stub, per_attempt_timeout) with retries on retryable codes, rotating targets,
-        within one overall deadline."""
+    def _attempts(self, timeout: Optional[float], deadline: Optional[float] = None) -> _retry.Attempts:
+        total = _retry.call_timeout(self.timeout, timeout)
+        return _retry.Attempts(self.retry, self._outage, total, deadline)
+
+    def _call(self, fn: Callable[[pb_grpc.RewardServiceStub, dict], T], timeout: Optional[float],
+              deadline: Optional[float] = None) -> T:
+        """Runs fn(stub, call_options) with retries on retryable codes (see `_retry`), rotating
+        targets, within one overall deadline (`timeout` from now, or the given `deadline`)."""
         self._ensure()
-        total = self.timeout if timeout is None else float(timeout)
-        deadline = time.monotonic() + total
-        attempt = 0
+        tries = self._attempts(timeout, deadline)
         while True:
-            attempt += 1
+            kw = tries.begin(self._metadata)
             k = self._pick()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RewardError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                  f"timeout of {total:g} s passed before try {attempt}", attempt - 1)
             try:
-                return fn(self._stubs[k], remaining)
+                out = fn(self._stubs[k], kw)
             except grpc.RpcError as e:
-                code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
-                details = (e.details() if hasattr(e, "details") else str(e)) or ""
-                if self.retry.should_retry(code, attempt):
-                    delay = self.retry.backoff(attempt)
-                    if time.monotonic() + delay < deadline:
-                        log.info("retrying after %s from %s (try %d of %d) in %.3f s: %s", code.name,
-                                 self.targets[k], attempt, self.retry.max_attempts, delay, details)
-                        time.sleep(delay)
-                        continue
-                raise RewardError(code, details, attempt, self.targets[k]) from None
+                time.sleep(tries.failed(e, self.targets[k]))
+                continue
+            tries.succeeded()
+            return out
 
     # -- API -------------------------------------------------------------------------------
 
@@ -152,8 +145,7 @@ class RewardClient:
         self._ensure()
         if self._info is not None and not refresh:
             return self._info
-        md = self._metadata
-        info = self._call(lambda stub, t: stub.Info(pb.InfoRequest(), timeout=t, metadata=md), timeout)
+        info = self._call(lambda stub, kw: stub.Info(pb.InfoRequest(), **kw), timeout)
         self._info = info
         return info
 
@@ -240,7 +232,7 @@ class RewardClient:
         NaN in `scores`, False in `ok_mask` and carry an `ItemErrorInfo` in `errors`.
         """
         self._ensure()
-        total = self.timeout if timeout is None else float(timeout)
+        total = _retry.call_timeout(self.timeout, timeout)
         deadline = time.monotonic() + total
         prep = _core.prepare(prompts, images, references, videos=videos, instructions=instructions, mode=mode,
                              raw_max_bytes=self.raw_max_bytes, value_range=value_range, rationale=rationale)
@@ -250,12 +242,10 @@ class RewardClient:
             size = _core.spread(prep, size, len(self.targets))
         chunks = _core.make_chunks(prep.items, size, max_bytes)
         asm = _core.Assembler(prep)
-        md = self._metadata
 
         def run(indices: List[int]) -> pb.ScoreResponse:
             req = pb.ScoreRequest(items=[prep.items[i] for i in indices])
-            left = deadline - time.monotonic()
-            return self._call(lambda stub, t: stub.Score(req, timeout=t, metadata=md), max(left, 0.0))
+            return self._call(lambda stub, kw: stub.Score(req, **kw), total, deadline)
 
         if len(chunks) == 1:
             outcomes = [_outcome(run, chunks[0])]
@@ -310,7 +300,7 @@ class RewardClient:
         thread. Arguments are checked and images converted here, before the call.
         """
         self._ensure()
-        total = self.timeout if timeout is None else float(timeout)
+        total = _retry.call_timeout(self.timeout, timeout)
         deadline = time.monotonic() + total
         prep = _core.prepare(prompts, images, references, videos=videos, instructions=instructions, mode=mode,
                              raw_max_bytes=self.raw_max_bytes, value_range=value_range, rationale=rationale,
@@ -318,62 +308,46 @@ class RewardClient:
         size, max_bytes = self._limits(chunk_size, total)
         state = _core.StreamState(prep, _core.make_chunks(prep.items, size, max_bytes))
         stream = RationaleStream(state)
-        stream._gen = self._stream_events(stream._ctl, state, deadline, total, mask_call_errors)
+        stream._gen = self._stream_events(stream._ctl, state, self._attempts(total, deadline), mask_call_errors)
         return stream
 
-    def _stream_events(self, ctl: _core.StreamControl, state: _core.StreamState, deadline: float, total: float,
+    def _stream_events(self, ctl: _core.StreamControl, state: _core.StreamState, tries: _retry.Attempts,
                        mask_call_errors: bool) -> Iterator[Union[RationaleDelta, ScoreResult]]:
-        md = self._metadata
-        attempt = 0
         while state.requests:
-            attempt += 1
-            k = self._pick()
-            remaining = deadline - time.monotonic()
             if ctl.cancelled:
                 return
-            if remaining <= 0:
-                err = RewardError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                  f"timeout of {total:g} s passed before try {attempt}", attempt - 1)
-                if not mask_call_errors:
-                    raise err
-                state.fail_rest(err.code, str(err))
-                break
-            call = self._stubs[k].ScoreStream(iter(state.requests), timeout=remaining, metadata=md)
-            ctl.call = call
-            if ctl.cancelled:
-                call.cancel()
-                return
-            received = False
+            call = None
             try:
-                for resp in call:
-                    received = True
-                    yield from state.on_response(resp)
+                kw = tries.begin(self._metadata)
+                k = self._pick()
+                call = self._stubs[k].ScoreStream(iter(state.requests), **kw)
+                ctl.call = call
+                if ctl.cancelled:
+                    return
+                received = False
+                try:
+                    for resp in call:
+                        received = True
+                        yield from state.on_response(resp)
+                except grpc.RpcError as e:
+                    if ctl.cancelled:
+                        return
+                    # Retried like a unary call only before its first message: after it, the
+                    # caller has seen deltas, which a second stream would send again.
+                    time.sleep(tries.failed(e, self.targets[k], retry=not received))
+                    continue
                 if not state.finished:
                     raise RewardError(grpc.StatusCode.INTERNAL,
                                       f"stream ended after {state.done} of {len(state.chunks)} answers",
-                                      attempt, self.targets[k])
-            except grpc.RpcError as e:
-                if ctl.cancelled:
-                    return
-                code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
-                details = (e.details() if hasattr(e, "details") else str(e)) or ""
-                if not received and self.retry.should_retry(code, attempt):
-                    delay = self.retry.backoff(attempt)
-                    if time.monotonic() + delay < deadline:
-                        log.info("retrying stream after %s from %s (try %d of %d) in %.3f s: %s", code.name,
-                                 self.targets[k], attempt, self.retry.max_attempts, delay, details)
-                        time.sleep(delay)
-                        continue
-                err = RewardError(code, details, attempt, self.targets[k])
-                if not mask_call_errors:
-                    raise err from None
-                state.fail_rest(code, str(err))
+                                      tries.attempt, self.targets[k])
+                tries.succeeded()
             except RewardError as err:
                 if not mask_call_errors:
                     raise
                 state.fail_rest(err.code, str(err))
             finally:
-                call.cancel()  # a no-op once the call has ended; else (consumer stopped early) stops the server
+                if call is not None:
+                    call.cancel()  # a no-op once the call has ended; else (consumer stopped early) stops the server
             break
         result = state.asm.result()
         ctl.result = result
@@ -403,8 +377,7 @@ class RewardClient:
         req, client_errors = _core.rank_request(prompt, candidates, instruction=instruction, method=method,
                                                 opponents=opponents, seed=seed, raw_max_bytes=self.raw_max_bytes,
                                                 value_range=value_range)
-        md = self._metadata
-        resp = self._call(lambda stub, t: stub.Rank(req, timeout=t, metadata=md), timeout)
+        resp = self._call(lambda stub, kw: stub.Rank(req, **kw), timeout)
         return _core.rank_result(resp, len(req.candidates), client_errors)
 
     def close(self) -> None:
