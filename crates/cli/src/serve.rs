@@ -74,13 +74,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tracing::info!(model = model.id(), %device, dtype = ?model.dtype(), "model loaded");
         backends.push(Arc::new(model));
     }
-    let config = args.server.engine_config();
-    tracing::info!(?config, "engine settings");
-    let engine = Engine::start(backends, config)?;
+    // The recorder first: the engine publishes its start-up gauges (queue capacity) at once.
     if !args.server.no_metrics {
         let bound = telemetry::serve_metrics(args.server.metrics_addr).await?;
         tracing::info!(addr = %bound, "metrics on http://{bound}/metrics");
     }
+    let config = args.server.engine_config();
+    tracing::info!(?config, "engine settings");
+    let engine = Engine::start(backends, config)?;
     let (listener, addr) = rewarddance_server::bind(&args.server).await?;
     tracing::info!(%addr, "listening");
     let warm = engine.clone();

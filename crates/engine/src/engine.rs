@@ -214,6 +214,8 @@ impl Engine {
             ));
         }
         let pool = FairPool::new(config.preprocess_threads)?;
+        metrics::set_queue_capacity(config.max_queue_items);
+        metrics::set_in_flight(0);
         let (to_batcher, from_handles) = mpsc::unbounded_channel();
         let (health, _) = watch::channel(Health::Starting);
         let inner = Arc::new(Inner {

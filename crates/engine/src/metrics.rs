@@ -23,6 +23,8 @@ pub const ITEM_FAILURES_TOTAL: &str = "rewarddance_item_failures_total";
 pub const QUEUE_DEPTH: &str = "rewarddance_queue_depth";
 /// Gauge: admitted items not yet answered (preprocessing, queued or computing).
 pub const ITEMS_IN_FLIGHT: &str = "rewarddance_items_in_flight";
+/// Gauge: the queue's capacity in items (`--max-queue-items`), so alerts can divide by it.
+pub const QUEUE_CAPACITY_ITEMS: &str = "rewarddance_queue_capacity_items";
 /// Histogram: items per batch.
 pub const BATCH_SIZE: &str = "rewarddance_batch_size";
 /// Histogram: tokens per batch.
@@ -37,8 +39,7 @@ pub const INFERENCE_DURATION_SECONDS: &str = "rewarddance_inference_duration_sec
 pub const REJECTED_ITEMS_TOTAL: &str = "rewarddance_rejected_items_total";
 /// Counter: batches that failed on a device that then failed its probe too (error or panic), label `device`.
 pub const WORKER_FAILURES_TOTAL: &str = "rewarddance_worker_failures_total";
-/// Counter: items that failed a batch alone while the device passed its probe (their batch
-/// neighbours were re-run and scored), label `device`.
+/// Counter: items that failed their batch alone on a healthy device (neighbours re-run), label `device`.
 pub const ISOLATED_ITEMS_TOTAL: &str = "rewarddance_isolated_items_total";
 /// Counter: device worker restarts after a panic, label `device`.
 pub const WORKER_RESTARTS_TOTAL: &str = "rewarddance_worker_restarts_total";
@@ -72,6 +73,7 @@ pub const ALL: &[&str] = &[
     ITEM_FAILURES_TOTAL,
     QUEUE_DEPTH,
     ITEMS_IN_FLIGHT,
+    QUEUE_CAPACITY_ITEMS,
     BATCH_SIZE,
     BATCH_TOKENS,
     QUEUE_DURATION_SECONDS,
@@ -120,6 +122,10 @@ pub fn describe() {
     describe_counter!(ITEM_FAILURES_TOTAL, "Items not scored, by reason.");
     describe_gauge!(QUEUE_DEPTH, "Prepared items waiting for a batch.");
     describe_gauge!(ITEMS_IN_FLIGHT, "Admitted items not yet answered.");
+    describe_gauge!(
+        QUEUE_CAPACITY_ITEMS,
+        "Items the queue holds at most (--max-queue-items)."
+    );
     describe_histogram!(BATCH_SIZE, "Items per device batch.");
     describe_histogram!(BATCH_TOKENS, "Tokens per device batch.");
     describe_histogram!(
@@ -228,6 +234,10 @@ pub(crate) fn record_reuse(
 
 pub(crate) fn set_queue_depth(depth: usize) {
     gauge!(QUEUE_DEPTH).set(depth as f64);
+}
+
+pub(crate) fn set_queue_capacity(items: usize) {
+    gauge!(QUEUE_CAPACITY_ITEMS).set(items as f64);
 }
 
 pub(crate) fn set_in_flight(items: usize) {

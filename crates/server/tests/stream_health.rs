@@ -108,7 +108,10 @@ async fn a_cancelled_stream_leaves_no_work_behind() {
     // go on at one per 100 ms.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let later = backend.scored() - before - scored;
-    assert!(later <= 1, "{later} items computed after the slots were released");
+    assert!(
+        later <= 1,
+        "{later} items computed after the slots were released"
+    );
     server.shutdown().await;
 }
 
