@@ -26,7 +26,11 @@ impl BearerAuth {
 
     /// The tonic interceptor.
     #[allow(clippy::result_large_err)] // the interceptor signature is tonic's
-    pub fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
+    pub fn check(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        // Stamped here, before the body is decoded: the call's deadline counts from arrival.
+        request
+            .extensions_mut()
+            .insert(crate::deadline::Arrived(std::time::Instant::now()));
         let Some(expected) = &self.expected else {
             return Ok(request);
         };

@@ -113,6 +113,39 @@ pub struct ServerArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "REWARDDANCE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// HTTP/2 `MAX_CONCURRENT_STREAMS` advertised per connection (calls open at once on one
+    /// channel; ScoreStream counts one).
+    #[arg(
+        long,
+        env = "REWARDDANCE_HTTP2_MAX_CONCURRENT_STREAMS",
+        default_value_t = 1024
+    )]
+    pub http2_max_concurrent_streams: u32,
+    /// Streams one connection may open and reset before the server reads them, at once;
+    /// past it the connection gets GOAWAY (the rapid-reset guard).
+    #[arg(
+        long,
+        env = "REWARDDANCE_HTTP2_MAX_PENDING_RESETS",
+        default_value_t = 20
+    )]
+    pub http2_max_pending_resets: usize,
+    /// Streams the server may reset for protocol errors on one connection before GOAWAY.
+    #[arg(
+        long,
+        env = "REWARDDANCE_HTTP2_MAX_ERROR_RESETS",
+        default_value_t = 1024
+    )]
+    pub http2_max_error_resets: usize,
+    /// Seconds between HTTP/2 keepalive PINGs on idle connections (0: off).
+    #[arg(long, env = "REWARDDANCE_HTTP2_KEEPALIVE_S", default_value_t = 30)]
+    pub http2_keepalive_s: u64,
+    /// Seconds a keepalive PING may go unanswered before the connection is closed.
+    #[arg(
+        long,
+        env = "REWARDDANCE_HTTP2_KEEPALIVE_TIMEOUT_S",
+        default_value_t = 20
+    )]
+    pub http2_keepalive_timeout_s: u64,
     /// Log format.
     #[arg(long, env = "REWARDDANCE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -169,6 +202,20 @@ impl ServerArgs {
         self.max_text_bytes.unwrap_or_else(|| {
             (max_tokens.saturating_mul(TEXT_BYTES_PER_TOKEN)).max(MIN_DEFAULT_TEXT_BYTES)
         })
+    }
+
+    /// The HTTP/2 settings of every connection (flow-control windows are always adaptive:
+    /// large images on fast links are not held to the 64 KiB default window).
+    pub fn http2_settings(&self) -> crate::listen::Http2Settings {
+        crate::listen::Http2Settings {
+            max_concurrent_streams: self.http2_max_concurrent_streams,
+            max_pending_accept_reset_streams: self.http2_max_pending_resets,
+            max_local_error_reset_streams: self.http2_max_error_resets,
+            keepalive_interval: (self.http2_keepalive_s > 0)
+                .then(|| Duration::from_secs(self.http2_keepalive_s)),
+            keepalive_timeout: Duration::from_secs(self.http2_keepalive_timeout_s),
+            adaptive_window: true,
+        }
     }
 
     /// Drain timeout as a duration.

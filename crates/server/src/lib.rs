@@ -13,6 +13,8 @@
 mod auth;
 pub mod config;
 mod convert;
+mod deadline;
+pub mod listen;
 mod rank;
 mod service;
 pub mod status;
@@ -27,9 +29,8 @@ use anyhow::Context;
 use rewarddance_engine::{Engine, Health};
 use rewarddance_proto::v1::reward_service_server::RewardServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::service::Routes;
 use tonic_health::ServingStatus;
 
 pub use auth::BearerAuth;
@@ -79,14 +80,10 @@ pub async fn run(
         .build_v1()
         .context("building the reflection service")?;
 
-    let mut builder = Server::builder();
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        let cert = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
-        let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-        builder = builder
-            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
-            .context("TLS configuration")?;
-    }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(listen::tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let addr = listener.local_addr()?;
     tracing::info!(
         %addr,
@@ -103,19 +100,18 @@ pub async fn run(
         drain_engine.close();
         let _ = stop_tx.send(());
     });
-    let server = builder
-        .add_service(health_service)
+    let routes = Routes::new(health_service)
         .add_service(reflection)
         .add_service(reward)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = stop_rx.await;
-        });
+        .prepare();
+    let server = listen::serve(listener, tls, routes, args.http2_settings(), async {
+        let _ = stop_rx.await;
+    });
     tokio::pin!(server);
 
     // Serve until the shutdown signal, then bound the drain.
     tokio::select! {
-        result = &mut server => {
-            result.context("gRPC server failed")?;
+        () = &mut server => {
             drain_started.abort();
             health_task.abort();
             tracing::info!(unanswered = engine.in_flight(), "server stopped");

@@ -18,7 +18,8 @@ use rewarddance_proto::v1;
 use tonic::Status;
 
 use crate::convert;
-use crate::service::{collect, engine_deadline, ItemAdmitError, RewardApi};
+use crate::deadline::{self, engine_deadline};
+use crate::service::{collect, ItemAdmitError, RewardApi};
 use crate::status;
 
 impl RewardApi {
@@ -46,6 +47,7 @@ impl RewardApi {
         if request.prompt.trim().is_empty() {
             return Err(Status::invalid_argument("prompt is empty"));
         }
+        deadline::check_budget(deadline, n)?;
         let item_limits = &self.limits.item;
         let text_ok = convert::text("prompt", &request.prompt, item_limits).and_then(|()| {
             request
@@ -132,7 +134,7 @@ impl RewardApi {
                 })?;
             drop(images);
             collect(admitted, deadline, &self.model_id, None)
-                .await
+                .await?
                 .results
                 .into_iter()
                 .map(|r| match r.outcome {
@@ -220,16 +222,23 @@ impl RewardApi {
             .engine
             .prepare_images(inputs, engine_deadline(deadline))
             .map_err(|e| status::submit_status(&e))?;
+        let total = tickets.len();
         let mut images = vec![None; n];
+        let mut answered = 0;
         for (c, ticket) in positions.into_iter().zip(tickets) {
             let answer = match deadline {
                 None => ticket.wait().await,
-                Some(at) => tokio::time::timeout_at(at.into(), ticket.wait())
-                    .await
-                    .unwrap_or_else(|_| Err(status::deadline_item_error())),
+                Some(at) => match tokio::time::timeout_at(at.into(), ticket.wait()).await {
+                    Ok(answer) => answer,
+                    Err(_) => return Err(deadline::exceeded(total - answered, total)),
+                },
             };
+            answered += 1;
             match answer {
                 Ok(image) => images[c] = Some(image),
+                Err(e) if e.kind == FailureKind::DeadlineExceeded => {
+                    return Err(deadline::exceeded(total - answered + 1, total))
+                }
                 Err(mut e) => {
                     // Same code and reason as `Score` gives a broken image.
                     e.message = format!("candidate {c}: {}", e.message);

@@ -2,10 +2,10 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use futures_util::future::join_all;
-use rewarddance_engine::{metrics as names, Engine, ItemError, ItemResult, Work};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rewarddance_engine::{metrics as names, Engine, FailureKind, ItemError, ItemResult, Work};
 use rewarddance_model::prompt::PromptBuilder;
 use rewarddance_model::Mode;
 use rewarddance_proto::v1;
@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::config::ServerArgs;
+use crate::deadline::{self, Arrived};
 use crate::{convert, status, stream};
 
 /// Request limits the service enforces (from [`ServerArgs`] and the model).
@@ -29,17 +30,6 @@ pub struct Limits {
     pub item: convert::ItemLimits,
     /// What an item may ask of the rationale decoder.
     pub rationale: convert::RationaleLimits,
-}
-
-/// How much earlier than the call's own deadline the engine stops work: an item still
-/// decoding its rationale then is answered with its score and the text so far (stop reason
-/// DEADLINE) before the handler's timer answers DEADLINE_EXCEEDED without a score. Best
-/// effort: the engine checks between decode steps.
-const ENGINE_DEADLINE_LEAD: Duration = Duration::from_millis(20);
-
-/// When the engine stops work on a call's items: [`ENGINE_DEADLINE_LEAD`] before the call's.
-pub(crate) fn engine_deadline(deadline: Option<Instant>) -> Option<Instant> {
-    deadline.map(|d| d.checked_sub(ENGINE_DEADLINE_LEAD).unwrap_or(d))
 }
 
 /// The service implementation (cheap to clone).
@@ -136,7 +126,7 @@ impl RewardApi {
             .collect();
         let mut tickets = self
             .engine
-            .submit(good, engine_deadline(deadline), span)
+            .submit(good, deadline::engine_deadline(deadline), span)
             .map_err(ItemAdmitError::Refused)?
             .into_iter();
         let mut out = Vec::with_capacity(n);
@@ -184,37 +174,25 @@ pub(crate) struct DeltaSink {
 }
 
 impl Pending {
-    /// Waits for the answer until `until` (then the item misses its deadline), forwarding
-    /// streamed rationale text to `sink` first (so every delta precedes the result).
-    pub(crate) async fn resolve(
-        self,
-        until: Option<Instant>,
-        sink: Option<(&DeltaSink, usize, &str)>,
-    ) -> ItemResult {
+    /// Waits for the answer, forwarding streamed rationale text to `sink` first (so every
+    /// delta precedes the result).
+    pub(crate) async fn resolve(self, sink: Option<(&DeltaSink, usize, &str)>) -> ItemResult {
         let (mut ticket, stream) = match self {
             Pending::Done(r) => return *r,
             Pending::Ticket { ticket, stream } => (ticket, stream),
         };
         let text = if stream { ticket.take_text() } else { None };
-        let answer = async move {
-            if let (Some(mut text), Some((sink, index, id))) = (text, sink) {
-                while let Some(piece) = text.recv().await {
-                    let _ = sink.tx.send(v1::RationaleDelta {
-                        request: sink.request,
-                        index: index as u32,
-                        id: id.to_string(),
-                        text: piece,
-                    });
-                }
+        if let (Some(mut text), Some((sink, index, id))) = (text, sink) {
+            while let Some(piece) = text.recv().await {
+                let _ = sink.tx.send(v1::RationaleDelta {
+                    request: sink.request,
+                    index: index as u32,
+                    id: id.to_string(),
+                    text: piece,
+                });
             }
-            ticket.wait().await
-        };
-        match until {
-            None => answer.await,
-            Some(at) => tokio::time::timeout_at(at.into(), answer)
-                .await
-                .unwrap_or_else(|_| ItemResult::failed(status::deadline_item_error())),
         }
+        ticket.wait().await
     }
 }
 
@@ -231,57 +209,49 @@ fn placeholder() -> Work {
 }
 
 /// Answers a request's items into a response (in request order; items resolve concurrently,
-/// so one item's streamed text is never held up behind another's).
+/// so one item's streamed text is never held up behind another's). The deadline contract
+/// ([`crate::deadline`]): when `until` passes first, or an item comes back expired, the call
+/// fails with DEADLINE_EXCEEDED and the items still pending are dropped (their queue slots
+/// freed, their compute skipped).
 pub(crate) async fn collect(
     items: Vec<(String, Pending)>,
     until: Option<Instant>,
     model_id: &str,
     sink: Option<&DeltaSink>,
-) -> v1::ScoreResponse {
-    let results = join_all(items.into_iter().enumerate().map(
-        |(index, (id, pending))| async move {
-            let r = pending
-                .resolve(until, sink.map(|s| (s, index, id.as_str())))
-                .await;
-            convert::result(id, index, &r)
-        },
-    ))
-    .await;
-    v1::ScoreResponse {
+) -> Result<v1::ScoreResponse, Status> {
+    let total = items.len();
+    let answered = std::sync::atomic::AtomicUsize::new(0);
+    let all = async {
+        let mut pending: FuturesUnordered<_> = items
+            .into_iter()
+            .enumerate()
+            .map(|(index, (id, pending))| async move {
+                let r = pending.resolve(sink.map(|s| (s, index, id.as_str()))).await;
+                (index, id, r)
+            })
+            .collect();
+        let mut results: Vec<Option<v1::ItemResult>> = (0..total).map(|_| None).collect();
+        while let Some((index, id, r)) = pending.next().await {
+            if matches!(&r.outcome, Err(e) if e.kind == FailureKind::DeadlineExceeded) {
+                return Err(());
+            }
+            results[index] = Some(convert::result(id, index, &r));
+            answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(results.into_iter().flatten().collect::<Vec<_>>())
+    };
+    let results = match until {
+        None => all.await,
+        Some(at) => tokio::time::timeout_at(at.into(), all)
+            .await
+            .unwrap_or(Err(())),
+    }
+    .map_err(|()| deadline::exceeded(total - answered.into_inner(), total))?;
+    Ok(v1::ScoreResponse {
         timing: Some(convert::request_timing(&results)),
         results,
         model_id: model_id.to_string(),
         rationale_deltas: Vec::new(),
-    }
-}
-
-/// When the handler must answer: the call's `grpc-timeout`, less a margin (a tenth, at most
-/// 100 ms) so the answer (with per-item DEADLINE_EXCEEDED) leaves before the transport cancels
-/// the call, even on a loaded machine.
-pub(crate) fn deadline_of(
-    metadata: &tonic::metadata::MetadataMap,
-    arrived: Instant,
-) -> Option<Instant> {
-    let timeout = parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)?;
-    let margin = (timeout / 10).min(Duration::from_millis(100));
-    Some(arrived + timeout.saturating_sub(margin))
-}
-
-/// Parses a `grpc-timeout` header value: up to 8 digits and a unit (H M S m u n).
-fn parse_grpc_timeout(v: &str) -> Option<Duration> {
-    if v.len() < 2 || v.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = v.split_at(v.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
     })
 }
 
@@ -300,10 +270,11 @@ impl v1::reward_service_server::RewardService for RewardApi {
         request: Request<v1::ScoreRequest>,
     ) -> Result<Response<v1::ScoreResponse>, Status> {
         let started = Instant::now();
-        let deadline = deadline_of(request.metadata(), started);
+        let deadline = deadline::deadline_of(request.metadata(), Arrived::of(request.extensions()));
         let body = request.into_inner();
         let span = tracing::info_span!("score", items = body.items.len());
         let result = async {
+            deadline::check_budget(deadline, body.items.len())?;
             let items = match self.admit(body, deadline, &tracing::Span::current()) {
                 Ok(items) => items,
                 Err(ItemAdmitError::Invalid(msg)) => return Err(Status::invalid_argument(msg)),
@@ -312,7 +283,7 @@ impl v1::reward_service_server::RewardService for RewardApi {
                     return Err(status::submit_status(&e));
                 }
             };
-            let response = collect(items, deadline, &self.model_id, None).await;
+            let response = collect(items, deadline, &self.model_id, None).await?;
             tracing::debug!(
                 elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
                 "answered"
@@ -339,7 +310,7 @@ impl v1::reward_service_server::RewardService for RewardApi {
             record_rpc("ScoreStream", tonic::Code::Unavailable, Instant::now());
             return Err(status::draining());
         }
-        let deadline = deadline_of(request.metadata(), Instant::now());
+        let deadline = deadline::deadline_of(request.metadata(), Arrived::of(request.extensions()));
         let out = stream::spawn(self.clone(), request.into_inner(), deadline);
         Ok(Response::new(Box::pin(out)))
     }
@@ -349,7 +320,7 @@ impl v1::reward_service_server::RewardService for RewardApi {
         request: Request<v1::RankRequest>,
     ) -> Result<Response<v1::RankResponse>, Status> {
         let started = Instant::now();
-        let deadline = deadline_of(request.metadata(), started);
+        let deadline = deadline::deadline_of(request.metadata(), Arrived::of(request.extensions()));
         let body = request.into_inner();
         let span = tracing::info_span!("rank", candidates = body.candidates.len());
         let result = self
@@ -419,19 +390,5 @@ fn info(engine: &Engine, args: &ServerArgs) -> v1::InfoResponse {
         server_version: env!("CARGO_PKG_VERSION").to_string(),
         tile_size: model.config().tiling.image_size,
         tokens_per_tile: model.config().tokens_per_tile() as u32,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeouts_parse() {
-        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
-        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_grpc_timeout("5x"), None);
-        assert_eq!(parse_grpc_timeout("123456789S"), None);
     }
 }

@@ -45,11 +45,3 @@ pub fn submit_item_error(err: &SubmitError) -> ItemError {
 pub fn draining() -> Status {
     Status::unavailable("server is shutting down")
 }
-
-/// Status for an item that missed the call's deadline.
-pub fn deadline_item_error() -> ItemError {
-    ItemError::new(
-        FailureKind::DeadlineExceeded,
-        "the call's deadline passed before the item was scored",
-    )
-}

@@ -66,8 +66,18 @@ async fn pump(
                     return;
                 }
             }
-            Some((n, response)) = pending.next(), if !pending.is_empty() => {
+            Some((n, answer)) = pending.next(), if !pending.is_empty() => {
                 in_flight -= n;
+                let response = match answer {
+                    Ok(response) => response,
+                    Err(status) => {
+                        let status: Status = status;
+                        // The stream's deadline passed: it ends, as a unary call would.
+                        record_rpc("ScoreStream", status.code(), started);
+                        let _ = out.send(Err(status)).await;
+                        return;
+                    }
+                };
                 // The request's last deltas may have been queued while its answer resolved
                 // within this same poll: they go first.
                 let flushed = match deltas.try_recv() {
@@ -140,7 +150,8 @@ async fn send_progress(
     out.send(Ok(progress)).await.is_ok()
 }
 
-type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = v1::ScoreResponse> + Send>>;
+type Answer =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<v1::ScoreResponse, Status>> + Send>>;
 
 /// Admits one request message. `Err(status)` ends the stream (draining);
 /// request-level problems become per-item errors in an immediate response.
@@ -170,7 +181,7 @@ fn admit(
             model_id: model_id.to_string(),
             rationale_deltas: Vec::new(),
         };
-        Box::pin(async move { response })
+        Box::pin(async move { Ok(response) })
     };
     match api.admit(request, deadline, &tracing::Span::current()) {
         Ok(items) => {

@@ -301,19 +301,66 @@ async fn an_expired_deadline_returns_deadline_exceeded_and_skips_compute() {
     let mut client = server.client().await;
     let mut call = tonic::Request::new(request(vec![item("late1", "p", 2), item("late2", "p", 3)]));
     call.set_timeout(Duration::from_millis(150));
-    match client.score(call).await {
-        Ok(r) => {
-            for res in &r.get_ref().results {
-                assert_eq!(error_of(res).code, Code::DeadlineExceeded as i32);
-            }
-        }
-        Err(status) => assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}"),
-    }
+    // One contract (issue #14): the call fails as a whole, never with per-item errors.
+    let status = client.score(call).await.expect_err("deadline passed");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("2 of 2 items unanswered"),
+        "{status:?}"
+    );
     busy.await.expect("join").expect("busy call");
     tokio::time::timeout(Duration::from_secs(10), server.engine.drained())
         .await
         .expect("drained");
     assert_eq!(backend.scored() - before, 1, "expired items were computed");
+    server.shutdown().await;
+}
+
+/// Issue #14: at 0.3-0.5 s the same call came back sometimes with per-item
+/// DEADLINE_EXCEEDED, sometimes call-level DEADLINE_EXCEEDED, and sometimes `CANCELLED:
+/// Timeout expired`. Now every timeout too short for the work gets the server's own
+/// call-level DEADLINE_EXCEEDED, and one long enough gets every score.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_answer_is_the_same_at_every_timeout() {
+    let backend = TestBackend::new(Duration::from_millis(250));
+    let one_at_a_time = rewarddance_server::ServerArgs {
+        max_batch_items: 2,
+        ..args()
+    };
+    let server = TestServer::start(backend, one_at_a_time).await;
+    let mut calls = Vec::new();
+    for (k, ms) in [1u64, 5, 20, 50, 100, 200, 300, 400, 500, 600, 700]
+        .into_iter()
+        .enumerate()
+    {
+        let mut client = server.client().await;
+        calls.push(tokio::spawn(async move {
+            // Eight items at 250 ms per batch of two: about a second of work, whatever the
+            // other calls queue.
+            let items = (0..8)
+                .map(|s| item(&format!("{k}-{s}"), "p", s + 1))
+                .collect();
+            let mut call = tonic::Request::new(request(items));
+            call.set_timeout(Duration::from_millis(ms));
+            (ms, client.score(call).await)
+        }));
+    }
+    for call in calls {
+        let (ms, got) = call.await.expect("join");
+        let status = got.expect_err("no timeout here is long enough");
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{ms} ms: {status:?}");
+        if ms >= 20 {
+            assert!(
+                status.message().contains("items unanswered"),
+                "{ms} ms: the server's own answer, not a transport timer: {status:?}"
+            );
+        }
+    }
+    let mut client = server.client().await;
+    let mut call = tonic::Request::new(request(vec![item("ok", "p", 1)]));
+    call.set_timeout(Duration::from_secs(20));
+    let r = client.score(call).await.expect("in time").into_inner();
+    score_of(&r.results[0]);
     server.shutdown().await;
 }
 
