@@ -146,3 +146,40 @@ pub fn check_jpeg_complete(bytes: &[u8]) -> Result<()> {
         }
     }
 }
+
+/// Width and height a WebP file's first chunk declares, if `bytes` starts like a WebP (RIFF
+/// `WEBP`): the canvas of an extended file (`VP8X`: 24-bit width - 1 and height - 1), or the
+/// frame size of a simple lossless (`VP8L`: 14 bits each, minus one) or lossy (`VP8 `: 14
+/// bits each after the key-frame start code) file. Layouts from the WebP container and
+/// bitstream specifications (RFC 9649). Needs at most 30 bytes, so a bare header claiming a
+/// huge image is refused before a decoder is built.
+pub fn webp_header(bytes: &[u8]) -> Option<(u32, u32)> {
+    if bytes.get(..4)? != b"RIFF" || bytes.get(8..12)? != b"WEBP" {
+        return None;
+    }
+    let le24 = |b: &[u8]| u32::from(b[0]) | u32::from(b[1]) << 8 | u32::from(b[2]) << 16;
+    match bytes.get(12..16)? {
+        b"VP8X" => {
+            let canvas = bytes.get(24..30)?;
+            Some((le24(&canvas[..3]) + 1, le24(&canvas[3..]) + 1))
+        }
+        b"VP8L" => {
+            let head = bytes.get(20..25)?;
+            if head[0] != 0x2f {
+                return None;
+            }
+            let bits = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+            Some(((bits & 0x3fff) + 1, ((bits >> 14) & 0x3fff) + 1))
+        }
+        b"VP8 " => {
+            let frame = bytes.get(20..30)?;
+            if frame[3..6] != [0x9d, 0x01, 0x2a] {
+                return None;
+            }
+            let w = u32::from(u16::from_le_bytes([frame[6], frame[7]]) & 0x3fff);
+            let h = u32::from(u16::from_le_bytes([frame[8], frame[9]]) & 0x3fff);
+            Some((w, h))
+        }
+        _ => None,
+    }
+}

@@ -147,6 +147,9 @@ fn decode_encoded(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
         check_dimensions(w, h, limits)?;
         super::container::check_png_chunks(bytes)?;
     }
+    if let Some((w, h)) = super::container::webp_header(bytes) {
+        check_dimensions(w, h, limits)?;
+    }
     // Gray (0) and RGB (2) PNGs have no alpha channel; any alpha the decoder reports comes from
     // a tRNS colour key, which Pillow keeps in `info["transparency"]` and `convert("RGB")`
     // ignores (the reference only composites RGBA/LA/PA and palette-with-transparency).

@@ -381,3 +381,86 @@ fn truncated_jpeg_is_invalid_at_every_cut() {
                                                           // Bytes after EOI are ignored, as by Pillow.
     assert!(dec([full.as_slice(), b"trailing"].concat()).is_ok());
 }
+
+/// A WebP file of `kind` ("VP8L" or "VP8X") whose header claims `w` x `h`, with no image data.
+fn webp_header_only(kind: &[u8; 4], w: u32, h: u32) -> Vec<u8> {
+    let mut chunk = Vec::new();
+    match kind {
+        b"VP8L" => {
+            chunk.push(0x2f);
+            let bits = (w - 1) | ((h - 1) << 14);
+            chunk.extend_from_slice(&bits.to_le_bytes());
+        }
+        _ => {
+            chunk.extend_from_slice(&[0u8; 4]); // flags + reserved
+            chunk.extend_from_slice(&(w - 1).to_le_bytes()[..3]);
+            chunk.extend_from_slice(&(h - 1).to_le_bytes()[..3]);
+        }
+    }
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&((4 + 8 + chunk.len()) as u32).to_le_bytes());
+    out.extend_from_slice(b"WEBP");
+    out.extend_from_slice(kind);
+    out.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+    out.extend_from_slice(&chunk);
+    out
+}
+
+/// Issue #14: a WebP header over the pixel limit was `invalid_image`, where PNG and JPEG are
+/// `image_too_large`; it must be refused the same way, from the header alone, and fast.
+#[test]
+fn webp_headers_over_the_pixel_limit_are_too_large() {
+    let limits = DecodeLimits::default();
+    for (kind, w, h) in [(b"VP8L", 16_384, 16_384), (b"VP8X", 100_000, 1_000)] {
+        let start = Instant::now();
+        let r = decode(&ImageInput::Encoded(webp_header_only(kind, w, h)), &limits);
+        assert!(
+            matches!(r, Err(Error::ImageTooLarge { width, height, .. })
+                if width == u64::from(w) && height == u64::from(h)),
+            "{}: {r:?}",
+            String::from_utf8_lossy(kind)
+        );
+        assert!(start.elapsed() < Duration::from_millis(200));
+    }
+    // Within the limit, the same header-only file is just truncated.
+    let r = decode(
+        &ImageInput::Encoded(webp_header_only(b"VP8L", 64, 64)),
+        &limits,
+    );
+    assert!(matches!(r, Err(Error::InvalidImage(_))), "{r:?}");
+}
+
+/// The WebP header reader against files Pillow 13 (libwebp) wrote, one per layout: lossy
+/// `VP8 `, lossless `VP8L`, extended `VP8X` (alpha + EXIF). Header and decoder must agree.
+#[test]
+fn webp_headers_read_like_libwebp_writes_them() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/real/images/webp");
+    for (name, chunk) in [
+        ("lossy-321x123.webp", b"VP8 "),
+        ("lossless-321x123.webp", b"VP8L"),
+        ("alpha-321x123.webp", b"VP8X"),
+    ] {
+        let bytes = std::fs::read(dir.join(name)).expect("fixture");
+        assert_eq!(&bytes[12..16], chunk, "{name}");
+        assert_eq!(
+            super::container::webp_header(&bytes),
+            Some((321, 123)),
+            "{name}"
+        );
+        let img = decode(&ImageInput::Encoded(bytes), &DecodeLimits::default()).expect(name);
+        assert_eq!(img.dimensions(), (321, 123), "{name}");
+        let too_small = DecodeLimits {
+            max_pixels: 321 * 123 - 1,
+        };
+        let bytes = std::fs::read(dir.join(name)).expect("fixture");
+        assert!(matches!(
+            decode(&ImageInput::Encoded(bytes), &too_small),
+            Err(Error::ImageTooLarge {
+                width: 321,
+                height: 123,
+                ..
+            })
+        ));
+    }
+}
