@@ -39,6 +39,29 @@ struct Coeffs {
     kk: Vec<i32>,
 }
 
+/// Taps per output sample of a resize from `in_size` to `out_size` (Pillow's `ksize`).
+fn kernel_size(in_size: u32, out_size: u32) -> usize {
+    let scale = f64::from(in_size as f32) / f64::from(out_size);
+    let filterscale = if scale < 1.0 { 1.0 } else { scale };
+    (BICUBIC_SUPPORT * filterscale).ceil() as usize * 2 + 1
+}
+
+/// Bytes of the coefficient tables a resize from `sw x sh` to `dw x dh` builds: about 16
+/// bytes per source pixel along each shrinking side, whatever the other side. For extreme
+/// aspect ratios they dwarf the image itself (1 x 40,000,000 to 448 x 5376: 640 MB).
+pub(crate) fn table_bytes(sw: u32, sh: u32, dw: u32, dh: u32) -> u64 {
+    let axis = |i: u32, o: u32| -> u64 {
+        if i == o {
+            0
+        } else {
+            let per_out = kernel_size(i, o) * std::mem::size_of::<i32>()
+                + std::mem::size_of::<(usize, usize)>();
+            per_out as u64 * u64::from(o)
+        }
+    };
+    axis(sw, dw) + axis(sh, dh)
+}
+
 /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the box `[0, in_size)`.
 fn precompute(in_size: u32, out_size: u32) -> Coeffs {
     // Pillow passes the box as C floats; exact for sizes below 2^24.
@@ -46,7 +69,7 @@ fn precompute(in_size: u32, out_size: u32) -> Coeffs {
     let scale = f64::from(in1 - in0) / f64::from(out_size);
     let filterscale = if scale < 1.0 { 1.0 } else { scale };
     let support = BICUBIC_SUPPORT * filterscale;
-    let ksize = support.ceil() as usize * 2 + 1;
+    let ksize = kernel_size(in_size, out_size);
     let ss = 1.0 / filterscale;
 
     let mut bounds = Vec::with_capacity(out_size as usize);

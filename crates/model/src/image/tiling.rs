@@ -3,7 +3,7 @@
 use image::RgbImage;
 
 use super::pyorder::python_target_ratios;
-use super::resample::resize_rgb8;
+use super::resample::{resize_rgb8, table_bytes};
 use super::{TiledImage, TilingConfig};
 use crate::{Error, Result};
 
@@ -145,10 +145,15 @@ fn alloc_pixels(num_tiles: usize, s: u32) -> Result<Vec<f32>> {
     Ok(Vec::with_capacity(len))
 }
 
+/// Resampling tables below this size are always allowed (small images with long sides).
+const MIN_TABLE_BUDGET: u64 = 16 << 20;
+
 /// Pillow-identical `Image.resize((width, height), Image.BICUBIC)` of an RGB8 image.
 ///
 /// A bit-exact port of Pillow's fixed-point resampler (see the `resample` module). Resizing
-/// to the current size returns a copy, like Pillow. Zero target sizes are refused.
+/// to the current size returns a copy, like Pillow. Zero target sizes are refused, and so
+/// are images so elongated that the filter tables would outweigh the image (the working
+/// memory of a resize stays within twice the image's bytes, or 16 MiB of tables).
 pub fn resize_bicubic(img: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
     check_image(img)?;
     if width == 0 || height == 0 {
@@ -156,7 +161,18 @@ pub fn resize_bicubic(img: &RgbImage, width: u32, height: u32) -> Result<RgbImag
             "cannot resize to zero size ({width}x{height})"
         )));
     }
-    let out = resize_rgb8(img.as_raw(), img.width(), img.height(), width, height);
+    let (sw, sh) = img.dimensions();
+    let tables = table_bytes(sw, sh, width, height);
+    let budget = (u64::from(sw) * u64::from(sh) * 3).max(MIN_TABLE_BUDGET);
+    if tables > budget {
+        return Err(Error::InvalidImage(format!(
+            "a {sw}x{sh} image is too elongated to resample: resizing it to {width}x{height} \
+             needs {} MiB of filter tables, more than the image itself ({} MiB)",
+            tables >> 20,
+            budget >> 20
+        )));
+    }
+    let out = resize_rgb8(img.as_raw(), sw, sh, width, height);
     RgbImage::from_raw(width, height, out)
         .ok_or_else(|| Error::InvalidImage("resize produced a short buffer".into()))
 }

@@ -269,3 +269,24 @@ fn frame_tile_is_one_tile() {
         Err(Error::InvalidInput(_))
     ));
 }
+
+/// Issue #14: a 1 x 39,999,999 image cost 5x the memory of a square one of the same pixel
+/// count, in the resampler's filter tables (which grow with the long side). Such shapes are
+/// refused before any table is built; elongated but sane ones (panoramas) still tile.
+#[test]
+fn extreme_aspect_ratios_are_refused_before_resampling() {
+    let cfg = TilingConfig::default();
+    let thin = RgbImage::new(1, 4_000_000);
+    let start = std::time::Instant::now();
+    let err = tile_image(&thin, &cfg).expect_err("too elongated");
+    assert!(matches!(err, crate::Error::InvalidImage(ref m) if m.contains("elongated")), "{err}");
+    assert!(start.elapsed() < std::time::Duration::from_millis(500));
+    // The table estimate is what the resampler builds: 1 x 4M to 448 x 5376 needs ~64 MiB.
+    let bytes = super::resample::table_bytes(1, 4_000_000, 448, 5376);
+    assert!((60 << 20..70 << 20).contains(&bytes), "{bytes}");
+    // A 12:1 panorama and a tall strip of a few thousand pixels are fine.
+    for (w, h) in [(6000, 500), (40, 6000), (1, 2000)] {
+        let t = tile_image(&RgbImage::new(w, h), &cfg).unwrap_or_else(|e| panic!("{w}x{h}: {e}"));
+        assert!(t.num_tiles >= 1);
+    }
+}
