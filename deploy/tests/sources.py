@@ -27,12 +27,12 @@ TELEMETRY_RS = REPO / "crates/server/src/telemetry.rs"
 SERVER_SRC = REPO / "crates/server/src"
 PROTO_LIB_RS = REPO / "crates/proto/src/lib.rs"
 
-# The gRPC status codes as tonic's `Code` Debug-prints them (the `code` label of
-# rewarddance_requests_total): the gRPC spec's 17 codes, CamelCase.
+# The gRPC status codes by their canonical names (the `code` label of
+# rewarddance_requests_total, `status::code_name` in crates/server/src/status.rs).
 GRPC_CODES = {
-    "Ok", "Cancelled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound",
-    "AlreadyExists", "PermissionDenied", "ResourceExhausted", "FailedPrecondition", "Aborted",
-    "OutOfRange", "Unimplemented", "Internal", "Unavailable", "DataLoss", "Unauthenticated",
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
+    "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
 }
 
 

@@ -25,9 +25,9 @@ pub const QUEUE_DEPTH: &str = "rewarddance_queue_depth";
 pub const ITEMS_IN_FLIGHT: &str = "rewarddance_items_in_flight";
 /// Gauge: the queue's capacity in items (`--max-queue-items`), so alerts can divide by it.
 pub const QUEUE_CAPACITY_ITEMS: &str = "rewarddance_queue_capacity_items";
-/// Histogram: items per batch.
+/// Histogram: items per batch, label `device`.
 pub const BATCH_SIZE: &str = "rewarddance_batch_size";
-/// Histogram: tokens per batch.
+/// Histogram: tokens per batch, label `device`.
 pub const BATCH_TOKENS: &str = "rewarddance_batch_tokens";
 /// Histogram: time from admission to a batch slot, excluding preprocessing (seconds).
 pub const QUEUE_DURATION_SECONDS: &str = "rewarddance_queue_duration_seconds";
@@ -47,6 +47,8 @@ pub const WORKER_RESTARTS_TOTAL: &str = "rewarddance_worker_restarts_total";
 pub const WORKER_HEALTHY: &str = "rewarddance_worker_healthy";
 /// Gauge: 1 while the service reports SERVING on gRPC health.
 pub const SERVING: &str = "rewarddance_serving";
+/// Gauge: always 1, labels `version`, `model`, `dtype`, `device` (one series per device).
+pub const BUILD_INFO: &str = "rewarddance_build_info";
 
 /// Counter: images whose vision features were reused (cache or same batch), label `device`.
 pub const FEATURE_CACHE_HITS_TOTAL: &str = "rewarddance_feature_cache_hits_total";
@@ -93,6 +95,21 @@ pub const ALL: &[&str] = &[
     ISOLATED_ITEMS_TOTAL,
     WORKER_HEALTHY,
     SERVING,
+    BUILD_INFO,
+];
+
+/// Every `reason` label value of [`ITEM_FAILURES_TOTAL`] (the engine's reasons and the model's).
+pub const FAILURE_REASONS: &[&str] = &[
+    "invalid_input",
+    "invalid_image",
+    "image_too_large",
+    "too_many_tiles",
+    "too_many_tokens",
+    "deadline_exceeded",
+    "cancelled",
+    "queue_full",
+    "shutting_down",
+    "internal",
 ];
 
 /// Histogram buckets for durations in seconds (1 ms to 2 min).
@@ -188,6 +205,40 @@ pub fn describe() {
         "One batched decode step: the time per token of every sequence in it."
     );
     describe_gauge!(DECODING_SEQUENCES, "Rationales being decoded.");
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1: the server version, model, dtype and device as labels."
+    );
+}
+
+/// Creates every series whose labels are known at start-up, at zero, so dashboards and
+/// alerts see them before the first request (a `rate()` over a series that does not exist
+/// yet is empty, not zero): the engine's unlabelled families, each failure reason, and the
+/// per-device families for each of `devices`.
+pub fn register_families(devices: &[String]) {
+    counter!(ITEMS_SCORED_TOTAL).absolute(0);
+    counter!(REJECTED_ITEMS_TOTAL).absolute(0);
+    for &reason in FAILURE_REASONS {
+        counter!(ITEM_FAILURES_TOTAL, "reason" => reason).absolute(0);
+    }
+    gauge!(QUEUE_DEPTH).set(0.0);
+    for device in devices {
+        let d = device.clone();
+        for name in [
+            WORKER_FAILURES_TOTAL,
+            WORKER_RESTARTS_TOTAL,
+            ISOLATED_ITEMS_TOTAL,
+            FEATURE_CACHE_HITS_TOTAL,
+            FEATURE_CACHE_MISSES_TOTAL,
+            FEATURE_CACHE_EVICTIONS_TOTAL,
+            PREFIX_TOKENS_SAVED_TOTAL,
+            GENERATED_TOKENS_TOTAL,
+        ] {
+            counter!(name, "device" => d.clone()).absolute(0);
+        }
+        gauge!(FEATURE_CACHE_BYTES, "device" => d.clone()).set(0.0);
+        gauge!(DECODING_SEQUENCES, "device" => d).set(0.0);
+    }
 }
 
 /// Records one decode step on `device`: `tokens` new tokens in `seconds`, `active` sequences
@@ -213,8 +264,8 @@ pub(crate) fn record_preprocess(seconds: f64) {
 }
 
 pub(crate) fn record_batch(device: &str, items: usize, tokens: usize, seconds: f64) {
-    histogram!(BATCH_SIZE).record(items as f64);
-    histogram!(BATCH_TOKENS).record(tokens as f64);
+    histogram!(BATCH_SIZE, "device" => device.to_string()).record(items as f64);
+    histogram!(BATCH_TOKENS, "device" => device.to_string()).record(tokens as f64);
     histogram!(INFERENCE_DURATION_SECONDS, "device" => device.to_string()).record(seconds);
 }
 
@@ -266,4 +317,49 @@ pub(crate) fn set_worker_healthy(device: &str, healthy: bool) {
 /// Sets [`SERVING`].
 pub fn set_serving(serving: bool) {
     gauge!(SERVING).set(if serving { 1.0 } else { 0.0 });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FAILURE_REASONS;
+    use crate::job::{FailureKind, ItemError};
+
+    #[test]
+    fn every_reason_an_item_can_fail_with_is_registered() {
+        use rewarddance_model::Error as E;
+        let kinds = [
+            FailureKind::InvalidArgument,
+            FailureKind::DeadlineExceeded,
+            FailureKind::Cancelled,
+            FailureKind::QueueFull,
+            FailureKind::ShuttingDown,
+            FailureKind::Internal,
+        ];
+        let model_errors = [
+            E::InvalidInput(String::new()),
+            E::InvalidImage(String::new()),
+            E::ImageTooLarge {
+                width: 1,
+                height: 1,
+                pixels: 1,
+                limit: 0,
+            },
+            E::TooManyTiles { tiles: 1, limit: 0 },
+            E::TooManyTokens {
+                tokens: 1,
+                limit: 0,
+            },
+            E::Checkpoint(String::new()),
+        ];
+        let reasons = kinds
+            .iter()
+            .map(|&k| ItemError::new(k, "").reason)
+            .chain(model_errors.iter().map(|e| ItemError::from_model(e).reason));
+        for reason in reasons {
+            assert!(
+                FAILURE_REASONS.contains(&reason),
+                "{reason} is not registered"
+            );
+        }
+    }
 }

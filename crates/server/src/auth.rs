@@ -48,7 +48,7 @@ impl BearerAuth {
             metrics::counter!(
                 rewarddance_engine::metrics::REQUESTS_TOTAL,
                 "method" => "auth",
-                "code" => "Unauthenticated"
+                "code" => crate::status::code_name(tonic::Code::Unauthenticated)
             )
             .increment(1);
             Err(Status::unauthenticated(

@@ -59,6 +59,7 @@ impl RewardApi {
             },
         };
         let info = Arc::new(info(&engine, args));
+        crate::telemetry::register_families(&info);
         RewardApi {
             model_id: model.id().into(),
             engine,
@@ -257,7 +258,7 @@ pub(crate) async fn collect(
 
 /// Counts one finished RPC.
 pub(crate) fn record_rpc(method: &'static str, code: tonic::Code, started: Instant) {
-    metrics::counter!(names::REQUESTS_TOTAL, "method" => method, "code" => format!("{code:?}"))
+    metrics::counter!(names::REQUESTS_TOTAL, "method" => method, "code" => status::code_name(code))
         .increment(1);
     metrics::histogram!(names::REQUEST_DURATION_SECONDS, "method" => method)
         .record(started.elapsed().as_secs_f64());

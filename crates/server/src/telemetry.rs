@@ -67,21 +67,43 @@ pub fn prometheus() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// Binds the metrics address and serves `GET /metrics` until the process exits. Returns the
-/// bound address.
+/// Creates the series known at start-up (at zero) and the build-info gauge: every family
+/// shows on `/metrics` before the first request. No-op without an installed recorder.
+pub fn register_families(info: &rewarddance_proto::v1::InfoResponse) {
+    names::register_families(&info.devices);
+    for method in ["Score", "ScoreStream", "Rank", "Info"] {
+        metrics::counter!(names::REQUESTS_TOTAL, "method" => method, "code" => "OK").absolute(0);
+    }
+    for device in &info.devices {
+        metrics::gauge!(
+            names::BUILD_INFO,
+            "version" => info.server_version.clone(),
+            "model" => info.model_id.clone(),
+            "dtype" => info.dtype.clone(),
+            "device" => device.clone()
+        )
+        .set(1.0);
+    }
+}
+
+/// Binds the metrics address and serves `GET /metrics`, and `GET /health` (200 while the
+/// process runs: a liveness check for load balancers that cannot speak gRPC; readiness is
+/// gRPC health), until the process exits. Returns the bound address.
 pub async fn serve_metrics(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
     let handle = prometheus()?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("binding metrics address {addr}: {e}"))?;
     let bound = listener.local_addr()?;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let handle = handle.clone();
-            async move { handle.render() }
-        }),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let handle = handle.clone();
+                async move { handle.render() }
+            }),
+        )
+        .route("/health", axum::routing::get(|| async { "ok\n" }));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "metrics endpoint stopped");

@@ -224,10 +224,43 @@ async fn new_calls_during_drain_get_unavailable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoint_exposes_the_named_metrics() {
-    let server = TestServer::start(TestBackend::new(Duration::ZERO), args()).await;
+    // The recorder first, as `serve` does: start-up registrations are then recorded.
     let bound = rewarddance_server::telemetry::serve_metrics("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("metrics");
+    let server = TestServer::start(TestBackend::new(Duration::ZERO), args()).await;
+    let get = |path: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(bound).expect("connect");
+            write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("write");
+            let mut body = String::new();
+            s.read_to_string(&mut body).expect("read");
+            body
+        })
+    };
+    // Before any request: every family with known labels is there, at zero (issue #14).
+    let early = get("/metrics").await.expect("join");
+    use rewarddance_engine::metrics as m;
+    for series in [
+        format!("{}{{reason=\"invalid_image\"}} 0", m::ITEM_FAILURES_TOTAL),
+        format!("{}{{device=\"cpu\"}} 0", m::WORKER_FAILURES_TOTAL),
+        format!("{} 0", m::REJECTED_ITEMS_TOTAL),
+    ] {
+        assert!(
+            early.contains(&series),
+            "{series} missing at start-up:\n{early}"
+        );
+    }
+    assert!(
+        early.contains(&format!("{}{{", m::BUILD_INFO)) && early.contains("device=\"cpu\""),
+        "build info:\n{early}"
+    );
+    let health = get("/health").await.expect("join");
+    assert!(
+        health.starts_with("HTTP/1.1 200") || health.starts_with("HTTP/1.0 200"),
+        "{health}"
+    );
     let mut client = server.client().await;
     client
         .score(request(vec![item("a", "p", 1)]))
@@ -248,7 +281,6 @@ async fn metrics_endpoint_exposes_the_named_metrics() {
         body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
         "{body}"
     );
-    use rewarddance_engine::metrics as m;
     for name in [
         m::REQUESTS_TOTAL,
         m::ITEMS_SCORED_TOTAL,
@@ -265,6 +297,16 @@ async fn metrics_endpoint_exposes_the_named_metrics() {
     assert!(
         body.contains(&format!("{}_bucket", m::INFERENCE_DURATION_SECONDS)),
         "histograms"
+    );
+    // gRPC's canonical code names, as other servers' metrics spell them.
+    assert!(
+        body.contains("method=\"Score\",code=\"OK\"")
+            || body.contains("code=\"OK\",method=\"Score\""),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("{}_count{{device=\"cpu\"}}", m::BATCH_SIZE)),
+        "{body}"
     );
     for name in m::ALL {
         assert!(name.starts_with(m::PREFIX));

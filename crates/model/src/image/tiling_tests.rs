@@ -279,7 +279,10 @@ fn extreme_aspect_ratios_are_refused_before_resampling() {
     let thin = RgbImage::new(1, 4_000_000);
     let start = std::time::Instant::now();
     let err = tile_image(&thin, &cfg).expect_err("too elongated");
-    assert!(matches!(err, crate::Error::InvalidImage(ref m) if m.contains("elongated")), "{err}");
+    assert!(
+        matches!(err, crate::Error::InvalidImage(ref m) if m.contains("elongated")),
+        "{err}"
+    );
     assert!(start.elapsed() < std::time::Duration::from_millis(500));
     // The table estimate is what the resampler builds: 1 x 4M to 448 x 5376 needs ~64 MiB.
     let bytes = super::resample::table_bytes(1, 4_000_000, 448, 5376);
