@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 mod auth;
+mod calls;
 pub mod config;
 mod convert;
 mod deadline;

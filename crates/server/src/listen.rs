@@ -17,12 +17,12 @@ use anyhow::Context;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 use tonic::service::Routes;
+use tonic::transport::server::TcpConnectInfo;
 
 /// Longest a TLS handshake may take before the connection is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -100,7 +100,17 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(routes.clone());
+        // Handlers read the peer through `Request::remote_addr()`, as under tonic's server.
+        let info = TcpConnectInfo {
+            local_addr: tcp.local_addr().ok(),
+            remote_addr: Some(peer),
+        };
+        let routes = routes.clone();
+        let service = hyper::service::service_fn(move |mut request: http::Request<_>| {
+            request.extensions_mut().insert(info.clone());
+            // The router is always ready (axum's `Router::poll_ready`), so `call` directly.
+            tower_service::Service::call(&mut routes.clone(), request)
+        });
         let (builder, tls, watcher) = (builder.clone(), tls.clone(), graceful.watcher());
         tokio::spawn(async move {
             let result = match tls {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use rewarddance_engine::{metrics as names, Engine, FailureKind, ItemError, ItemResult, Work};
+use rewarddance_engine::{Engine, FailureKind, ItemError, ItemResult, Work};
 use rewarddance_model::prompt::PromptBuilder;
 use rewarddance_model::Mode;
 use rewarddance_proto::v1;
@@ -13,6 +13,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::calls::Call;
 use crate::config::ServerArgs;
 use crate::deadline::{self, Arrived};
 use crate::{convert, status, stream};
@@ -256,23 +257,16 @@ pub(crate) async fn collect(
     })
 }
 
-/// Counts one finished RPC.
-pub(crate) fn record_rpc(method: &'static str, code: tonic::Code, started: Instant) {
-    metrics::counter!(names::REQUESTS_TOTAL, "method" => method, "code" => status::code_name(code))
-        .increment(1);
-    metrics::histogram!(names::REQUEST_DURATION_SECONDS, "method" => method)
-        .record(started.elapsed().as_secs_f64());
-}
-
 #[tonic::async_trait]
 impl v1::reward_service_server::RewardService for RewardApi {
     async fn score(
         &self,
         request: Request<v1::ScoreRequest>,
     ) -> Result<Response<v1::ScoreResponse>, Status> {
-        let started = Instant::now();
+        let mut call = Call::start("Score", &request);
         let deadline = deadline::deadline_of(request.metadata(), Arrived::of(request.extensions()));
         let body = request.into_inner();
+        call.items(body.items.len());
         let span = tracing::info_span!("score", items = body.items.len());
         let result = async {
             deadline::check_budget(deadline, body.items.len())?;
@@ -285,18 +279,11 @@ impl v1::reward_service_server::RewardService for RewardApi {
                 }
             };
             let response = collect(items, deadline, &self.model_id, None).await?;
-            tracing::debug!(
-                elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-                "answered"
-            );
             Ok(Response::new(response))
         }
         .instrument(span)
         .await;
-        let code = result
-            .as_ref()
-            .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
-        record_rpc("Score", code, started);
+        call.finish_with(&result);
         result
     }
 
@@ -307,12 +294,13 @@ impl v1::reward_service_server::RewardService for RewardApi {
         &self,
         request: Request<Streaming<v1::ScoreRequest>>,
     ) -> Result<Response<Self::ScoreStreamStream>, Status> {
+        let call = Call::start("ScoreStream", &request);
         if *self.engine.health().borrow() == rewarddance_engine::Health::Draining {
-            record_rpc("ScoreStream", tonic::Code::Unavailable, Instant::now());
+            call.finish(tonic::Code::Unavailable);
             return Err(status::draining());
         }
         let deadline = deadline::deadline_of(request.metadata(), Arrived::of(request.extensions()));
-        let out = stream::spawn(self.clone(), request.into_inner(), deadline);
+        let out = stream::spawn(self.clone(), request.into_inner(), deadline, call);
         Ok(Response::new(Box::pin(out)))
     }
 
@@ -320,27 +308,25 @@ impl v1::reward_service_server::RewardService for RewardApi {
         &self,
         request: Request<v1::RankRequest>,
     ) -> Result<Response<v1::RankResponse>, Status> {
-        let started = Instant::now();
+        let mut call = Call::start("Rank", &request);
         let deadline = deadline::deadline_of(request.metadata(), Arrived::of(request.extensions()));
         let body = request.into_inner();
+        call.items(body.candidates.len());
         let span = tracing::info_span!("rank", candidates = body.candidates.len());
         let result = self
             .rank_candidates(body, deadline)
             .instrument(span)
             .await
             .map(Response::new);
-        let code = result
-            .as_ref()
-            .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
-        record_rpc("Rank", code, started);
+        call.finish_with(&result);
         result
     }
 
     async fn info(
         &self,
-        _request: Request<v1::InfoRequest>,
+        request: Request<v1::InfoRequest>,
     ) -> Result<Response<v1::InfoResponse>, Status> {
-        record_rpc("Info", tonic::Code::Ok, Instant::now());
+        Call::start("Info", &request).finish(tonic::Code::Ok);
         Ok(Response::new((*self.info).clone()))
     }
 }

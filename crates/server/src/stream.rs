@@ -18,8 +18,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 use tracing::Instrument;
 
+use crate::calls::Call;
 use crate::convert;
-use crate::service::{collect, record_rpc, DeltaSink, ItemAdmitError, RewardApi};
+use crate::service::{collect, DeltaSink, ItemAdmitError, RewardApi};
 use crate::status;
 
 /// Starts the stream's pump task and returns the response stream.
@@ -27,10 +28,11 @@ pub(crate) fn spawn(
     api: RewardApi,
     inbound: Streaming<v1::ScoreRequest>,
     deadline: Option<Instant>,
+    call: Call,
 ) -> ReceiverStream<Result<v1::ScoreResponse, Status>> {
     let (tx, rx) = mpsc::channel(4);
     let span = tracing::info_span!("score_stream");
-    tokio::spawn(pump(api, inbound, tx, deadline).instrument(span));
+    tokio::spawn(pump(api, inbound, tx, deadline, call).instrument(span));
     ReceiverStream::new(rx)
 }
 
@@ -39,8 +41,8 @@ async fn pump(
     mut inbound: Streaming<v1::ScoreRequest>,
     out: mpsc::Sender<Result<v1::ScoreResponse, Status>>,
     deadline: Option<Instant>,
+    mut call: Call,
 ) {
-    let started = Instant::now();
     let mut health = api.engine.health();
     let mut pending = FuturesOrdered::new();
     let mut in_flight = 0usize;
@@ -57,12 +59,12 @@ async fn pump(
             biased;
             _ = out.closed() => {
                 tracing::debug!("client went away; dropping its pending items");
-                record_rpc("ScoreStream", tonic::Code::Cancelled, started);
+                call.finish(tonic::Code::Cancelled);
                 return;
             }
             Some(first) = deltas.recv() => {
                 if !send_progress(&out, first, &mut deltas).await {
-                    record_rpc("ScoreStream", tonic::Code::Cancelled, started);
+                    call.finish(tonic::Code::Cancelled);
                     return;
                 }
             }
@@ -73,7 +75,7 @@ async fn pump(
                     Err(status) => {
                         let status: Status = status;
                         // The stream's deadline passed: it ends, as a unary call would.
-                        record_rpc("ScoreStream", status.code(), started);
+                        call.finish(status.code());
                         let _ = out.send(Err(status)).await;
                         return;
                     }
@@ -85,7 +87,7 @@ async fn pump(
                     Err(_) => true,
                 };
                 if !flushed || out.send(Ok(response)).await.is_err() {
-                    record_rpc("ScoreStream", tonic::Code::Cancelled, started);
+                    call.finish(tonic::Code::Cancelled);
                     return;
                 }
             }
@@ -104,6 +106,7 @@ async fn pump(
                     requests += 1;
                     let n = request.items.len();
                     items_total += n as u64;
+                    call.add_items(n);
                     match admit(&api, request, deadline, sink) {
                         Ok(fut) => {
                             in_flight += n;
@@ -126,7 +129,7 @@ async fn pump(
     }
     let code = end.as_ref().map_or(tonic::Code::Ok, |s| s.code());
     tracing::debug!(requests, items = items_total, ?code, "stream finished");
-    record_rpc("ScoreStream", code, started);
+    call.finish(code);
     if let Some(status) = end {
         let _ = out.send(Err(status)).await;
     }
