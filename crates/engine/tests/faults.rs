@@ -230,3 +230,38 @@ async fn a_cancelled_call_frees_its_queue_slots_while_its_items_wait_for_preproc
         assert!(t.wait().await.outcome.is_ok());
     }
 }
+
+/// Issue #14: preprocessing served requests first come, first served, so a big request held
+/// every preprocessing thread until its last item, and a 1-item call behind it waited for
+/// all of it. Submissions are now served round-robin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_call_is_not_starved_by_a_big_one_in_preprocessing() {
+    let model = RewardModel::load(&Checkpoint::bundled(), LoadOptions::default()).expect("model");
+    let backend = Arc::new(FaultyBackend::new(model));
+    let config = EngineConfig {
+        preprocess_threads: 1,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(vec![backend as Arc<dyn Backend>], config).expect("start");
+    engine.ready().await.expect("warm-up");
+    // 30 items x 50 ms of preprocessing each: 1.5 s on the one thread.
+    let big: Vec<ScoreItem> = (0..30)
+        .map(|s| item("[[fault:prepare_sleep=50]] a cat", s))
+        .collect();
+    let started = std::time::Instant::now();
+    let big = engine.submit(big, None, &Span::none()).expect("admitted");
+    let small = engine
+        .submit(vec![item("a dog", 1)], None, &Span::none())
+        .expect("admitted");
+    for t in small {
+        t.wait().await.outcome.expect("scored");
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(600),
+        "the 1-item call waited {waited:?} behind 1.5 s of another call's preprocessing"
+    );
+    for t in big {
+        t.wait().await.outcome.expect("scored");
+    }
+}

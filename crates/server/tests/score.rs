@@ -465,3 +465,46 @@ async fn a_cancelled_call_leaves_no_work_behind() {
     assert_eq!(backend.scored() - before, scored, "nothing computed later");
     server.shutdown().await;
 }
+
+/// Issue #14: two concurrent 16 MB prompts held both preprocessing threads ~18 s and a good
+/// item sent after them waited 16 s. Text over --max-text-bytes is now refused before
+/// tokenising, per item, and the good item is answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_prompts_are_refused_before_tokenising_and_block_nobody() {
+    let server = TestServer::start(TestBackend::new(Duration::ZERO), args()).await;
+    let huge = "a cat on a mat ".repeat(16 << 20 >> 4);
+    let started = std::time::Instant::now();
+    let mut calls = Vec::new();
+    for k in 0..2 {
+        let mut client = server.client().await;
+        let mut it = item(&format!("huge-{k}"), "x", 1);
+        it.prompt = huge.clone();
+        calls.push(tokio::spawn(async move {
+            client.score(request(vec![it])).await
+        }));
+    }
+    let mut client = server.client().await;
+    let good = client
+        .score(request(vec![item("good", "a cat", 3)]))
+        .await
+        .expect("good call")
+        .into_inner();
+    score_of(&good.results[0]);
+    for call in calls {
+        let r = call
+            .await
+            .expect("join")
+            .expect("call answered")
+            .into_inner();
+        let e = error_of(&r.results[0]);
+        assert_eq!(e.code, Code::InvalidArgument as i32);
+        assert_eq!(e.reason, "too_many_tokens");
+        assert!(e.message.contains("--max-text-bytes"), "{}", e.message);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    server.shutdown().await;
+}
