@@ -146,6 +146,8 @@ class Attempts:
         self.deadline = time.monotonic() + total if deadline is None else deadline
         self.start = self.deadline - total
         self.attempt = 0
+        # The last retryable failure, reported if the deadline passes during its backoff.
+        self._last: Optional[Tuple[grpc.StatusCode, str, str]] = None
 
     def begin(self, metadata: Optional[Sequence[Tuple[str, str]]]) -> Dict[str, Any]:
         """Starts the next try and returns its call options (the time left as its gRPC timeout);
@@ -153,6 +155,12 @@ class Attempts:
         self.attempt += 1
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
+            if self._last is not None:
+                # The backoff overran the deadline (a loaded machine sleeps long): the call
+                # failed because of what the server kept answering, so say that.
+                code, details, target = self._last
+                raise RewardError(code, f"{details} (the call's timeout of {self.total:g} s passed "
+                                  f"before try {self.attempt})", self.attempt - 1, target)
             raise RewardError(grpc.StatusCode.DEADLINE_EXCEEDED,
                               f"timeout of {self.total:g} s passed before try {self.attempt}", self.attempt - 1)
         kw: Dict[str, Any] = {"timeout": remaining, "metadata": metadata}
@@ -169,6 +177,7 @@ class Attempts:
             left = self.deadline - time.monotonic()
             if self.policy.should_retry(code, self.attempt) and delay < left:
                 self.outage.retry(code, details, target, self.attempt, delay, left)
+                self._last = (code, details, target)
                 return delay
             if self.attempt > 1:
                 log.warning("giving up a call after %d tries in %.1f s (its timeout: %g s): %s from %s: %s",

@@ -79,8 +79,16 @@ class RewardServiceServicer(object):
         - RESOURCE_EXHAUSTED: the server's queue cannot take the items now (retry with backoff);
         - UNAVAILABLE: the server is draining for shutdown or has not finished loading;
         - UNAUTHENTICATED: missing or wrong bearer token.
-        The call's gRPC deadline applies to every item: items still queued when it passes are
-        dropped before compute and reported with DEADLINE_EXCEEDED.
+        Deadlines, one contract at every timeout: the call's gRPC deadline covers every item of
+        it. When it passes before every item is answered, the server itself fails the whole call
+        with DEADLINE_EXCEEDED (message: how many items were unanswered), answering a little
+        before the deadline (a tenth of the timeout, between 5 and 100 ms) so the status reaches
+        the client in time; unanswered items are dropped before compute. There are no partial
+        answers: a call returns every item's result or fails as a whole. A timeout under 5 ms is
+        answered DEADLINE_EXCEEDED at once. A rationale still decoding at the deadline is cut
+        there and counts as answered (stop reason DEADLINE; its score is valid). The server never
+        answers CANCELLED for a deadline. On ScoreStream the deadline covers the whole stream: it
+        ends with DEADLINE_EXCEEDED; responses already sent stand.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,7 +128,8 @@ class RewardServiceServicer(object):
         scored carries its own error and is left out; the others are still ranked.
         Call-level errors: INVALID_ARGUMENT (fewer than 2 candidates, or more pairs than
         `Limits.max_items_per_request`: use `opponents`), RESOURCE_EXHAUSTED, UNAVAILABLE,
-        UNAUTHENTICATED, as for Score. The call's deadline applies to every pair.
+        UNAUTHENTICATED, as for Score. The call's deadline covers every candidate and pair, with
+        Score's contract (DEADLINE_EXCEEDED for the whole call).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
