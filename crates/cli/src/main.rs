@@ -8,6 +8,7 @@ mod bench;
 mod bench_model;
 mod check_model;
 mod evaluate;
+mod failure;
 mod model_args;
 mod parity;
 mod rank;
