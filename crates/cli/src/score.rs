@@ -41,13 +41,13 @@ pub struct ScoreArgs {
     #[arg(long)]
     reference: Option<PathBuf>,
     /// Mode: pointwise or pairwise. Default: pairwise when --reference is given.
-    #[arg(long)]
+    #[arg(long, env = "REWARDDANCE_MODE")]
     mode: Option<String>,
     /// Instruction template overriding the default; `{prompt}` is replaced by the prompt.
-    #[arg(long)]
+    #[arg(long, env = "REWARDDANCE_INSTRUCTION")]
     instruction: Option<String>,
     /// Print compact JSON lines (default: pretty JSON).
-    #[arg(long)]
+    #[arg(long, env = "REWARDDANCE_JSON")]
     json: bool,
     /// Add what the model saw: rendered prompt, input_ids, tile grids.
     #[arg(long)]

@@ -52,14 +52,14 @@ pub struct EvalArgs {
     #[arg(long, env = "REWARDDANCE_EVAL_BATCH", default_value_t = 16)]
     pub batch_size: usize,
     /// No progress bar even on a terminal.
-    #[arg(long)]
+    #[arg(long, env = "REWARDDANCE_QUIET")]
     pub quiet: bool,
     /// Score on a running server (e.g. http://127.0.0.1:50051) over ScoreStream instead of
     /// loading a model in-process.
     #[arg(long, env = "REWARDDANCE_SERVER")]
     pub server: Option<String>,
     /// Requests (of --batch-size items) in flight on the stream with --server.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, env = "REWARDDANCE_IN_FLIGHT", default_value_t = 4)]
     pub in_flight: usize,
     /// Bearer token for a server started with --auth-token.
     #[arg(long, env = "REWARDDANCE_CLIENT_TOKEN", hide_env_values = true)]
