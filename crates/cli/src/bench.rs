@@ -58,9 +58,63 @@ pub struct BenchArgs {
     /// min(concurrency * items-per-request, --max-batch-items).
     #[arg(long)]
     baseline_batch: Option<usize>,
-    /// Bearer token for --target.
-    #[arg(long, env = "REWARDDANCE_BENCH_TOKEN", hide_env_values = true)]
+    /// Bearer token for --target (bench's own server takes none).
+    #[arg(
+        long,
+        env = "REWARDDANCE_BENCH_TOKEN",
+        hide_env_values = true,
+        requires = "target"
+    )]
     token: Option<String>,
+}
+
+/// Server flags that do nothing in `bench`: its own server listens on a loopback port, plain
+/// text, without auth, metrics, logs or a drain, and is sent only unary `Score` calls without
+/// rationales; a `--target` server has its own settings.
+const UNUSED_SERVER_FLAGS: [&str; 15] = [
+    "addr",
+    "metrics_addr",
+    "no_metrics",
+    "log_format",
+    "log",
+    "drain_timeout_s",
+    "tls_cert",
+    "tls_key",
+    "auth_token",
+    "auth_token_file",
+    "max_stream_in_flight",
+    "max_rank_candidates",
+    "max_rationale_tokens",
+    "default_rationale_tokens",
+    "max_decoding_sequences",
+];
+
+/// Hides [`UNUSED_SERVER_FLAGS`] from `bench --help` (they stay parseable so that the
+/// `REWARDDANCE_*` variables of a server's environment do not break `bench`).
+pub fn without_unused_flags(cli: clap::Command) -> clap::Command {
+    cli.mut_subcommand("bench", |bench| {
+        UNUSED_SERVER_FLAGS
+            .iter()
+            .fold(bench, |b, id| b.mut_arg(*id, |a| a.hide(true)))
+    })
+}
+
+/// Exits with a usage error when one of [`UNUSED_SERVER_FLAGS`] was given on the command line.
+pub fn refuse_unused_flags(matches: &clap::ArgMatches) {
+    let given = UNUSED_SERVER_FLAGS
+        .iter()
+        .find(|id| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine));
+    if let Some(id) = given {
+        let message = format!(
+            "--{} does nothing in `bench`: its own server listens on a loopback port without \
+             TLS, auth, metrics or logs and gets only unary Score calls; to benchmark a server \
+             with that setting, start `rewarddance serve` with it and pass --target URL",
+            id.replace('_', "-")
+        );
+        clap::Command::new("rewarddance bench")
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit();
+    }
 }
 
 /// Runs the benchmark and prints a summary (also as one JSON line).

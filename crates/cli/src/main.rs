@@ -1,21 +1,25 @@
 //! `rewarddance`: the RewardDance reward service's one binary.
 //!
 //! Subcommands: `score` (score items in-process and print JSON, or evaluate a manifest),
-//! `bench-model` (throughput and MFU of the model alone), `check-model` (what a load chooses). Every flag has a
-//! `REWARDDANCE_*` environment variable.
+//! `serve`, `bench`, `rank`, `parity`, `bench-model` (throughput and MFU of the model alone),
+//! `check-model` (what a load chooses). Settings flags have a `REWARDDANCE_*` environment
+//! variable; the flags that name one call's inputs (README: "Flags without an environment
+//! variable") do not.
 
 mod bench;
 mod bench_model;
 mod check_model;
 mod evaluate;
+mod failure;
 mod model_args;
 mod parity;
 mod rank;
+mod rank_table;
 mod rationale_args;
 mod score;
 mod serve;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// RewardDance generative reward model: score images and videos with an InternVL VLM.
 #[derive(Parser)]
@@ -45,7 +49,11 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = bench::without_unused_flags(Cli::command()).get_matches();
+    if let Some(("bench", sub)) = matches.subcommand() {
+        bench::refuse_unused_flags(sub);
+    }
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Score(args) => score::run(*args),
         Command::BenchModel(args) => bench_model::run(args),
@@ -58,7 +66,12 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // A clap error prints itself (with its own `error:` and usage tip).
+            if let Some(clap_err) = err.downcast_ref::<clap::Error>() {
+                let _ = clap_err.print();
+            } else {
+                eprintln!("error: {err:#}");
+            }
             std::process::ExitCode::from(2)
         }
     }

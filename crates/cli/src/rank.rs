@@ -1,5 +1,6 @@
 //! `rewarddance rank`: rank N candidate images for one prompt (Best-of-N), in-process or on a
-//! server's `Rank` RPC; prints one JSON object.
+//! server's `Rank` RPC; prints a table (or, with `--json`, one JSON object). A candidate that
+//! cannot be read or decoded is that candidate's error, and the exit code is then 1.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,8 +11,9 @@ use rewarddance_model::image::{decode, DecodeLimits};
 use rewarddance_model::ranking::{rank_pairwise, rank_pointwise, schedule_pairs, Schedule};
 use rewarddance_model::{Candidate, ImageInput, Mode, ScoreItem};
 use rewarddance_proto::v1;
-use serde_json::json;
+use serde_json::{json, Value};
 
+use crate::failure::ItemFailure;
 use crate::model_args::ModelArgs;
 
 /// Arguments of `rewarddance rank`.
@@ -40,36 +42,80 @@ pub struct RankArgs {
     /// Rank on a running server (http://host:port) instead of in-process.
     #[arg(long, env = "REWARDDANCE_SERVER")]
     server: Option<String>,
+    /// Print the full result as JSON (preference matrix included) instead of a table.
+    #[arg(long)]
+    json: bool,
 }
+
+/// Each candidate file's bytes, or why it could not be read.
+type Files = [Result<Vec<u8>, ItemFailure>];
 
 /// Runs the subcommand.
 pub fn run(args: RankArgs) -> Result<ExitCode> {
     if args.images.len() < 2 {
         bail!("ranking needs at least two --image");
     }
-    let bytes = args
+    let files: Vec<Result<Vec<u8>, ItemFailure>> = args
         .images
         .iter()
-        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
-        .collect::<Result<Vec<_>>>()?;
+        .map(|p| std::fs::read(p).map_err(|e| ItemFailure::unreadable(p, &e)))
+        .collect();
     let out = match &args.server {
-        Some(url) => remote(&args, url, bytes)?,
-        None => local(&args, bytes)?,
+        Some(url) => remote(&args, url, &files)?,
+        None => local(&args, &files)?,
     };
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(ExitCode::SUCCESS)
+    let names = crate::rank_table::names(&args.images);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!("{}", crate::rank_table::render(&out, &names));
+    }
+    let mut failed = false;
+    for (c, cand) in out["candidates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if let Some(e) = cand["error"].as_str() {
+            failed = true;
+            if !args.json {
+                eprintln!("candidate {c} ({}): {e}", names[c]);
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
-fn local(args: &RankArgs, bytes: Vec<Vec<u8>>) -> Result<serde_json::Value> {
+/// `{"index", "input", "error", "reason"}` of candidate `c`.
+fn candidate_json(c: usize, path: &std::path::Path, failure: Option<&ItemFailure>) -> Value {
+    json!({ "index": c, "input": path.display().to_string(),
+            "error": failure.map(|f| &f.message), "reason": failure.map(|f| &f.reason) })
+}
+
+fn local(args: &RankArgs, files: &Files) -> Result<Value> {
     let model = args.model.load()?;
-    let n = bytes.len();
-    let images: Vec<ImageInput> = bytes.into_iter().map(ImageInput::Encoded).collect();
+    let n = files.len();
+    let images: Vec<ImageInput> = files
+        .iter()
+        .map(|f| ImageInput::Encoded(f.as_ref().map_or_else(|_| Vec::new(), Clone::clone)))
+        .collect();
     let limits = DecodeLimits {
         max_pixels: model.options().max_image_pixels,
     };
-    let errors: Vec<Option<String>> = images
+    let errors: Vec<Option<ItemFailure>> = files
         .iter()
-        .map(|i| decode(i, &limits).err().map(|e| e.to_string()))
+        .zip(&images)
+        .map(|(f, i)| match f {
+            Err(e) => Some(e.clone()),
+            Ok(_) => decode(i, &limits)
+                .err()
+                .map(|e| ItemFailure::from_model(&e)),
+        })
         .collect();
     let failed: Vec<bool> = errors.iter().map(Option::is_some).collect();
     let item = |reference: Option<usize>, candidate: usize| ScoreItem {
@@ -83,14 +129,12 @@ fn local(args: &RankArgs, bytes: Vec<Vec<u8>>) -> Result<serde_json::Value> {
             Mode::Pointwise
         },
     };
-    let mut candidates: Vec<serde_json::Value> = args
+    let mut candidates: Vec<Value> = args
         .images
         .iter()
         .zip(&errors)
         .enumerate()
-        .map(
-            |(c, (path, e))| json!({ "index": c, "input": path.display().to_string(), "error": e }),
-        )
+        .map(|(c, (path, e))| candidate_json(c, path, e.as_ref()))
         .collect();
     if args.pointwise {
         let scores: Vec<Option<f64>> = (0..n)
@@ -144,7 +188,7 @@ fn local(args: &RankArgs, bytes: Vec<Vec<u8>>) -> Result<serde_json::Value> {
     }))
 }
 
-fn remote(args: &RankArgs, url: &str, bytes: Vec<Vec<u8>>) -> Result<serde_json::Value> {
+fn remote(args: &RankArgs, url: &str, files: &Files) -> Result<Value> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -156,10 +200,14 @@ fn remote(args: &RankArgs, url: &str, bytes: Vec<Vec<u8>>) -> Result<serde_json:
             .max_decoding_message_size(64 << 20);
         let request = v1::RankRequest {
             prompt: args.prompt.clone(),
-            candidates: bytes
-                .into_iter()
-                .map(|b| v1::Image {
-                    source: Some(v1::image::Source::Encoded(b)),
+            // An unreadable file goes as an empty image: the server fails that candidate alone
+            // and the schedule of the others is the one an in-process run uses.
+            candidates: files
+                .iter()
+                .map(|f| v1::Image {
+                    source: Some(v1::image::Source::Encoded(
+                        f.as_ref().map_or_else(|_| Vec::new(), Clone::clone),
+                    )),
                 })
                 .collect(),
             instruction: args.instruction.clone(),
@@ -173,14 +221,22 @@ fn remote(args: &RankArgs, url: &str, bytes: Vec<Vec<u8>>) -> Result<serde_json:
         };
         anyhow::Ok(client.rank(request).await.context("Rank")?.into_inner())
     })?;
-    let candidates: Vec<serde_json::Value> = response
+    let candidates: Vec<Value> = response
         .candidates
         .iter()
         .zip(&args.images)
-        .map(|(c, path)| {
-            json!({ "index": c.index, "input": path.display().to_string(),
-                    "error": c.error.as_ref().map(|e| e.message.clone()),
-                    "wins": c.wins, "strength": c.strength, "p_yes": c.p_yes })
+        .zip(files)
+        .map(|((c, path), file)| {
+            let failure = match (file, &c.error) {
+                (Err(local), _) => Some(local.clone()),
+                (Ok(_), Some(e)) => Some(ItemFailure::new(e.reason.clone(), e.message.clone())),
+                (Ok(_), None) => None,
+            };
+            let mut v = candidate_json(c.index as usize, path, failure.as_ref());
+            v["wins"] = json!(c.wins);
+            v["strength"] = json!(c.strength);
+            v["p_yes"] = json!(c.p_yes);
+            v
         })
         .collect();
     let preference: Vec<Vec<Option<f64>>> = response

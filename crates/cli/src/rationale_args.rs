@@ -8,19 +8,39 @@ use serde_json::{json, Value};
 #[derive(Args, Debug, Clone)]
 pub struct RationaleArgs {
     /// Decode a rationale for every item (the score is unchanged; decoding costs time).
-    #[arg(long)]
+    #[arg(long, env = "REWARDDANCE_RATIONALE")]
     pub rationale: bool,
     /// Most rationale tokens per item (the answer token included).
-    #[arg(long, default_value_t = 256, requires = "rationale")]
+    #[arg(
+        long,
+        env = "REWARDDANCE_RATIONALE_MAX_TOKENS",
+        default_value_t = 256,
+        requires = "rationale"
+    )]
     pub max_tokens: usize,
     /// Sampling temperature (0: greedy, deterministic).
-    #[arg(long, default_value_t = 0.0, requires = "rationale")]
+    #[arg(
+        long,
+        env = "REWARDDANCE_RATIONALE_TEMPERATURE",
+        default_value_t = 0.0,
+        requires = "rationale"
+    )]
     pub temperature: f32,
     /// Nucleus sampling mass in (0, 1].
-    #[arg(long, default_value_t = 1.0, requires = "rationale")]
+    #[arg(
+        long,
+        env = "REWARDDANCE_RATIONALE_TOP_P",
+        default_value_t = 1.0,
+        requires = "rationale"
+    )]
     pub top_p: f32,
     /// Sampler seed (same seed, same inputs: same text).
-    #[arg(long, default_value_t = 0, requires = "rationale")]
+    #[arg(
+        long,
+        env = "REWARDDANCE_RATIONALE_SEED",
+        default_value_t = 0,
+        requires = "rationale"
+    )]
     pub seed: u64,
     /// Print rationale text to stderr as it is decoded (single items, in-process).
     #[arg(long, requires = "rationale")]

@@ -10,6 +10,7 @@ use rewarddance_model::{Candidate, ImageInput, Mode, PreparedItem, ScoreItem};
 use serde_json::json;
 
 use crate::evaluate::{self, EvalArgs};
+use crate::failure::ItemFailure;
 use crate::model_args::ModelArgs;
 use crate::rationale_args::{self, RationaleArgs};
 
@@ -40,21 +41,22 @@ pub struct ScoreArgs {
     #[arg(long)]
     reference: Option<PathBuf>,
     /// Mode: pointwise or pairwise. Default: pairwise when --reference is given.
-    #[arg(long)]
+    #[arg(long, env = "REWARDDANCE_MODE")]
     mode: Option<String>,
     /// Instruction template overriding the default; `{prompt}` is replaced by the prompt.
-    #[arg(long)]
+    #[arg(long, env = "REWARDDANCE_INSTRUCTION")]
     instruction: Option<String>,
     /// Print compact JSON lines (default: pretty JSON).
-    #[arg(long)]
+    #[arg(long, env = "REWARDDANCE_JSON")]
     json: bool,
     /// Add what the model saw: rendered prompt, input_ids, tile grids.
     #[arg(long)]
     explain: bool,
 }
 
-/// Runs the subcommand. Single items: exit 1 when any item failed. Batch mode: exit 0 once the
-/// run completes (failures are rows in the output and counts in the summary).
+/// Runs the subcommand. Single items: exit 1 when any item failed (an unreadable file too).
+/// Batch mode: exit 0 once the run completes (failures are rows in the output and counts in
+/// the summary), 130 when Ctrl-C stopped it.
 pub fn run(args: ScoreArgs) -> Result<ExitCode> {
     let (prompt, instruction) = (args.prompt.as_deref(), args.instruction.as_deref());
     let rationale = args.rationale.options()?;
@@ -62,14 +64,14 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
         let token = args.eval.token.clone();
         let mut remote =
             evaluate::RemoteScorer::connect(url, args.eval.in_flight, token, rationale)?;
-        evaluate::run(&mut remote, &args.eval, prompt, instruction)?;
-        return Ok(ExitCode::SUCCESS);
+        let summary = evaluate::run(&mut remote, &args.eval, prompt, instruction)?;
+        return Ok(batch_exit(&summary));
     }
     let model = args.model.load()?;
     if args.eval.requested() {
         let mut local = evaluate::LocalScorer::new(&model, rationale);
-        evaluate::run(&mut local, &args.eval, prompt, instruction)?;
-        return Ok(ExitCode::SUCCESS);
+        let summary = evaluate::run(&mut local, &args.eval, prompt, instruction)?;
+        return Ok(batch_exit(&summary));
     }
     let prompt = args.prompt.clone().unwrap_or_default();
     let mode = match &args.mode {
@@ -77,35 +79,44 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
         None if args.reference.is_some() => Mode::Pairwise,
         None => Mode::Pointwise,
     };
-    let read = |p: &PathBuf| -> Result<ImageInput> {
-        Ok(ImageInput::Encoded(
-            std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
-        ))
+    // A file that cannot be read fails its item (all items, for the shared reference), as a
+    // corrupt one does.
+    let read = |p: &PathBuf| -> Result<ImageInput, ItemFailure> {
+        std::fs::read(p)
+            .map(ImageInput::Encoded)
+            .map_err(|e| ItemFailure::unreadable(p, &e))
     };
-    let reference = args.reference.as_ref().map(read).transpose()?;
-    let item = |candidate: Candidate| ScoreItem {
-        prompt: prompt.clone(),
-        candidate,
-        reference: reference.clone(),
-        instruction: args.instruction.clone(),
-        mode,
+    let reference = args.reference.as_ref().map(read).transpose();
+    let item = |candidate: Result<Candidate, ItemFailure>| -> Result<ScoreItem, ItemFailure> {
+        Ok(ScoreItem {
+            prompt: prompt.clone(),
+            candidate: candidate?,
+            reference: reference.clone()?,
+            instruction: args.instruction.clone(),
+            mode,
+        })
     };
-    let (labels, items): (Vec<String>, Vec<ScoreItem>) = if args.frames.is_empty() {
-        let mut out = (Vec::new(), Vec::new());
-        for p in &args.images {
-            out.0.push(p.display().to_string());
-            out.1.push(item(Candidate::Image(read(p)?)));
-        }
-        out
-    } else {
-        let frames = args.frames.iter().map(read).collect::<Result<Vec<_>>>()?;
-        (
-            vec![format!("{} frames", frames.len())],
-            vec![item(Candidate::Video(frames))],
-        )
-    };
+    let (labels, items): (Vec<String>, Vec<Result<ScoreItem, ItemFailure>>) =
+        if args.frames.is_empty() {
+            args.images
+                .iter()
+                .map(|p| (p.display().to_string(), item(read(p).map(Candidate::Image))))
+                .unzip()
+        } else {
+            let frames = args.frames.iter().map(read).collect::<Result<Vec<_>, _>>();
+            (
+                vec![format!("{} frames", args.frames.len())],
+                vec![item(frames.map(Candidate::Video))],
+            )
+        };
 
-    let prepared: Vec<_> = items.iter().map(|i| model.prepare(i)).collect();
+    let prepared: Vec<Result<PreparedItem, ItemFailure>> = items
+        .iter()
+        .map(|i| {
+            let i = i.as_ref().map_err(Clone::clone)?;
+            model.prepare(i).map_err(|e| ItemFailure::from_model(&e))
+        })
+        .collect();
     let ok: Vec<&PreparedItem> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
     let ok_labels: Vec<&String> = labels
         .iter()
@@ -154,7 +165,8 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
             }
             Err(e) => {
                 failed = true;
-                out["error"] = json!(e.to_string());
+                out["error"] = json!(e.message);
+                out["reason"] = json!(e.reason);
             }
         }
         let text = if args.json {
@@ -169,4 +181,13 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Exit status of a batch run: 0 when it ran to the end, 130 (as for SIGINT) after Ctrl-C.
+fn batch_exit(summary: &evaluate::Summary) -> ExitCode {
+    if summary.interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    }
 }

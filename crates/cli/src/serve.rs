@@ -101,20 +101,39 @@ async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 /// Reads the config file into the environment of unset flags and parses `serve` again.
+/// Errors name the file, the line and the key (`serve.toml:3: ...`).
 fn with_config_file(path: &PathBuf) -> Result<ServeArgs> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let table: toml::Table =
+    let table: std::collections::BTreeMap<String, toml::Spanned<toml::Value>> =
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let command = Reparse::command();
     let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    for (key, value) in table {
-        let arg = command
+    // Long flag name -> where the file set it and to what, for errors found by clap later.
+    let mut from_file: Vec<(String, String, String)> = Vec::new();
+    for (key, spanned) in table {
+        let line = 1 + text[..spanned.span().start.min(text.len())]
+            .matches('\n')
+            .count();
+        let at = format!("{}:{line}", path.display());
+        let Some(arg) = command
             .get_arguments()
             .find(|a| a.get_long() == Some(key.as_str()))
-            .with_context(|| format!("{}: unknown setting {key:?}", path.display()))?;
+        else {
+            let dashed = key.replace('_', "-");
+            let known = command
+                .get_arguments()
+                .any(|a| a.get_long() == Some(&dashed));
+            if known && dashed != key {
+                bail!(
+                    "{at}: unknown setting {key:?}; keys are long flag names, with dashes: \
+                     did you mean {dashed:?}?"
+                );
+            }
+            bail!("{at}: unknown setting {key:?} (keys are the long flag names of `serve --help`)");
+        };
         let Some(env) = arg.get_env() else {
-            bail!("{}: {key:?} cannot be set from a file", path.display());
+            bail!("{at}: {key:?} cannot be set from a file");
         };
         let given_as_flag = argv.iter().any(|a| {
             let a = a.to_string_lossy();
@@ -123,7 +142,7 @@ fn with_config_file(path: &PathBuf) -> Result<ServeArgs> {
         if given_as_flag || std::env::var_os(env).is_some() {
             continue;
         }
-        let value = match value {
+        let value = match spanned.into_inner() {
             toml::Value::String(s) => s,
             toml::Value::Array(items) => items
                 .iter()
@@ -133,9 +152,34 @@ fn with_config_file(path: &PathBuf) -> Result<ServeArgs> {
             other => other.to_string(),
         };
         // Single-threaded here: no runtime or worker threads have started yet.
-        std::env::set_var(env, value);
+        std::env::set_var(env, &value);
+        from_file.push((key, at, value));
     }
     // clap reads an argument's environment variable when the command is built: build anew.
-    let matches = Reparse::command().try_get_matches_from(std::env::args_os().skip(1))?;
-    Ok(Reparse::from_arg_matches(&matches)?.args)
+    let parsed = Reparse::command()
+        .try_get_matches_from(std::env::args_os().skip(1))
+        .and_then(|m| Reparse::from_arg_matches(&m));
+    parsed
+        .map(|r| r.args)
+        .map_err(|e| config_error(&e, &from_file))
+}
+
+/// A clap error about a value the file set, as `FILE:LINE: key = "value": what is wrong`.
+fn config_error(err: &clap::Error, from_file: &[(String, String, String)]) -> anyhow::Error {
+    let rendered = err.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    let what = first.strip_prefix("error: ").unwrap_or(first);
+    let flag = match err.get(clap::error::ContextKind::InvalidArg) {
+        Some(clap::error::ContextValue::String(s)) => s.clone(),
+        _ => String::new(),
+    };
+    let name = flag
+        .trim_start_matches("--")
+        .split([' ', '='])
+        .next()
+        .unwrap_or_default();
+    match from_file.iter().find(|(key, _, _)| key == name) {
+        Some((key, at, value)) => anyhow::anyhow!("{at}: {key} = {value:?}: {what}"),
+        None => anyhow::anyhow!("{what}"),
+    }
 }

@@ -53,12 +53,14 @@ fn manifest_rows_come_back_in_order_and_bad_rows_do_not_stop_the_run() {
         .as_str()
         .unwrap()
         .contains("bad manifest line"));
+    assert_eq!(got[1]["reason"], "unreadable_file", "{}", got[1]);
+    assert_eq!(got[2]["reason"], "bad_row", "{}", got[2]);
     assert!(
         stderr.contains(r#""scored":2"#) && stderr.contains(r#""failed":2"#),
         "{stderr}"
     );
 
-    // Resume: scored rows are skipped, failed ones retried and appended.
+    // Resume: scored rows are skipped, failed ones retried; their new lines replace the old.
     let (code, _, stderr) = run(&[
         "--manifest",
         manifest.to_str().unwrap(),
@@ -68,7 +70,7 @@ fn manifest_rows_come_back_in_order_and_bad_rows_do_not_stop_the_run() {
     ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains(r#""skipped":2"#), "{stderr}");
-    assert_eq!(lines(&out).len(), 6);
+    assert_eq!(lines(&out).len(), 4);
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -146,9 +148,55 @@ fn a_manifest_scored_on_a_server_matches_in_process_scores() {
         assert_eq!(l["id"], r["id"]);
         match (l["p_yes"].as_f64(), r["p_yes"].as_f64()) {
             (Some(a), Some(b)) => assert!((a - b).abs() < 1e-5, "{l} vs {r}"),
-            (None, None) => assert!(r["error"].is_string()),
+            (None, None) => {
+                assert!(r["error"].is_string());
+                assert_eq!(l["reason"], r["reason"], "{l} vs {r}");
+            }
             _ => panic!("{l} vs {r}"),
         }
     }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn rows_with_extra_fields_and_numeric_ids_are_scored_and_keep_their_fields() {
+    let dir = scratch("extra");
+    std::fs::copy(fixture("fox_100x60.png"), dir.join("fox.png")).unwrap();
+    std::fs::write(dir.join("corrupt.png"), b"not a png").unwrap();
+    let manifest = dir.join("rows.jsonl");
+    let rows = [
+        r#"{"id":7,"prompt":"a fox","image":"fox.png","seed":42,"meta":{"split":"val"}}"#,
+        r#"{"id":"dup","prompt":"a fox","image":"fox.png"}"#,
+        r#"{"id":"dup","prompt":"a fox","image":"corrupt.png"}"#,
+        r#"{"id":"clash","prompt":"a fox","image":"fox.png","p_yes":1.0}"#,
+    ];
+    std::fs::write(&manifest, rows.join("\n")).unwrap();
+    let out = dir.join("out.jsonl");
+    let (code, _, stderr) = run(&[
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let got = lines(&out);
+    assert_eq!(got.len(), 4);
+    assert_eq!(got[0]["id"], 7, "{}", got[0]);
+    assert_eq!(got[0]["seed"], 42, "{}", got[0]);
+    assert_eq!(got[0]["meta"]["split"], "val", "{}", got[0]);
+    assert!(got[0]["p_yes"].is_number(), "{}", got[0]);
+    assert!(got[1]["p_yes"].is_number(), "{}", got[1]);
+    assert_eq!(got[2]["reason"], "invalid_image", "{}", got[2]);
+    // A field the output itself writes cannot be carried through: the row fails, clearly.
+    assert_eq!(got[3]["reason"], "invalid_input", "{}", got[3]);
+    assert!(
+        got[3]["error"].as_str().unwrap().contains("p_yes"),
+        "{}",
+        got[3]
+    );
+    assert!(
+        stderr.contains("warning") && stderr.contains(r#""dup""#),
+        "{stderr}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

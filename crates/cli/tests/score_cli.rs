@@ -148,3 +148,30 @@ fn bench_model_prints_a_table_for_a_random_preset() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown preset"));
 }
+
+#[test]
+fn a_missing_file_is_reported_per_item_like_a_corrupt_one() {
+    let fox = repo("fixtures/images/fox_100x60.png");
+    let missing = std::env::temp_dir().join(format!("rd-missing-{}.png", std::process::id()));
+    let (code, lines, stderr) = score(&[
+        "--json",
+        "--prompt",
+        "x",
+        "--image",
+        &fox,
+        "--image",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(lines[0]["p_yes"].is_number());
+    assert!(
+        lines[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains(missing.to_str().unwrap()),
+        "{}",
+        lines[1]
+    );
+    assert_eq!(lines[1]["reason"], "unreadable_file", "{}", lines[1]);
+}

@@ -9,21 +9,23 @@ use rewarddance_proto::v1 as pb;
 use tokio::sync::mpsc;
 
 use super::manifest::Job;
-use super::{BatchScorer, Scored, ScoredBatch};
+use super::{BatchScorer, RowResult, Scored, ScoredBatch};
+use crate::failure::ItemFailure;
 use crate::rationale_args;
 
 /// One sent (or locally failed) batch, waiting for its answer.
 struct Pending {
     jobs: Vec<Job>,
-    /// Per job: `Ok(index in the request)` or its local error (file unreadable, bad row).
-    slots: Vec<std::result::Result<usize, String>>,
+    /// Per job: `Ok(index in the request)` or its local failure (file unreadable, bad row).
+    slots: Vec<std::result::Result<usize, ItemFailure>>,
     sent: bool,
 }
 
 /// A `ScoreStream` session with up to `in_flight` unanswered requests.
 pub struct RemoteScorer {
     runtime: tokio::runtime::Runtime,
-    requests: mpsc::Sender<pb::ScoreRequest>,
+    /// `None` once the stream was half-closed.
+    requests: Option<mpsc::Sender<pb::ScoreRequest>>,
     responses: tonic::Streaming<pb::ScoreResponse>,
     pending: VecDeque<Pending>,
     in_flight: usize,
@@ -76,7 +78,7 @@ impl RemoteScorer {
         })?;
         Ok(RemoteScorer {
             runtime,
-            requests: tx,
+            requests: Some(tx),
             responses,
             pending: VecDeque::new(),
             in_flight: in_flight.max(1),
@@ -111,8 +113,12 @@ impl BatchScorer for RemoteScorer {
             .collect();
         let sent = !items.is_empty();
         if sent {
+            let requests = self
+                .requests
+                .as_ref()
+                .context("the stream was already closed")?;
             self.runtime
-                .block_on(self.requests.send(pb::ScoreRequest { items }))
+                .block_on(requests.send(pb::ScoreRequest { items }))
                 .map_err(|_| anyhow::anyhow!("the server closed the stream"))?;
         }
         self.pending.push_back(Pending { jobs, slots, sent });
@@ -145,10 +151,31 @@ impl BatchScorer for RemoteScorer {
             front
                 .slots
                 .iter()
-                .map(|s| Err(s.clone().err().unwrap_or_default()))
+                .map(|s| match s {
+                    Err(e) => Err(e.clone()),
+                    Ok(_) => Err(ItemFailure::new("internal", "row was not sent")),
+                })
                 .collect()
         };
         Ok((front.jobs, results))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        anyhow::ensure!(self.pending.is_empty(), "batches still in flight");
+        // Half-close: the server sees the end of the requests, answers what it holds, and ends
+        // the call with OK; read its responses to that end.
+        drop(self.requests.take());
+        loop {
+            match self
+                .runtime
+                .block_on(self.responses.message())
+                .context("ScoreStream failed while closing")?
+            {
+                None => return Ok(()),
+                Some(m) if m.results.is_empty() => continue,
+                Some(_) => anyhow::bail!("the server answered a request that was never sent"),
+            }
+        }
     }
 }
 
@@ -193,7 +220,7 @@ fn to_proto(id: &str, item: &ScoreItem) -> pb::ScoreItem {
     }
 }
 
-fn from_proto(result: Option<&pb::ItemResult>) -> std::result::Result<Scored, String> {
+fn from_proto(result: Option<&pb::ItemResult>) -> RowResult {
     match result.and_then(|r| r.outcome.as_ref()) {
         Some(pb::item_result::Outcome::Score(s)) => Ok(Scored {
             score: Score {
@@ -210,7 +237,12 @@ fn from_proto(result: Option<&pb::ItemResult>) -> std::result::Result<Scored, St
                 rationale_args::to_json(&r.text, &stop, r.token_ids.len())
             }),
         }),
-        Some(pb::item_result::Outcome::Error(e)) => Err(format!("{} ({})", e.message, e.reason)),
-        None => Err("the server returned no result for this item".into()),
+        Some(pb::item_result::Outcome::Error(e)) => {
+            Err(ItemFailure::new(e.reason.clone(), e.message.clone()))
+        }
+        None => Err(ItemFailure::new(
+            "internal",
+            "the server returned no result for this item",
+        )),
     }
 }

@@ -36,6 +36,12 @@ pub fn run(subcommand: &str, args: &[&str]) -> (i32, String, String) {
 
 /// `rewarddance serve` on ephemeral ports; returns the process and its gRPC URL once SERVING.
 pub fn serve() -> (std::process::Child, String) {
+    let (child, url, _) = serve_with_metrics();
+    (child, url)
+}
+
+/// Like [`serve`], and also the `host:port` of the server's `/metrics` endpoint.
+pub fn serve_with_metrics() -> (std::process::Child, String, String) {
     use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_rewarddance"))
         .args([
@@ -53,7 +59,7 @@ pub fn serve() -> (std::process::Child, String) {
         .spawn()
         .expect("spawn serve");
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut addr = None;
+    let (mut addr, mut metrics) = (None, None);
     for line in stderr.by_ref().map_while(Result::ok) {
         let v: serde_json::Value = match serde_json::from_str(&line) {
             Ok(v) => v,
@@ -63,11 +69,17 @@ pub fn serve() -> (std::process::Child, String) {
             .as_str()
             .or(v["fields"]["message"].as_str())
             .unwrap_or("");
-        if message == "listening" {
-            addr = v["addr"]
+        let field = |name: &str| {
+            v[name]
                 .as_str()
-                .or(v["fields"]["addr"].as_str())
-                .map(String::from);
+                .or(v["fields"][name].as_str())
+                .map(String::from)
+        };
+        if message == "listening" {
+            addr = field("addr");
+        }
+        if message.starts_with("metrics on") {
+            metrics = field("addr");
         }
         if message.contains("SERVING") {
             break;
@@ -76,5 +88,22 @@ pub fn serve() -> (std::process::Child, String) {
     // Keep reading the server's log: a closed pipe must not be what ends or slows it.
     std::thread::spawn(move || for _ in stderr.map_while(Result::ok) {});
     let addr = addr.expect("the server logged its address");
-    (child, format!("http://{addr}"))
+    let metrics = metrics.expect("the server logged its metrics address");
+    (child, format!("http://{addr}"), metrics)
+}
+
+/// The Prometheus text of `GET http://ADDR/metrics` (plain HTTP/1.1, as a scraper sends it).
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect to /metrics");
+    write!(
+        conn,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send scrape");
+    let mut response = String::new();
+    conn.read_to_string(&mut response).expect("read scrape");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
 }
