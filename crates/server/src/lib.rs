@@ -3,7 +3,9 @@
 //! The gRPC face of the reward model: `rewarddance.v1.RewardService` (Score, ScoreStream,
 //! Info) over the [`rewarddance_engine`] batcher, the standard `grpc.health.v1` service
 //! (per-service status, NOT_SERVING until the warm-up forward ran), server reflection,
-//! optional bearer-token auth and TLS, request limits, Prometheus metrics and a graceful drain.
+//! optional bearer-token auth and TLS, request limits, HTTP/2 connection limits (stream and
+//! reset limits, keepalive, adaptive windows; HTTP 415 for non-gRPC requests), Prometheus
+//! metrics and a graceful drain.
 //!
 //! [`run`] is the whole server; the CLI's `serve` subcommand loads the model, builds the
 //! engine and calls it with a shutdown signal.
@@ -18,6 +20,7 @@ mod service;
 pub mod status;
 mod stream;
 pub mod telemetry;
+mod transport;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,7 +30,6 @@ use anyhow::Context;
 use rewarddance_engine::{Engine, Health};
 use rewarddance_proto::v1::reward_service_server::RewardServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
@@ -73,13 +75,14 @@ pub async fn run(
             .await;
     }
     let health_task = tokio::spawn(mirror_health(engine.clone(), reporter));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(rewarddance_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection = transport::reflection()
         .build_v1()
         .context("building the reflection service")?;
+    let reflection_v1alpha = transport::reflection()
+        .build_v1alpha()
+        .context("building the v1alpha reflection service")?;
 
-    let mut builder = Server::builder();
+    let mut builder = transport::configure(Server::builder(), args);
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let cert = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
         let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
@@ -103,11 +106,14 @@ pub async fn run(
         drain_engine.close();
         let _ = stop_tx.send(());
     });
+    let incoming = transport::incoming(listener, args);
     let server = builder
+        .layer(tower_layer::layer_fn(transport::GrpcOnly))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(reward)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         });
     tokio::pin!(server);
