@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed={}", file.display());
     tonic_prost_build::configure()
+        // Undecodable requests are INVALID_ARGUMENT, not tonic-prost's INTERNAL (src/codec.rs).
+        .codec_path("crate::codec::ProtoCodec")
         .file_descriptor_set_path(out.join("rewarddance_descriptor.bin"))
         .compile_protos(&[file], &[root])?;
     Ok(())

@@ -1,10 +1,13 @@
 //! # rewarddance-proto
 //!
 //! The generated Rust types and tonic client/server stubs for the public API,
-//! `proto/rewarddance/v1/reward.proto` (package `rewarddance.v1`). Nothing else lives here:
-//! the server and any Rust client depend on this crate, the proto file is the documentation.
+//! `proto/rewarddance/v1/reward.proto` (package `rewarddance.v1`), and the [`codec`] they use (it
+//! only chooses the status of a message that does not decode). Nothing else lives here: the
+//! server and any Rust client depend on this crate, the proto file is the documentation.
 
 #![warn(missing_docs)]
+
+pub mod codec;
 
 /// Package `rewarddance.v1`: messages, the `RewardService` client and server.
 #[allow(missing_docs, clippy::all)]

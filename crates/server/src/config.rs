@@ -20,6 +20,21 @@ pub const TEXT_BYTES_PER_TOKEN: usize = 16;
 /// Smallest default text byte limit (for models with short contexts).
 pub const MIN_DEFAULT_TEXT_BYTES: usize = 64 << 10;
 
+/// Default SETTINGS_MAX_CONCURRENT_STREAMS. hyper's own default (200) would make a trainer with
+/// a 256-wide thread pool queue calls in its client; 1024 is above the fan-out of one trainer
+/// process and a quarter of the default queue (a call holds at least one item while it is
+/// scored), while still bounding the handler tasks, each holding a decoded request, that one
+/// connection can start (tonic's default is no limit).
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Default limit on cancelled streams waiting to be picked up, per connection. h2's default (20)
+/// is reached by 16 threads cancelling 1 ms-deadline calls on one channel of a busy server
+/// (about 100-200 wait at once when the server stops reading for 20 ms); a rapid-reset flood of
+/// HEADERS+RST_STREAM pairs queues thousands within one read of the socket.
+pub const DEFAULT_HTTP2_MAX_PENDING_RESETS: usize = 1024;
+/// Default lifetime limit on protocol-error resets per connection (hyper's default, which tonic
+/// turns off unless it is set).
+pub const DEFAULT_HTTP2_MAX_ERROR_RESETS: usize = 1024;
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -113,39 +128,48 @@ pub struct ServerArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "REWARDDANCE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// HTTP/2 `MAX_CONCURRENT_STREAMS` advertised per connection (calls open at once on one
-    /// channel; ScoreStream counts one).
+    /// Most calls (HTTP/2 streams) open at once on one connection, advertised to clients in
+    /// SETTINGS_MAX_CONCURRENT_STREAMS; clients queue calls above it instead of failing them.
     #[arg(
         long,
-        env = "REWARDDANCE_HTTP2_MAX_CONCURRENT_STREAMS",
-        default_value_t = 1024
+        env = "REWARDDANCE_MAX_CONCURRENT_STREAMS",
+        default_value_t = DEFAULT_MAX_CONCURRENT_STREAMS
     )]
-    pub http2_max_concurrent_streams: u32,
-    /// Streams one connection may open and reset before the server reads them, at once;
-    /// past it the connection gets GOAWAY (the rapid-reset guard).
+    pub max_concurrent_streams: u32,
+    /// Calls one connection may have cancelled before the server picked them up; past it the
+    /// connection is closed with GOAWAY ENHANCE_YOUR_CALM (the HTTP/2 rapid-reset defence).
     #[arg(
         long,
         env = "REWARDDANCE_HTTP2_MAX_PENDING_RESETS",
-        default_value_t = 20
+        default_value_t = DEFAULT_HTTP2_MAX_PENDING_RESETS
     )]
     pub http2_max_pending_resets: usize,
-    /// Streams the server may reset for protocol errors on one connection before GOAWAY.
+    /// Streams one connection may make the server reset for protocol errors, over its lifetime,
+    /// before GOAWAY ENHANCE_YOUR_CALM (a well-behaved client makes none).
     #[arg(
         long,
         env = "REWARDDANCE_HTTP2_MAX_ERROR_RESETS",
-        default_value_t = 1024
+        default_value_t = DEFAULT_HTTP2_MAX_ERROR_RESETS
     )]
     pub http2_max_error_resets: usize,
-    /// Seconds between HTTP/2 keepalive PINGs on idle connections (0: off).
-    #[arg(long, env = "REWARDDANCE_HTTP2_KEEPALIVE_S", default_value_t = 30)]
+    /// Seconds between HTTP/2 PINGs on a quiet connection, idle or not (0: none); a peer that
+    /// does not answer within --http2-keepalive-timeout-s is disconnected.
+    #[arg(long, env = "REWARDDANCE_HTTP2_KEEPALIVE_S", default_value_t = 60)]
     pub http2_keepalive_s: u64,
-    /// Seconds a keepalive PING may go unanswered before the connection is closed.
+    /// Seconds to wait for a keepalive PING's acknowledgement before closing the connection.
     #[arg(
         long,
         env = "REWARDDANCE_HTTP2_KEEPALIVE_TIMEOUT_S",
         default_value_t = 20
     )]
     pub http2_keepalive_timeout_s: u64,
+    /// Seconds of TCP silence before the kernel probes the peer (SO_KEEPALIVE; 0: off).
+    #[arg(long, env = "REWARDDANCE_TCP_KEEPALIVE_S", default_value_t = 60)]
+    pub tcp_keepalive_s: u64,
+    /// Fixed HTTP/2 flow-control window, in bytes, per stream and per connection (default:
+    /// adaptive, grown from the measured bandwidth-delay product).
+    #[arg(long, env = "REWARDDANCE_HTTP2_WINDOW_BYTES")]
+    pub http2_window_bytes: Option<u32>,
     /// Log format.
     #[arg(long, env = "REWARDDANCE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -204,17 +228,17 @@ impl ServerArgs {
         })
     }
 
-    /// The HTTP/2 settings of every connection (flow-control windows are always adaptive:
-    /// large images on fast links are not held to the 64 KiB default window).
+    /// The HTTP/2 and TCP settings of every connection.
     pub fn http2_settings(&self) -> crate::listen::Http2Settings {
+        let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
         crate::listen::Http2Settings {
-            max_concurrent_streams: self.http2_max_concurrent_streams,
+            max_concurrent_streams: self.max_concurrent_streams,
             max_pending_accept_reset_streams: self.http2_max_pending_resets,
             max_local_error_reset_streams: self.http2_max_error_resets,
-            keepalive_interval: (self.http2_keepalive_s > 0)
-                .then(|| Duration::from_secs(self.http2_keepalive_s)),
-            keepalive_timeout: Duration::from_secs(self.http2_keepalive_timeout_s),
-            adaptive_window: true,
+            keepalive_interval: seconds(self.http2_keepalive_s),
+            keepalive_timeout: Duration::from_secs(self.http2_keepalive_timeout_s.max(1)),
+            window_bytes: self.http2_window_bytes,
+            tcp_keepalive: seconds(self.tcp_keepalive_s),
         }
     }
 

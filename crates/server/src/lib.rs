@@ -3,7 +3,9 @@
 //! The gRPC face of the reward model: `rewarddance.v1.RewardService` (Score, ScoreStream,
 //! Info) over the [`rewarddance_engine`] batcher, the standard `grpc.health.v1` service
 //! (per-service status, NOT_SERVING until the warm-up forward ran), server reflection,
-//! optional bearer-token auth and TLS, request limits, Prometheus metrics and a graceful drain.
+//! optional bearer-token auth and TLS, request limits, HTTP/2 connection limits (stream and
+//! reset limits, keepalive, adaptive windows; HTTP 415 for non-gRPC requests), Prometheus
+//! metrics and a graceful drain.
 //!
 //! [`run`] is the whole server; the CLI's `serve` subcommand loads the model, builds the
 //! engine and calls it with a shutdown signal.
@@ -21,6 +23,7 @@ mod service;
 pub mod status;
 mod stream;
 pub mod telemetry;
+mod transport;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -75,11 +78,12 @@ pub async fn run(
             .await;
     }
     let health_task = tokio::spawn(mirror_health(engine.clone(), reporter));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(rewarddance_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection = transport::reflection()
         .build_v1()
         .context("building the reflection service")?;
+    let reflection_v1alpha = transport::reflection()
+        .build_v1alpha()
+        .context("building the v1alpha reflection service")?;
 
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(listen::tls_acceptor(cert, key)?),
@@ -103,9 +107,11 @@ pub async fn run(
     });
     let routes = Routes::new(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(reward)
         .prepare();
-    let server = listen::serve(listener, tls, routes, args.http2_settings(), async {
+    let service = transport::GrpcOnly(routes);
+    let server = listen::serve(listener, tls, service, args.http2_settings(), async {
         let _ = stop_rx.await;
     });
     tokio::pin!(server);

@@ -21,7 +21,6 @@ use tokio::net::TcpListener;
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
-use tonic::service::Routes;
 use tonic::transport::server::TcpConnectInfo;
 
 /// Longest a TLS handshake may take before the connection is dropped.
@@ -42,8 +41,11 @@ pub struct Http2Settings {
     pub keepalive_interval: Option<Duration>,
     /// How long a keepalive PING may go unanswered before the connection is closed.
     pub keepalive_timeout: Duration,
-    /// Let h2 size the flow-control windows from the measured bandwidth-delay product.
-    pub adaptive_window: bool,
+    /// A fixed flow-control window in bytes, per stream and per connection; `None`: adaptive
+    /// (h2 sizes the windows from the measured bandwidth-delay product).
+    pub window_bytes: Option<u32>,
+    /// Seconds of TCP silence before the kernel probes the peer (`None`: off).
+    pub tcp_keepalive: Option<Duration>,
 }
 
 /// Loads the PEM certificate chain and key into a TLS acceptor that offers HTTP/2.
@@ -65,15 +67,24 @@ pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Re
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Serves `routes` on `listener` until `stop` resolves, then closes the listener, sends every
+/// Serves `routes` (the gRPC routes behind their gates) on `listener` until `stop` resolves, then closes the listener, sends every
 /// connection a graceful GOAWAY and waits for their open streams to finish.
-pub async fn serve(
+pub async fn serve<S>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    routes: Routes,
+    routes: S,
     settings: Http2Settings,
     stop: impl std::future::Future<Output = ()>,
-) {
+) where
+    S: tower_service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -81,8 +92,14 @@ pub async fn serve(
         .max_pending_accept_reset_streams(settings.max_pending_accept_reset_streams)
         .max_local_error_reset_streams(settings.max_local_error_reset_streams)
         .keep_alive_interval(settings.keepalive_interval)
-        .keep_alive_timeout(settings.keepalive_timeout)
-        .adaptive_window(settings.adaptive_window);
+        .keep_alive_timeout(settings.keepalive_timeout);
+    match settings.window_bytes {
+        Some(bytes) => builder
+            .adaptive_window(false)
+            .initial_stream_window_size(bytes)
+            .initial_connection_window_size(bytes),
+        None => builder.adaptive_window(true),
+    };
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     tokio::pin!(stop);
@@ -99,7 +116,13 @@ pub async fn serve(
                 }
             },
         };
+        // Answers are not held back for the peer's delayed ACK; dead peers are found by TCP
+        // keepalive even on connections that never finished their HTTP/2 handshake.
         let _ = tcp.set_nodelay(true);
+        if let Some(time) = settings.tcp_keepalive {
+            let keepalive = socket2::TcpKeepalive::new().with_time(time);
+            let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+        }
         // Handlers read the peer through `Request::remote_addr()`, as under tonic's server.
         let info = TcpConnectInfo {
             local_addr: tcp.local_addr().ok(),
