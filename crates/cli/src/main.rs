@@ -12,6 +12,7 @@ mod check_model;
 mod evaluate;
 mod failure;
 mod model_args;
+mod notes;
 mod parity;
 mod rank;
 mod rank_table;
@@ -70,7 +71,7 @@ fn main() -> std::process::ExitCode {
             if let Some(clap_err) = err.downcast_ref::<clap::Error>() {
                 let _ = clap_err.print();
             } else {
-                eprintln!("error: {err:#}");
+                notes::fatal(&err);
             }
             std::process::ExitCode::from(2)
         }

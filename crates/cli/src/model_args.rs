@@ -1,5 +1,6 @@
 //! Flags that choose and load the model, shared by every subcommand that runs one.
 
+use crate::notes::{note, warn_note};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use rewarddance_model::memory::{check_fits, BatchBudget};
@@ -99,10 +100,16 @@ impl ModelArgs {
         let model = RewardModel::load(&checkpoint, options)
             .with_context(|| format!("loading model {}", checkpoint.id))?;
         if model.id() == BUNDLED_MODEL_ID {
-            eprintln!(
-                "note: using the bundled default model ({BUNDLED_MODEL_ID}): tiny, RANDOM weights, \
+            note!(model = BUNDLED_MODEL_ID; format!(
+                "using the bundled default model ({BUNDLED_MODEL_ID}): tiny, RANDOM weights, \
                  scores are meaningless; pass --model DIR for a real checkpoint"
-            );
+            ));
+        } else if model.id().starts_with("random:") {
+            note!(model = model.id(); format!(
+                "{} has the real shapes of its preset but RANDOM weights: scores are \
+                 meaningless (for benchmarks and memory checks only)",
+                model.id()
+            ));
         }
         Ok(model)
     }
@@ -127,10 +134,10 @@ impl ModelArgs {
             DType::BF16
         });
         let Some(available) = self.device_memory_bytes(&device) else {
-            eprintln!(
+            warn_note!(device = self.device; format!(
                 "memory check skipped: cannot read the memory of {} (pass --device-memory-gib)",
                 self.device
-            );
+            ));
             return Ok(());
         };
         // The feature cache is held on the device too.
@@ -144,11 +151,16 @@ impl ModelArgs {
         };
         let estimate = check_fits(&config, dtype, &budget, available)
             .with_context(|| format!("{} on {}", checkpoint.id, self.device))?;
-        eprintln!(
-            "memory check: {} on {} needs about {estimate}; {:.1} GiB available",
-            checkpoint.id,
-            self.device,
-            available as f64 / (1u64 << 30) as f64
+        let available_gib = format!("{:.1}", available as f64 / (1u64 << 30) as f64);
+        note!(
+            model = checkpoint.id,
+            device = self.device,
+            needs = estimate,
+            available_gib = available_gib;
+            format!(
+                "memory check: {} on {} needs about {estimate}; {available_gib} GiB available",
+                checkpoint.id, self.device
+            )
         );
         Ok(())
     }
