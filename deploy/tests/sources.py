@@ -60,7 +60,10 @@ def _strip_int(text: str) -> str:
 
 
 def _consts(text: str) -> dict[str, str]:
-    return dict(re.findall(r'pub const (\w+): &str = "([^"]*)";', text))
+    """`pub const NAME: &str = "..."` and numeric `pub const NAME: T = 123;` values of `text`."""
+    consts = dict(re.findall(r'pub const (\w+): &str = "([^"]*)";', text))
+    consts.update(re.findall(r"pub const (\w+): (?:u\d+|usize) = ([\d_]+);", text))
+    return consts
 
 
 def _rust_field_to_long(name: str) -> str:
@@ -83,7 +86,10 @@ def flags_from_source() -> dict[str, Flag]:
             if m:
                 value = m.group(1).strip()
                 enum = re.fullmatch(r"\w+::(\w+)", value)
-                default = enum.group(1).lower() if enum else _strip_int(value)
+                if enum:
+                    default = enum.group(1).lower()
+                else:
+                    default = _strip_int(consts.get(value, value))
             else:
                 m = re.search(r'default_value\s*=\s*(?:"([^"]*)"|(\w+))', attr)
                 if m:
@@ -197,4 +203,7 @@ def failure_reasons() -> set[str]:
 def rpc_methods() -> set[str]:
     """Values of the `method` label of rewarddance_requests_total / _request_duration_seconds."""
     text = "\n".join(p.read_text() for p in SERVER_SRC.glob("*.rs"))
-    return set(re.findall(r'record_rpc\(\s*"(\w+)"', text)) | set(re.findall(r'"method"\s*=>\s*"(\w+)"', text))
+    return (
+        set(re.findall(r'Call::start\(\s*"(\w+)"', text))
+        | set(re.findall(r'"method"\s*=>\s*"(\w+)"', text))
+    )
