@@ -168,7 +168,7 @@ impl Admission {
             return;
         }
         let left = self.engine.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
-        metrics::set_in_flight(left);
+        metrics::add_in_flight(-1.0);
         if left == 0 {
             self.engine.idle.notify_waiters();
         }
@@ -414,7 +414,7 @@ impl Engine {
                 Err(actual) => current = actual,
             }
         }
-        metrics::set_in_flight(current + n);
+        metrics::add_in_flight(n as f64);
         Ok(())
     }
 

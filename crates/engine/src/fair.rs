@@ -20,6 +20,9 @@ impl FairPool {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .thread_name(|i| format!("rd-preprocess-{i}"))
+            // Item work runs under `catch_unwind`; a panic outside it (answering, metrics) must
+            // cost that task only, never the process (rayon aborts without a handler).
+            .panic_handler(|_| tracing::error!("a preprocessing task panicked"))
             .build()
             .map_err(std::io::Error::other)?;
         Ok(Arc::new(FairPool {
@@ -35,9 +38,7 @@ impl FairPool {
         if n == 0 {
             return;
         }
-        if let Ok(mut groups) = self.groups.lock() {
-            groups.push_back(tasks.into());
-        }
+        self.lock().push_back(tasks.into());
         for _ in 0..n {
             let me = self.clone();
             self.pool.spawn_fifo(move || {
@@ -48,9 +49,17 @@ impl FairPool {
         }
     }
 
+    /// The queue; a panic while it was held cannot leave it inconsistent (every change is a
+    /// single push or pop), so a poisoned lock is used as it is rather than stranding tasks.
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<VecDeque<Task>>> {
+        self.groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The next task in round-robin order.
     fn next(&self) -> Option<Task> {
-        let mut groups = self.groups.lock().ok()?;
+        let mut groups = self.lock();
         let mut group = groups.pop_front()?;
         let task = group.pop_front();
         if !group.is_empty() {

@@ -295,6 +295,16 @@ pub(crate) fn set_in_flight(items: usize) {
     gauge!(ITEMS_IN_FLIGHT).set(items as f64);
 }
 
+/// Moves the in-flight gauge by `delta`: admissions and releases on different threads then
+/// add up in any order (publishing the counter's value could land out of order).
+pub(crate) fn add_in_flight(delta: f64) {
+    if delta >= 0.0 {
+        gauge!(ITEMS_IN_FLIGHT).increment(delta);
+    } else {
+        gauge!(ITEMS_IN_FLIGHT).decrement(-delta);
+    }
+}
+
 pub(crate) fn record_rejected(items: usize) {
     counter!(REJECTED_ITEMS_TOTAL).increment(items as u64);
 }

@@ -16,7 +16,9 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rewarddance_model::{Generation, PreparedItem, RationaleOptions, Score, ScoreItem};
+use rewarddance_model::{
+    Candidate, Generation, ImageInput, PreparedItem, RationaleOptions, Score, ScoreItem,
+};
 use tokio::sync::mpsc;
 
 use crate::backend::Backend;
@@ -48,7 +50,8 @@ pub(crate) fn spawn(
                 consecutive_failures: 0,
                 max_decoding_sequences: max_decoding_sequences.max(1),
                 decoding: DecodeSet::default(),
-                probe: None,
+                probe_item: None,
+                probes: 0,
             };
             worker.run(&warmup);
         })?;
@@ -64,8 +67,10 @@ struct Worker {
     consecutive_failures: u32,
     max_decoding_sequences: usize,
     decoding: DecodeSet,
-    /// The prepared warm-up item: a forward of it alone tells whether the device computes.
-    probe: Option<PreparedItem>,
+    /// The warm-up item: variants of it alone tell whether the device computes.
+    probe_item: Option<ScoreItem>,
+    /// Probes run so far (each one's pixels differ).
+    probes: u64,
 }
 
 /// How one batch went.
@@ -81,6 +86,9 @@ impl Worker {
             Ok(()) => WorkerStatus::Healthy,
             Err(why) => {
                 tracing::error!(device = %self.device, %why, "warm-up forward failed");
+                // Counted as a full run of failures, so the first good batch (a transient
+                // start-up failure) reports the device healthy again.
+                self.consecutive_failures = self.max_consecutive_failures;
                 WorkerStatus::Failing(format!("warm-up failed: {why}"))
             }
         };
@@ -171,24 +179,52 @@ impl Worker {
     }
 
     /// One forward on a synthetic item, so the first real batch does not pay for lazy setup.
-    /// The prepared item is kept as the probe that tells device failures from item failures.
+    /// The item is kept: fresh variants of it are the probe that tells device failures from
+    /// item failures.
     fn warm_up(&mut self, item: &ScoreItem) -> Result<(), String> {
+        self.probe_item = Some(item.clone());
         let prepared = catch_unwind(AssertUnwindSafe(|| self.backend.prepare(item)))
             .map_err(|_| "preparing the warm-up item panicked".to_string())?
             .map_err(|e| e.to_string())?;
-        self.probe = Some(prepared);
-        self.probe().map_err(|f| f.message())
+        catch_unwind(AssertUnwindSafe(|| {
+            self.backend.score_prepared(&[&prepared])
+        }))
+        .map_err(|panic| format!("panic: {}", panic_message(&*panic)))?
+        .map_err(|e| e.to_string())
+        .map(drop)
     }
 
-    /// One forward of the probe item alone: does the device still compute?
-    fn probe(&self) -> Result<(), BatchFailure> {
-        let Some(probe) = &self.probe else {
-            return Err(BatchFailure::Error("no probe item (warm-up failed)".into()));
+    /// One forward of a probe item alone: does the device still compute? Each probe's pixels
+    /// differ (so the vision tower runs rather than the feature cache answering), and a batch
+    /// that wanted rationales is probed through the rationale prefill.
+    fn probe(&mut self, rationale: bool) -> Result<(), BatchFailure> {
+        let Some(mut item) = self.probe_item.clone() else {
+            return Err(BatchFailure::Error("no probe item".into()));
         };
-        catch_unwind(AssertUnwindSafe(|| self.backend.score_prepared(&[probe])))
+        self.probes += 1;
+        if let Candidate::Image(ImageInput::Rgb8 { data, .. }) = &mut item.candidate {
+            let shift = self.probes as u8;
+            data.iter_mut().enumerate().for_each(|(i, v)| {
+                *v = (i as u8).wrapping_mul(31).wrapping_add(shift);
+            });
+        }
+        let run = || -> rewarddance_model::Result<()> {
+            let prepared = self.backend.prepare(&item)?;
+            if rationale {
+                let options = RationaleOptions {
+                    max_tokens: 1,
+                    ..RationaleOptions::default()
+                };
+                self.backend
+                    .prefill_for_rationales(&[&prepared], &[Some(options)])
+                    .map(drop)
+            } else {
+                self.backend.score_prepared(&[&prepared]).map(drop)
+            }
+        };
+        catch_unwind(AssertUnwindSafe(run))
             .map_err(|panic| BatchFailure::Panic(panic_message(&*panic)))?
             .map_err(|e| BatchFailure::Error(e.to_string()))
-            .map(drop)
     }
 
     /// One packed forward over `jobs`: per item its score and, when it asked for one, the
@@ -279,11 +315,16 @@ impl Worker {
             }
             Err(failure) => failure,
         };
-        tracing::warn!(error = %failure.message(), "batch failed; checking the device");
         // A lone item the model refused as the caller's error says nothing about the device.
-        let lone_caller_error = shape.items == 1 && matches!(failure, BatchFailure::Caller(_));
-        if !lone_caller_error {
-            if let Err(probe) = self.probe() {
+        if shape.items == 1 && matches!(failure, BatchFailure::Caller(_)) {
+            let refused = jobs.into_iter().zip(std::iter::once(Err(failure)));
+            self.answer(refused, &shape);
+            return Outcome::Ok;
+        }
+        tracing::warn!(error = %failure.message(), "batch failed; checking the device");
+        {
+            let rationale = jobs.iter().any(|p| p.job.rationale.is_some());
+            if let Err(probe) = self.probe(rationale) {
                 tracing::error!(error = %probe.message(), "the device fails its probe too");
                 let message = format!("device failure: {}", failure.message());
                 for p in jobs {

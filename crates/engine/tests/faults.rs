@@ -265,3 +265,29 @@ async fn a_small_call_is_not_starved_by_a_big_one_in_preprocessing() {
         t.wait().await.outcome.expect("scored");
     }
 }
+
+/// A device whose warm-up fails (a transient start-up error) reports Failing, and its first
+/// good batch afterwards brings health back (it used to stay NOT_SERVING for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_warm_up_recovers_with_the_first_good_batch() {
+    let model = RewardModel::load(&Checkpoint::bundled(), LoadOptions::default()).expect("model");
+    let backend = Arc::new(FaultyBackend::new(model));
+    backend.break_device(true);
+    let engine = Engine::start(
+        vec![backend.clone() as Arc<dyn Backend>],
+        EngineConfig::default(),
+    )
+    .expect("start");
+    assert!(engine.ready().await.is_err(), "the warm-up failed");
+    backend.break_device(false);
+    let ok = run(&engine, vec![item("a cat", 1)]).await.remove(0);
+    ok.outcome.expect("the device works now");
+    let mut health = engine.health();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        health.wait_for(|h| *h == Health::Serving),
+    )
+    .await
+    .expect("health back to serving")
+    .expect("engine alive");
+}

@@ -25,6 +25,7 @@ pub struct Call {
     request_id: String,
     items: usize,
     started: Instant,
+    finished: bool,
 }
 
 impl Call {
@@ -43,6 +44,7 @@ impl Call {
             request_id,
             items: 0,
             started: Instant::now(),
+            finished: false,
         }
     }
 
@@ -57,7 +59,12 @@ impl Call {
     }
 
     /// Counts the call and logs its line.
-    pub fn finish(self, code: Code) {
+    pub fn finish(mut self, code: Code) {
+        self.record(code);
+    }
+
+    fn record(&mut self, code: Code) {
+        self.finished = true;
         let code_name = status::code_name(code);
         metrics::counter!(names::REQUESTS_TOTAL, "method" => self.method, "code" => code_name)
             .increment(1);
@@ -79,6 +86,16 @@ impl Call {
     /// Finishes with the code of `result`.
     pub fn finish_with<T>(self, result: &Result<T, tonic::Status>) {
         self.finish(result.as_ref().map_or_else(|s| s.code(), |_| Code::Ok));
+    }
+}
+
+/// A call dropped unfinished was cancelled by its client (the transport dropped the handler):
+/// it is counted and logged as CANCELLED.
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.record(Code::Cancelled);
+        }
     }
 }
 

@@ -50,7 +50,11 @@ pub fn deadline_of(metadata: &MetadataMap, arrived: Instant) -> Option<Instant> 
 /// DEADLINE_EXCEEDED anyway, after taking queue slots).
 pub fn check_budget(deadline: Option<Instant>, items: usize) -> Result<(), Status> {
     match deadline {
-        Some(d) if d.saturating_duration_since(Instant::now()) < MIN_MARGIN => {
+        // The engine stops ENGINE_DEADLINE_LEAD before the handler: less than that plus a
+        // margin leaves the items no time at all.
+        Some(d)
+            if d.saturating_duration_since(Instant::now()) < ENGINE_DEADLINE_LEAD + MIN_MARGIN =>
+        {
             Err(exceeded(items, items))
         }
         _ => Ok(()),

@@ -111,14 +111,21 @@ pub async fn run(
         .add_service(reward)
         .prepare();
     let service = transport::GrpcOnly(routes);
-    let server = listen::serve(listener, tls, service, args.http2_settings(), async {
-        let _ = stop_rx.await;
-    });
-    tokio::pin!(server);
+    // Its own task: the server must keep being polled through the drain, so the listener
+    // closes and every connection gets its GOAWAY the moment the stop signal arrives.
+    let mut server = tokio::spawn(listen::serve(
+        listener,
+        tls,
+        service,
+        args.http2_settings(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
 
     // Serve until the shutdown signal, then bound the drain.
     tokio::select! {
-        () = &mut server => {
+        _ = &mut server => {
             drain_started.abort();
             health_task.abort();
             tracing::info!(unanswered = engine.in_flight(), "server stopped");
@@ -142,6 +149,7 @@ pub async fn run(
             "drain timeout reached; exiting with items unanswered"
         );
     }
+    server.abort();
     drain_started.abort();
     health_task.abort();
     tracing::info!(unanswered = engine.in_flight(), "server stopped");

@@ -108,6 +108,11 @@ pub async fn serve<S>(
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
+                Err(e) if is_connection_error(&e) => {
+                    // One peer's connection failed before it was accepted: next.
+                    tracing::debug!(error = %e, "connection reset before accept");
+                    continue;
+                }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -167,4 +172,13 @@ pub async fn serve<S>(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Errors of one incoming connection (not of the listener), which `accept` can report.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset, Interrupted};
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset | Interrupted
+    )
 }

@@ -66,13 +66,9 @@ impl RewardApi {
                 )))
             }
         };
-        let (images, errors) = self
-            .prepare_candidates(request.candidates, deadline)
-            .await?;
-        let failed: Vec<bool> = errors.iter().map(Option::is_some).collect();
-
-        // The items to score: ordered pairs (reference i, candidate j) or single candidates.
-        let units: Vec<(usize, usize)> = if pairwise {
+        // The plan first, refused if too big before any candidate is decoded; failed
+        // candidates are only dropped from it later.
+        let planned: Vec<(usize, usize)> = if pairwise {
             let schedule = match request.opponents {
                 0 => Schedule::AllPairs,
                 k => Schedule::RandomOpponents {
@@ -81,20 +77,26 @@ impl RewardApi {
                 },
             };
             schedule_pairs(n, schedule)
-                .into_iter()
-                .filter(|&(i, j)| !failed[i] && !failed[j])
-                .collect()
         } else {
-            (0..n).filter(|&c| !failed[c]).map(|c| (c, c)).collect()
+            (0..n).map(|c| (c, c)).collect()
         };
-        if units.len() > self.limits.max_items_per_request {
+        if planned.len() > self.limits.max_items_per_request {
             return Err(Status::invalid_argument(format!(
                 "{n} candidates need {} comparisons, over the limit of {} per request; set \
                  `opponents` to compare each candidate with fewer others",
-                units.len(),
+                planned.len(),
                 self.limits.max_items_per_request
             )));
         }
+        let (images, errors) = self
+            .prepare_candidates(request.candidates, deadline)
+            .await?;
+        let failed: Vec<bool> = errors.iter().map(Option::is_some).collect();
+        // The items to score: ordered pairs (reference i, candidate j) or single candidates.
+        let units: Vec<(usize, usize)> = planned
+            .into_iter()
+            .filter(|&(i, j)| !failed[i] && !failed[j])
+            .collect();
         let scores = if units.is_empty() {
             Vec::new()
         } else {
@@ -218,6 +220,11 @@ impl RewardApi {
                 Err(e) => errors[c] = Some(e),
             }
         }
+        self.check_capacity(inputs.len(), "candidates", "rank fewer candidates per call")
+            .map_err(|e| match e {
+                ItemAdmitError::Invalid(msg) => Status::invalid_argument(msg),
+                ItemAdmitError::Refused(e) => status::submit_status(&e),
+            })?;
         let tickets = self
             .engine
             .prepare_images(inputs, engine_deadline(deadline))

@@ -87,14 +87,7 @@ impl RewardApi {
                 self.limits.max_items_per_request
             )));
         }
-        let capacity = self.engine.config().max_queue_items;
-        if n > capacity {
-            // Could never be admitted: not a retryable RESOURCE_EXHAUSTED.
-            return Err(ItemAdmitError::Invalid(format!(
-                "{n} items exceed the server's queue capacity of {capacity} items \
-                 (Limits.max_queue_items): split the request"
-            )));
-        }
+        self.check_capacity(n, "items", "split the request")?;
         let mut ids = Vec::with_capacity(n);
         let mut converted = Vec::with_capacity(n);
         for item in request.items {
@@ -108,6 +101,24 @@ impl RewardApi {
         self.admit_converted(ids, converted, deadline, span)
     }
 
+    /// Refuses `n` units of work that the queue could never hold at once (INVALID_ARGUMENT, not
+    /// a retryable RESOURCE_EXHAUSTED).
+    pub(crate) fn check_capacity(
+        &self,
+        n: usize,
+        what: &str,
+        advice: &str,
+    ) -> Result<(), ItemAdmitError> {
+        let capacity = self.engine.config().max_queue_items;
+        if n > capacity {
+            return Err(ItemAdmitError::Invalid(format!(
+                "{n} {what} exceed the server's queue capacity of {capacity} items \
+                 (Limits.max_queue_items): {advice}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Admits converted items (the valid ones; the others are answered with their error at
     /// once). `converted[i]`: the work and whether its rationale text is streamed.
     pub(crate) fn admit_converted(
@@ -118,6 +129,7 @@ impl RewardApi {
         span: &tracing::Span,
     ) -> Result<Vec<(String, Pending)>, ItemAdmitError> {
         let n = converted.len();
+        self.check_capacity(n, "items", "split the request")?;
         let good: Vec<Work> = converted
             .iter_mut()
             .filter_map(|c| {

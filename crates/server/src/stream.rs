@@ -50,6 +50,14 @@ async fn pump(
     let mut end: Option<Status> = None;
     let (mut requests, mut items_total) = (0u64, 0u64);
     let (deltas_tx, mut deltas) = mpsc::unbounded_channel::<v1::RationaleDelta>();
+    // The stream's deadline ends it even while it is idle (no request pending to time out).
+    let expiry = async {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
     loop {
         if !reading && pending.is_empty() {
             break;
@@ -60,6 +68,12 @@ async fn pump(
             _ = out.closed() => {
                 tracing::debug!("client went away; dropping its pending items");
                 call.finish(tonic::Code::Cancelled);
+                return;
+            }
+            () = &mut expiry => {
+                let status = crate::deadline::exceeded(in_flight, items_total as usize);
+                call.finish(status.code());
+                let _ = out.send(Err(status)).await;
                 return;
             }
             Some(first) = deltas.recv() => {

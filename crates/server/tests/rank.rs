@@ -287,3 +287,53 @@ async fn an_unknown_rank_method_is_refused() {
     );
     server.shutdown().await;
 }
+
+/// A Rank whose pairs or candidates could never fit the queue is the caller's error
+/// (INVALID_ARGUMENT), not a RESOURCE_EXHAUSTED to retry forever; a plan over the per-request
+/// limit is refused before any candidate is decoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impossible_ranks_are_refused_as_invalid_before_decoding() {
+    use std::sync::atomic::Ordering;
+    let backend = TestBackend::new(Duration::ZERO);
+    let server = TestServer::start(
+        backend.clone(),
+        rewarddance_server::ServerArgs {
+            max_queue_items: 64,
+            max_items_per_request: 60,
+            ..args()
+        },
+    )
+    .await;
+    let mut client = server.client().await;
+    let prepared = backend.images_prepared.load(Ordering::SeqCst);
+    // 9 candidates: 72 pairs, over 60 per request.
+    let nine: Vec<v1::Image> = (0..9).map(|s| raw_image(8, 8, s)).collect();
+    let err = client
+        .rank(request(nine, v1::RankMethod::Pairwise))
+        .await
+        .expect_err("too many pairs");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(backend.images_prepared.load(Ordering::SeqCst), prepared);
+    // 65 candidates ranked pointwise: more than the queue holds.
+    let many: Vec<v1::Image> = (0..65).map(|s| raw_image(8, 8, s as u8)).collect();
+    let mut req = request(many, v1::RankMethod::Pointwise);
+    req.candidates.truncate(65);
+    let server2 = TestServer::start(
+        TestBackend::new(Duration::ZERO),
+        rewarddance_server::ServerArgs {
+            max_queue_items: 64,
+            ..args()
+        },
+    )
+    .await;
+    let err = server2
+        .client()
+        .await
+        .rank(req)
+        .await
+        .expect_err("more candidates than the queue holds");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("queue capacity"), "{err:?}");
+    server2.shutdown().await;
+    server.shutdown().await;
+}

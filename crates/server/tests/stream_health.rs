@@ -398,3 +398,60 @@ async fn split_control_tokens_fail_only_their_item_and_never_health() {
     assert_eq!(status, ServingStatus::Serving as i32);
     server.shutdown().await;
 }
+
+/// On shutdown the listener closes at once (a replacement can bind the port) while accepted
+/// work is still answered; the drain used to hold the port, half the time, until it ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_frees_the_port_at_once_and_still_answers_accepted_work() {
+    let mut server = TestServer::start(TestBackend::new(Duration::from_millis(800)), args()).await;
+    let addr = server.addr;
+    let mut client = server.client().await;
+    let call = tokio::spawn(async move { client.score(request(vec![item("a", "p", 1)])).await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    server.begin_shutdown();
+    let mut bound = None;
+    for _ in 0..40 {
+        if let Ok(l) = std::net::TcpListener::bind(addr) {
+            bound = Some(l);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        bound.is_some(),
+        "the port was still held 400 ms into the drain"
+    );
+    drop(bound);
+    let r = call
+        .await
+        .expect("join")
+        .expect("accepted call answered")
+        .into_inner();
+    score_of(&r.results[0]);
+    server.shutdown().await;
+}
+
+/// An idle ScoreStream past its deadline is ended by the server with DEADLINE_EXCEEDED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_ends_at_its_deadline() {
+    let server = TestServer::start(TestBackend::new(Duration::ZERO), args()).await;
+    let (tx, rx) = mpsc::channel::<rewarddance_proto::v1::ScoreRequest>(4);
+    let mut call = tonic::Request::new(ReceiverStream::new(rx));
+    call.set_timeout(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let mut responses = server
+        .client()
+        .await
+        .score_stream(call)
+        .await
+        .expect("stream")
+        .into_inner();
+    let end = tokio::time::timeout(Duration::from_secs(5), responses.message())
+        .await
+        .expect("the server ended the stream");
+    let status = end.expect_err("ended with a status");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    drop(tx);
+    server.shutdown().await;
+}
