@@ -84,8 +84,8 @@ class RewardServiceServicer(object):
         with DEADLINE_EXCEEDED (message: how many items were unanswered), answering a little
         before the deadline (a tenth of the timeout, between 5 and 100 ms) so the status reaches
         the client in time; unanswered items are dropped before compute. There are no partial
-        answers: a call returns every item's result or fails as a whole. A timeout under 5 ms is
-        answered DEADLINE_EXCEEDED at once. A rationale still decoding at the deadline is cut
+        answers: a call returns every item's result or fails as a whole. A timeout too short for
+        any work (under about 30 ms) is answered DEADLINE_EXCEEDED at once. A rationale still decoding at the deadline is cut
         there and counts as answered (stop reason DEADLINE; its score is valid). The server never
         answers CANCELLED for a deadline. On ScoreStream the deadline covers the whole stream: it
         ends with DEADLINE_EXCEEDED; responses already sent stand.
