@@ -121,9 +121,11 @@ pub struct ImageTicket {
 }
 
 impl ImageTicket {
-    /// Waits for the prepared image, or why it could not be prepared.
-    pub async fn wait(self) -> Result<Arc<PreparedImage>, ItemError> {
-        self.result.await.unwrap_or_else(|_| {
+    /// Waits for the prepared image, or why it could not be prepared. The ticket keeps its
+    /// queue slot until it is dropped: a call that goes on to submit items from the image
+    /// holds it until then ([`Engine::submit_continuing`]), so a drain cannot end between.
+    pub async fn wait(&mut self) -> Result<Arc<PreparedImage>, ItemError> {
+        (&mut self.result).await.unwrap_or_else(|_| {
             Err(ItemError::new(
                 FailureKind::Internal,
                 "the engine dropped the image without an answer",
@@ -299,8 +301,21 @@ impl Engine {
         deadline: Option<Instant>,
         span: &Span,
     ) -> Result<Vec<Ticket>, SubmitError> {
+        self.submit_continuing(items, deadline, span, &[])
+    }
+
+    /// [`Engine::submit`] for the second phase of a call whose first phase was admitted
+    /// ([`Engine::prepare_images`]): while `held` is not empty the call is already accepted,
+    /// so it is admitted during a drain too (a `Rank` accepted before SIGTERM finishes).
+    pub fn submit_continuing<W: Into<Work>>(
+        &self,
+        items: Vec<W>,
+        deadline: Option<Instant>,
+        span: &Span,
+        held: &[ImageTicket],
+    ) -> Result<Vec<Ticket>, SubmitError> {
         let inner = &self.inner;
-        self.reserve(items.len())?;
+        self.reserve(items.len(), !held.is_empty())?;
         let admitted = Instant::now();
         let mut tickets = Vec::with_capacity(items.len());
         let mut tasks: Vec<Task> = Vec::with_capacity(items.len());
@@ -347,7 +362,7 @@ impl Engine {
         deadline: Option<Instant>,
     ) -> Result<Vec<ImageTicket>, SubmitError> {
         let inner = &self.inner;
-        self.reserve(images.len())?;
+        self.reserve(images.len(), false)?;
         let mut tickets = Vec::with_capacity(images.len());
         let mut tasks: Vec<Task> = Vec::with_capacity(images.len());
         for input in images {
@@ -387,10 +402,10 @@ impl Engine {
         Ok(tickets)
     }
 
-    /// Takes `n` queue slots at once, or none.
-    fn reserve(&self, n: usize) -> Result<(), SubmitError> {
+    /// Takes `n` queue slots at once, or none; during a drain only for an accepted call.
+    fn reserve(&self, n: usize, accepted_call: bool) -> Result<(), SubmitError> {
         let inner = &self.inner;
-        if !inner.accepting.load(Ordering::Acquire) {
+        if !accepted_call && !inner.accepting.load(Ordering::Acquire) {
             return Err(SubmitError::ShuttingDown);
         }
         let capacity = inner.config.max_queue_items;

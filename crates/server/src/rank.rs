@@ -88,7 +88,7 @@ impl RewardApi {
                 self.limits.max_items_per_request
             )));
         }
-        let (images, errors) = self
+        let (images, errors, held) = self
             .prepare_candidates(request.candidates, deadline)
             .await?;
         let failed: Vec<bool> = errors.iter().map(Option::is_some).collect();
@@ -129,11 +129,14 @@ impl RewardApi {
                     converted,
                     deadline,
                     &tracing::Span::current(),
+                    &held,
                 )
                 .map_err(|e| match e {
                     ItemAdmitError::Invalid(msg) => Status::invalid_argument(msg),
                     ItemAdmitError::Refused(e) => status::submit_status(&e),
                 })?;
+            // The pairs hold their own slots now.
+            drop(held);
             drop(images);
             collect(admitted, deadline, &self.model_id, None)
                 .await?
@@ -197,7 +200,8 @@ impl RewardApi {
 
     /// Decodes and tiles each candidate once, through the engine's admission and
     /// preprocessing pool (as `Score` items are): per candidate, its prepared image or the
-    /// error that leaves it out of the ranking.
+    /// error that leaves it out of the ranking. The returned tickets hold the candidates'
+    /// slots until the pairs are admitted, so a drain cannot end between the two phases.
     async fn prepare_candidates(
         &self,
         candidates: Vec<v1::Image>,
@@ -225,14 +229,14 @@ impl RewardApi {
                 ItemAdmitError::Invalid(msg) => Status::invalid_argument(msg),
                 ItemAdmitError::Refused(e) => status::submit_status(&e),
             })?;
-        let tickets = self
+        let mut tickets = self
             .engine
             .prepare_images(inputs, engine_deadline(deadline))
             .map_err(|e| status::submit_status(&e))?;
         let total = tickets.len();
         let mut images = vec![None; n];
         let mut answered = 0;
-        for (c, ticket) in positions.into_iter().zip(tickets) {
+        for (c, ticket) in positions.into_iter().zip(tickets.iter_mut()) {
             let answer = match deadline {
                 None => ticket.wait().await,
                 Some(at) => match tokio::time::timeout_at(at.into(), ticket.wait()).await {
@@ -253,12 +257,17 @@ impl RewardApi {
                 }
             }
         }
-        Ok((images, errors))
+        Ok((images, errors, tickets))
     }
 }
 
-/// Per candidate: its prepared image (absent when it failed) and its error.
-type Prepared = (Vec<Option<Arc<PreparedImage>>>, Vec<Option<ItemError>>);
+/// Per candidate: its prepared image (absent when it failed) and its error; and the tickets
+/// that keep the call admitted until its pairs are.
+type Prepared = (
+    Vec<Option<Arc<PreparedImage>>>,
+    Vec<Option<ItemError>>,
+    Vec<rewarddance_engine::ImageTicket>,
+);
 
 /// A pair refers to a candidate that has no image (cannot happen: failed ones are left out).
 fn lost() -> ItemError {

@@ -98,7 +98,7 @@ impl RewardApi {
                 Ok((Work { item, rationale }, stream.unwrap_or(false)))
             }));
         }
-        self.admit_converted(ids, converted, deadline, span)
+        self.admit_converted(ids, converted, deadline, span, &[])
     }
 
     /// Refuses `n` units of work that the queue could never hold at once (INVALID_ARGUMENT, not
@@ -120,13 +120,15 @@ impl RewardApi {
     }
 
     /// Admits converted items (the valid ones; the others are answered with their error at
-    /// once). `converted[i]`: the work and whether its rationale text is streamed.
+    /// once). `held`: the image tickets of the call's first phase (Rank), which keep it
+    /// admitted through a drain. `converted[i]`: the work and whether its rationale text is streamed.
     pub(crate) fn admit_converted(
         &self,
         ids: Vec<String>,
         mut converted: Vec<Result<(Work, bool), ItemError>>,
         deadline: Option<Instant>,
         span: &tracing::Span,
+        held: &[rewarddance_engine::ImageTicket],
     ) -> Result<Vec<(String, Pending)>, ItemAdmitError> {
         let n = converted.len();
         self.check_capacity(n, "items", "split the request")?;
@@ -140,7 +142,7 @@ impl RewardApi {
             .collect();
         let mut tickets = self
             .engine
-            .submit(good, deadline::engine_deadline(deadline), span)
+            .submit_continuing(good, deadline::engine_deadline(deadline), span, held)
             .map_err(ItemAdmitError::Refused)?
             .into_iter();
         let mut out = Vec::with_capacity(n);

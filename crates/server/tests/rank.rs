@@ -337,3 +337,31 @@ async fn impossible_ranks_are_refused_as_invalid_before_decoding() {
     server2.shutdown().await;
     server.shutdown().await;
 }
+
+/// A Rank accepted before SIGTERM finishes: its candidates' slots are held until its pairs are
+/// admitted, and the pairs are admitted during the drain (they used to get UNAVAILABLE
+/// between the two phases, after the decode work was done).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rank_accepted_before_shutdown_is_finished() {
+    use std::sync::atomic::Ordering;
+    let backend = TestBackend::new(Duration::ZERO);
+    let mut server = TestServer::start(backend.clone(), args()).await;
+    backend.image_delay_ms.store(300, Ordering::SeqCst);
+    let mut client = server.client().await;
+    let candidates: Vec<v1::Image> = (0..3).map(|s| png_image(50, 40, s)).collect();
+    let call = tokio::spawn(async move {
+        client
+            .rank(request(candidates, v1::RankMethod::Pairwise))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.begin_shutdown();
+    let got = call
+        .await
+        .expect("join")
+        .expect("the accepted Rank is answered")
+        .into_inner();
+    assert_eq!(got.comparisons, 6);
+    assert!(got.best.is_some());
+    server.shutdown().await;
+}
