@@ -7,18 +7,11 @@ use std::path::PathBuf;
 use common::{fixture, run_score as run, serve};
 
 fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rd-eval-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch_dir("eval", tag)
 }
 
-fn lines(path: &PathBuf) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    common::json_lines(path)
 }
 
 #[test]

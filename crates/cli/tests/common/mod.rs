@@ -107,3 +107,20 @@ pub fn scrape(addr: &str) -> String {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     body.to_string()
 }
+
+/// A fresh scratch directory for one test (`kind` and `tag` name it; removed first if left over).
+pub fn scratch_dir(kind: &str, tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("rd-{kind}-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The JSON lines of an output file.
+pub fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
