@@ -4,7 +4,7 @@
 Random weights at the presets' real shapes (read from crates/model/src/presets.rs, the one
 source), `InternVLForConditionalGeneration` built from a config (no download, no network), SDPA
 attention, one prefill per batch with `logits_to_keep=1`, P(yes) read off the last position.
-Items as in shared/NOTES.md and bench-model: pointwise = 72 text tokens + one 1-tile image,
+Items as in bench-model: pointwise = 72 text tokens + one 1-tile image,
 pairwise = 72 text tokens + two images; every item the same length, so no padding.
 
     python3 tools/gpu/baseline.py --preset 1b --device cuda --batch 1,16,64 --json out.json

@@ -6,7 +6,7 @@
 Parity per dtype (parity-<dtype>.json from `rewarddance parity --json`), model throughput
 (bench-model.md: the Markdown rows `rewarddance bench-model` prints, one `### bench-model --preset
 P` heading per preset) next to transformers on the same card (baseline.json, when it ran) and the
-H200 transformers numbers of shared/NOTES.md, and the server benchmark (the JSON line
+H200 transformers numbers measured by the founders (NOTES_H200 below), and the server benchmark (the JSON line
 `rewarddance bench` prints last). Standard library only.
 """
 
@@ -17,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-# shared/NOTES.md, "What to beat on the GPU": transformers 5.17 on one H200, bf16, items/s.
+# Transformers 5.17 on one H200, bf16, items/s: the founders' baseline measurement (the numbers to beat).
 NOTES_H200 = {
     ("1b", "pointwise", 1): 41.7, ("1b", "pointwise", 16): 351.8, ("1b", "pointwise", 64): 378.1,
     ("1b", "pairwise", 64): 196.1,

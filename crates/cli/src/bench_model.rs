@@ -1,8 +1,8 @@
 //! `rewarddance bench-model`: model throughput at real shapes (random weights) or on a real
 //! checkpoint, in-process, with MFU against a matmul peak measured in the same run.
 //!
-//! Items follow `shared/NOTES.md`: pointwise = ~72 text tokens + one 448x448 image (1 tile);
-//! pairwise = the same with a reference image. Every image is distinct (no reuse), the feature
+//! Items are those of the transformers baseline (`tools/gpu/baseline.py`): pointwise = ~72
+//! text tokens + one 448x448 image (1 tile); pairwise = the same with a reference image. Every image is distinct (no reuse), the feature
 //! cache is off, so the numbers are raw compute.
 
 use std::time::Instant;
@@ -224,7 +224,8 @@ fn reuse_table(
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-/// Matmul FLOPs of one item, `2 x params x tokens` as in `shared/NOTES.md`: the ViT over every
+/// Matmul FLOPs of one item, `2 x params x tokens` (a multiply and an add per weight and
+/// token): the ViT over every
 /// patch (+ class token) of every tile, the projector over image tokens, the decoder over every
 /// token, and the output head at the last position only.
 fn item_flops(cfg: &ModelConfig, item: &PreparedItem) -> f64 {

@@ -1,9 +1,9 @@
 //! Real-size InternVL shapes with random weights, for benchmarks and memory checks on machines
 //! without the real checkpoints: `Checkpoint::random(preset)`.
 //!
-//! The shapes follow `shared/NOTES.md`'s baseline table: InternViT-300M (448 tiles, patch 14,
-//! 24 blocks of width 1024) with Qwen2 0.5B / 1.5B / 7B decoders, OpenGVLab layout, downsample 0.5
-//! (256 tokens per tile). `mini` keeps the 1B model's vision/language FLOP split (~70% vision for a
+//! The shapes: InternViT-300M (448 tiles, patch 14, 24 blocks of width 1024) with decoders at
+//! the Qwen2.5-0.5B / 1.5B / 7B shapes (hidden size, layers, heads and MLP width of each
+//! model's published `config.json`), OpenGVLab layout, downsample 0.5 (256 tokens per tile). `mini` keeps the 1B model's vision/language FLOP split (~70% vision for a
 //! 72-token + 1-image item) at ~1/100 of the compute, so CPU timings predict GPU ratios.
 
 use candle_core::{DType, Device, Result, Shape, Tensor};
