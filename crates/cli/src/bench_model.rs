@@ -56,8 +56,7 @@ pub struct BenchModelArgs {
 pub fn run(args: BenchModelArgs) -> Result<std::process::ExitCode> {
     let device = parse_device(&args.device)?;
     let dtype = match args.dtype.as_deref() {
-        None if device.is_cpu() => DType::F32,
-        None => DType::BF16,
+        None => LoadOptions::default_dtype(&device),
         Some("f32") => DType::F32,
         Some("f16") => DType::F16,
         Some("bf16") => DType::BF16,

@@ -128,11 +128,9 @@ impl ModelArgs {
             checkpoint.preprocessor_config_json.as_deref(),
         )?;
         let device = self.device()?;
-        let dtype = self.dtype()?.unwrap_or(if device.is_cpu() {
-            DType::F32
-        } else {
-            DType::BF16
-        });
+        let dtype = self
+            .dtype()?
+            .unwrap_or_else(|| LoadOptions::default_dtype(&device));
         let Some(available) = self.device_memory_bytes(&device) else {
             warn_note!(device = self.device; format!(
                 "memory check skipped: cannot read the memory of {} (pass --device-memory-gib)",

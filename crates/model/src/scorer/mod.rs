@@ -57,6 +57,18 @@ pub struct LoadOptions {
     pub template: TemplateChoice,
 }
 
+impl LoadOptions {
+    /// The dtype when none is asked for: f32 on CPU (candle widens bf16 there anyway), bf16
+    /// elsewhere. The one place this rule lives.
+    pub fn default_dtype(device: &Device) -> DType {
+        if device.is_cpu() {
+            DType::F32
+        } else {
+            DType::BF16
+        }
+    }
+}
+
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
@@ -176,11 +188,9 @@ impl RewardModel {
                 )));
             }
         }
-        let dtype = options.dtype.unwrap_or(if options.device.is_cpu() {
-            DType::F32
-        } else {
-            DType::BF16
-        });
+        let dtype = options
+            .dtype
+            .unwrap_or_else(|| LoadOptions::default_dtype(&options.device));
         let vb = checkpoint.var_builder(dtype, &options.device)?;
         let named = |e: candle_core::Error| {
             Error::Checkpoint(format!("{}: {}", checkpoint.id, candle_message(&e)))
