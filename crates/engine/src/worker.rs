@@ -179,19 +179,11 @@ impl Worker {
     }
 
     /// One forward on a synthetic item, so the first real batch does not pay for lazy setup.
-    /// The item is kept: fresh variants of it are the probe that tells device failures from
-    /// item failures.
+    /// The item is kept: the warm-up is the first probe, and fresh variants of it later tell
+    /// device failures from item failures.
     fn warm_up(&mut self, item: &ScoreItem) -> Result<(), String> {
         self.probe_item = Some(item.clone());
-        let prepared = catch_unwind(AssertUnwindSafe(|| self.backend.prepare(item)))
-            .map_err(|_| "preparing the warm-up item panicked".to_string())?
-            .map_err(|e| e.to_string())?;
-        catch_unwind(AssertUnwindSafe(|| {
-            self.backend.score_prepared(&[&prepared])
-        }))
-        .map_err(|panic| format!("panic: {}", panic_message(&*panic)))?
-        .map_err(|e| e.to_string())
-        .map(drop)
+        self.probe(false).map_err(|f| f.message())
     }
 
     /// One forward of a probe item alone: does the device still compute? Each probe's pixels

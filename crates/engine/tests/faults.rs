@@ -29,17 +29,27 @@ fn item(prompt: &str, seed: u8) -> ScoreItem {
     }
 }
 
+/// The bundled model behind a fault injector.
+fn faulty() -> Arc<FaultyBackend<RewardModel>> {
+    let model = RewardModel::load(&Checkpoint::bundled(), LoadOptions::default()).expect("model");
+    Arc::new(FaultyBackend::new(model))
+}
+
+/// An engine on `backend` (its warm-up not awaited).
+fn engine_on(backend: &Arc<FaultyBackend<RewardModel>>, config: EngineConfig) -> Engine {
+    Engine::start(vec![backend.clone() as Arc<dyn Backend>], config).expect("start")
+}
+
 /// An engine whose batches collect everything submitted within 200 ms (so a request's items
 /// share one batch).
 async fn start() -> (Engine, Arc<FaultyBackend<RewardModel>>) {
-    let model = RewardModel::load(&Checkpoint::bundled(), LoadOptions::default()).expect("model");
-    let backend = Arc::new(FaultyBackend::new(model));
+    let backend = faulty();
     let config = EngineConfig {
         max_batch_delay: Duration::from_millis(200),
         max_consecutive_failures: 3,
         ..EngineConfig::default()
     };
-    let engine = Engine::start(vec![backend.clone() as Arc<dyn Backend>], config).expect("start");
+    let engine = engine_on(&backend, config);
     tokio::time::timeout(Duration::from_secs(60), engine.ready())
         .await
         .expect("warm-up in time")
@@ -179,14 +189,13 @@ async fn a_broken_device_still_turns_health_failing_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_call_frees_its_queue_slots_while_its_items_wait_for_preprocessing() {
-    let model = RewardModel::load(&Checkpoint::bundled(), LoadOptions::default()).expect("model");
-    let backend = Arc::new(FaultyBackend::new(model));
+    let backend = faulty();
     let config = EngineConfig {
         preprocess_threads: 1,
         max_queue_items: 16,
         ..EngineConfig::default()
     };
-    let engine = Engine::start(vec![backend.clone() as Arc<dyn Backend>], config).expect("start");
+    let engine = engine_on(&backend, config);
     engine.ready().await.expect("warm-up");
     // One slow item holds the only preprocessing thread; everything behind it waits.
     let slow = engine
@@ -236,13 +245,11 @@ async fn a_cancelled_call_frees_its_queue_slots_while_its_items_wait_for_preproc
 /// all of it. Submissions are now served round-robin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_call_is_not_starved_by_a_big_one_in_preprocessing() {
-    let model = RewardModel::load(&Checkpoint::bundled(), LoadOptions::default()).expect("model");
-    let backend = Arc::new(FaultyBackend::new(model));
     let config = EngineConfig {
         preprocess_threads: 1,
         ..EngineConfig::default()
     };
-    let engine = Engine::start(vec![backend as Arc<dyn Backend>], config).expect("start");
+    let engine = engine_on(&faulty(), config);
     engine.ready().await.expect("warm-up");
     // 30 items x 50 ms of preprocessing each: 1.5 s on the one thread.
     let big: Vec<ScoreItem> = (0..30)
@@ -270,14 +277,9 @@ async fn a_small_call_is_not_starved_by_a_big_one_in_preprocessing() {
 /// good batch afterwards brings health back (it used to stay NOT_SERVING for good).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_warm_up_recovers_with_the_first_good_batch() {
-    let model = RewardModel::load(&Checkpoint::bundled(), LoadOptions::default()).expect("model");
-    let backend = Arc::new(FaultyBackend::new(model));
+    let backend = faulty();
     backend.break_device(true);
-    let engine = Engine::start(
-        vec![backend.clone() as Arc<dyn Backend>],
-        EngineConfig::default(),
-    )
-    .expect("start");
+    let engine = engine_on(&backend, EngineConfig::default());
     assert!(engine.ready().await.is_err(), "the warm-up failed");
     backend.break_device(false);
     let ok = run(&engine, vec![item("a cat", 1)]).await.remove(0);

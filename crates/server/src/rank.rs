@@ -19,7 +19,7 @@ use tonic::Status;
 
 use crate::convert;
 use crate::deadline::{self, engine_deadline};
-use crate::service::{collect, ItemAdmitError, RewardApi};
+use crate::service::{collect, RewardApi};
 use crate::status;
 
 impl RewardApi {
@@ -123,18 +123,13 @@ impl RewardApi {
                     Ok((Work::from(item), false))
                 })
                 .collect();
-            let admitted = self
-                .admit_converted(
-                    vec![String::new(); units.len()],
-                    converted,
-                    deadline,
-                    &tracing::Span::current(),
-                    &held,
-                )
-                .map_err(|e| match e {
-                    ItemAdmitError::Invalid(msg) => Status::invalid_argument(msg),
-                    ItemAdmitError::Refused(e) => status::submit_status(&e),
-                })?;
+            let admitted = self.admit_converted(
+                vec![String::new(); units.len()],
+                converted,
+                deadline,
+                &tracing::Span::current(),
+                &held,
+            )?;
             // The pairs hold their own slots now.
             drop(held);
             drop(images);
@@ -224,11 +219,7 @@ impl RewardApi {
                 Err(e) => errors[c] = Some(e),
             }
         }
-        self.check_capacity(inputs.len(), "candidates", "rank fewer candidates per call")
-            .map_err(|e| match e {
-                ItemAdmitError::Invalid(msg) => Status::invalid_argument(msg),
-                ItemAdmitError::Refused(e) => status::submit_status(&e),
-            })?;
+        self.check_capacity(inputs.len(), "candidates", "rank fewer candidates per call")?;
         let mut tickets = self
             .engine
             .prepare_images(inputs, engine_deadline(deadline))

@@ -87,7 +87,6 @@ impl RewardApi {
                 self.limits.max_items_per_request
             )));
         }
-        self.check_capacity(n, "items", "split the request")?;
         let mut ids = Vec::with_capacity(n);
         let mut converted = Vec::with_capacity(n);
         for item in request.items {
@@ -169,6 +168,16 @@ pub(crate) enum ItemAdmitError {
     Invalid(String),
     /// The engine refused the items (queue full or draining).
     Refused(rewarddance_engine::SubmitError),
+}
+
+/// The call-level status of a refusal (unary calls; streams answer per item instead).
+impl From<ItemAdmitError> for Status {
+    fn from(e: ItemAdmitError) -> Self {
+        match e {
+            ItemAdmitError::Invalid(msg) => Status::invalid_argument(msg),
+            ItemAdmitError::Refused(e) => status::submit_status(&e),
+        }
+    }
 }
 
 /// An item's answer, pending or known.
@@ -286,11 +295,11 @@ impl v1::reward_service_server::RewardService for RewardApi {
             deadline::check_budget(deadline, body.items.len())?;
             let items = match self.admit(body, deadline, &tracing::Span::current()) {
                 Ok(items) => items,
-                Err(ItemAdmitError::Invalid(msg)) => return Err(Status::invalid_argument(msg)),
                 Err(ItemAdmitError::Refused(e)) => {
                     tracing::warn!(error = %e, "request refused");
-                    return Err(status::submit_status(&e));
+                    return Err(ItemAdmitError::Refused(e).into());
                 }
+                Err(invalid) => return Err(invalid.into()),
             };
             let response = collect(items, deadline, &self.model_id, None).await?;
             Ok(Response::new(response))
