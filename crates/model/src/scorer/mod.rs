@@ -18,6 +18,7 @@ use crate::error::{candle_message, Error, Result};
 use crate::feature_cache::{CacheStats, FeatureCache};
 pub use crate::image::ImageLayout;
 use crate::image::{DecodeLimits, ImageInput, PreparedImage};
+use crate::info::{ItemLimits, ModelInfo, ReuseStats};
 use crate::item::{Candidate, Score, ScoreItem};
 use crate::language::{LanguageModel, Packing};
 use crate::layers::logsumexp_last;
@@ -508,5 +509,33 @@ impl RewardModel {
     /// Vision-feature cache counters (hits include repeats inside one batch).
     pub fn feature_cache_stats(&self) -> CacheStats {
         self.feature_cache.stats()
+    }
+
+    /// Work saved by reuse since start-up (feature cache and shared prefixes together).
+    pub fn reuse_stats(&self) -> ReuseStats {
+        ReuseStats {
+            feature_cache: self.feature_cache_stats(),
+            prefix_tokens_saved: self.prefix_tokens_saved(),
+        }
+    }
+
+    /// Identity, limits and geometry in family-neutral terms (what `Info` reports).
+    pub fn info(&self) -> ModelInfo {
+        ModelInfo {
+            id: self.id.clone(),
+            family: "internvl",
+            layout: format!("{:?}", self.config.layout).to_lowercase(),
+            dtype: self.dtype,
+            device: self.device.clone(),
+            limits: ItemLimits {
+                max_image_pixels: self.options.max_image_pixels,
+                max_tiles_per_item: self.options.max_tiles_per_item,
+                max_tokens_per_item: self.max_tokens_per_item(),
+            },
+            answers: self.options.answers.clone(),
+            answer_ids: self.prompt.answer_ids(),
+            tile_size: self.config.tiling.image_size,
+            tokens_per_tile: self.config.tokens_per_tile() as u32,
+        }
     }
 }
