@@ -10,11 +10,11 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use rewarddance_model::{
-    Candidate, Checkpoint, DType, ImageInput, LoadOptions, Mode, ModelConfig, PreparedItem,
+    Candidate, Checkpoint, DType, FamilyConfig, ImageInput, LoadOptions, Mode, PreparedItem,
     RewardModel, ScoreItem,
 };
 
-use rewarddance_model::ranking::{schedule_pairs, Schedule};
+use rewarddance_ranking::{schedule_pairs, Schedule};
 
 use crate::model_args::parse_device;
 
@@ -146,7 +146,7 @@ const BENCH_PROMPT: &str =
 
 /// A distinct noise image of one tile, and ~72 text tokens around it.
 fn synthetic_item(model: &RewardModel, mode: Mode, index: usize) -> ScoreItem {
-    let side = model.config().tiling.image_size;
+    let side = model.config().tile_size();
     let seed = 2 * index as u64;
     ScoreItem {
         prompt: BENCH_PROMPT.into(),
@@ -173,7 +173,7 @@ fn reuse_table(
         RewardModel::load(checkpoint, plain)?,
         RewardModel::load(checkpoint, reuse)?,
     ];
-    let side = models[0].config().tiling.image_size;
+    let side = models[0].config().tile_size();
     let pair = |reference: u64, candidate: u64| ScoreItem {
         prompt: BENCH_PROMPT.into(),
         candidate: Candidate::Image(noise_image(side, candidate)),
@@ -224,32 +224,17 @@ fn reuse_table(
 }
 
 /// Matmul FLOPs of one item, `2 x params x tokens` (a multiply and an add per weight and
-/// token): the ViT over every
-/// patch (+ class token) of every tile, the projector over image tokens, the decoder over every
-/// token, and the output head at the last position only.
-fn item_flops(cfg: &ModelConfig, item: &PreparedItem) -> f64 {
-    let v = &cfg.vision;
-    let t = &cfg.text;
-    let grid = cfg.tiling.image_size as usize / v.patch_size;
-    let vit_tokens = (grid * grid + 1) as f64;
-    let vit_params = (v.num_layers
-        * (4 * v.hidden_size * v.hidden_size + 2 * v.hidden_size * v.intermediate_size))
-        as f64
-        + (3 * v.patch_size * v.patch_size * v.hidden_size) as f64;
-    let r = (1.0 / cfg.downsample_ratio).round() as usize;
-    let proj_params =
-        (v.hidden_size * r * r * t.hidden_size + t.hidden_size * t.hidden_size) as f64;
+/// token): the family's image side over every tile, the decoder over every token, and the
+/// output head at the last position only.
+fn item_flops(cfg: &FamilyConfig, item: &PreparedItem) -> f64 {
+    let t = cfg.text();
     let q = t.num_heads * t.head_dim;
     let kv = t.num_kv_heads * t.head_dim;
     let llm_params = (t.num_layers
         * (t.hidden_size * (2 * q + 2 * kv) + 3 * t.hidden_size * t.intermediate_size))
         as f64;
-    let tiles = item.num_tiles() as f64;
-    let image_tokens = tiles * cfg.tokens_per_tile() as f64;
-    2.0 * (vit_params * vit_tokens * tiles
-        + proj_params * image_tokens
-        + llm_params * item.num_tokens() as f64
-        + (t.hidden_size * t.vocab_size) as f64)
+    cfg.image_flops_per_tile() * item.num_tiles() as f64
+        + 2.0 * (llm_params * item.num_tokens() as f64 + (t.hidden_size * t.vocab_size) as f64)
 }
 
 /// Best of a few large square matmuls in `dtype` on `device`, in FLOP/s.

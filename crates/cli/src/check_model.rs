@@ -19,7 +19,7 @@ pub struct CheckModelArgs {
 pub fn run(args: CheckModelArgs) -> Result<ExitCode> {
     let checkpoint = args.model.checkpoint()?;
     let options = args.model.options()?;
-    let report = rewarddance_model::report::check_model(&checkpoint, &options)
+    let report = rewarddance_model::pipeline::report::check_model(&checkpoint, &options)
         .with_context(|| format!("checking model {}", checkpoint.id))?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(ExitCode::SUCCESS)

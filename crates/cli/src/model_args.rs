@@ -3,9 +3,9 @@
 use crate::notes::{note, warn_note};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use rewarddance_model::memory::{check_fits, BatchBudget};
+use rewarddance_model::pipeline::memory::{check_fits, BatchBudget};
 use rewarddance_model::{
-    AnswerTokens, Checkpoint, DType, Device, LoadOptions, ModelConfig, RewardModel,
+    AnswerTokens, Checkpoint, DType, Device, FamilyConfig, LoadOptions, RewardModel,
     BUNDLED_MODEL_ID,
 };
 
@@ -117,13 +117,13 @@ impl ModelArgs {
 
 impl ModelArgs {
     /// Refuses, before loading anything, a model + batch budget that cannot fit in the memory
-    /// of the device these flags name (see `rewarddance_model::memory`).
+    /// of the device these flags name (see `rewarddance_model::pipeline::memory`).
     pub fn check_memory(&self, tokens: usize, items: usize) -> Result<()> {
         let checkpoint = match &self.model {
             Some(spec) => Checkpoint::resolve(spec)?,
             None => Checkpoint::bundled(),
         };
-        let config = ModelConfig::parse(
+        let config = FamilyConfig::parse(
             &checkpoint.config_json,
             checkpoint.preprocessor_config_json.as_deref(),
         )?;
@@ -144,7 +144,7 @@ impl ModelArgs {
         let budget = BatchBudget {
             tokens,
             tiles: (items * self.max_tiles).min(tokens / per_tile + items),
-            max_sequence_tokens: config.text.max_position_embeddings.min(tokens),
+            max_sequence_tokens: config.text().max_position_embeddings.min(tokens),
             sequences: items,
         };
         let estimate = check_fits(&config, dtype, &budget, available)

@@ -1,7 +1,7 @@
 //! `rewarddance parity`: the model-parity check of `crates/model/tests/reference_parity.rs`,
 //! runnable on any device from the binary alone (a GPU machine has no Rust toolchain).
 //!
-//! For every fixture checkpoint (`fixtures/models/*`, see `rewarddance_model::fixtures`) the
+//! For every fixture checkpoint (`fixtures/models/*`, see `rewarddance_model::testing::fixtures`) the
 //! reference items are prepared with transformers' own pixel values (so image decoding is out of
 //! the comparison), scored on `--device` in `--dtype` one by one and as one packed batch, and
 //! the yes/no logits, `p_yes` and `p_yes_vocab` are compared with the transformers reference
@@ -29,7 +29,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use rewarddance_model::fixtures::{item_id, ExpectedScore, Fixtures, MODELS};
+use rewarddance_model::testing::fixtures::{item_id, ExpectedScore, Fixtures, MODELS};
 use rewarddance_model::{DType, Device, LoadOptions, PreparedItem, RewardModel, Score};
 use serde::Serialize;
 

@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use rewarddance_model::image::{decode, DecodeLimits};
-use rewarddance_model::ranking::{rank_pairwise, rank_pointwise, schedule_pairs, Schedule};
 use rewarddance_model::{Candidate, ImageInput, Mode, ScoreItem};
 use rewarddance_proto::v1;
+use rewarddance_ranking::{rank_pairwise, rank_pointwise, schedule_pairs, Schedule};
 use serde_json::{json, Value};
 
 use crate::failure::ItemFailure;

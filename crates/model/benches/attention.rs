@@ -5,7 +5,7 @@
 
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use rewarddance_model::fused_attention::{attention, naive_attention};
+use rewarddance_model::nn::fused_attention::{attention, naive_attention};
 
 fn bench(c: &mut Criterion) {
     let dev = Device::Cpu;

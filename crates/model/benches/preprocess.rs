@@ -2,7 +2,8 @@
 //! decode, tile with bicubic resize, normalise.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use rewarddance_model::image::{decode, tile_image, DecodeLimits, TilingConfig};
+use rewarddance_model::family::internvl::tiling::{tile_image, TilingConfig};
+use rewarddance_model::image::{decode, DecodeLimits};
 use rewarddance_model::ImageInput;
 
 /// A deterministic 1024x1024 photo-like JPEG (smooth gradients plus texture).

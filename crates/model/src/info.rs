@@ -3,8 +3,7 @@
 
 use candle_core::{DType, Device};
 
-use crate::feature_cache::CacheStats;
-use crate::prompt::AnswerTokens;
+use crate::text::prompt::AnswerTokens;
 
 /// Identity, limits and geometry of a loaded model.
 #[derive(Debug, Clone)]
@@ -49,4 +48,19 @@ pub struct ReuseStats {
     pub feature_cache: CacheStats,
     /// Language-model tokens not computed thanks to shared prefixes.
     pub prefix_tokens_saved: u64,
+}
+
+/// Counters of the cache's use since start-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Images whose features were found in the cache.
+    pub hits: u64,
+    /// Images that had to be encoded.
+    pub misses: u64,
+    /// Entries dropped to stay under the byte budget.
+    pub evictions: u64,
+    /// Bytes held now.
+    pub bytes: u64,
+    /// Entries held now.
+    pub entries: u64,
 }

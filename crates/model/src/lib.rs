@@ -4,62 +4,46 @@
 //! `[instruction, reference image?, candidate image or video frames, prompt]` and the reward is
 //! the probability of the answer token "yes" at the last position of one prefill pass.
 //!
-//! Pure compute: no async, no RPC, no batching policy. Layout of the crate, in the order a
-//! request flows through it:
-//! - [`checkpoint`]: find and read a checkpoint (directory, hub cache, bundled default)
-//! - [`config`]: both InternVL config layouts parsed into one [`ModelConfig`]
-//! - [`image`]: decode, EXIF, alpha, InternVL dynamic tiling, normalisation
-//! - [`prompt`]: instructions, image-token expansion, tokenisation; [`chat_template`] picks and
-//!   renders the template ([`conversation`]: OpenGVLab's `conversation.py` templates)
-//!   ([`bpe_vocab`]: Qwen2 `vocab.json` + `merges.txt`, [`sentencepiece`]: `tokenizer.model`,
-//!   converted at load when there is no `tokenizer.json`)
-//! - [`vision`] + [`projector`]: InternViT, pixel shuffle, `mlp1`
-//! - [`language`]: Qwen2 / InternLM2 decoder over packed variable-length sequences
-//! - [`memory`]: weights + activations estimate, start-up fit check
-//! - [`scorer`]: [`RewardModel`], tying it together into [`Score`]s
-//! - [`report`]: what a load chooses and why (`rewarddance check-model`)
-//! - [`fixtures`]: reading the committed parity fixtures (tests and `rewarddance parity`)
-//! - [`seeded`]: weights computed from tensor names (the real-config conformance suite)
+//! Pure compute: no async, no RPC, no batching policy. The crate is layered; each layer uses
+//! only the ones above it in this list:
+//! - [`error`], [`item`] (what a caller scores), [`info`] (a loaded model in neutral terms)
+//! - [`image`]: decoding untrusted images (PNG, JPEG, WebP; EXIF, alpha), Pillow's bicubic
+//!   resize, prepared (tiled) images and their content keys
+//! - [`text`]: tokenizers, chat templates, the prompt an item becomes
+//! - [`nn`]: shared network code: layers, fused attention, the packed Qwen2 / InternLM2 decoder
+//!   and its key/value cache
+//! - [`runtime`]: checkpoints (directory, hub cache, bundled default), the memory estimate,
+//!   the load report (`rewarddance check-model`)
+//! - [`family`]: what differs between backbones, behind one seam ([`family::internvl`]:
+//!   config, tiling, InternViT, projector, weight names, memory)
+//! - [`pipeline`]: [`RewardModel`], tying a family to the decoder: feature cache, shared
+//!   prefixes, packed scoring, rationales
+//! - [`testing`]: parity fixtures and name-seeded weights (tests and `rewarddance parity`)
 
-pub mod bpe_vocab;
-pub mod chat_template;
-pub mod checkpoint;
-pub mod config;
-pub mod conversation;
 pub mod error;
-pub mod feature_cache;
-pub mod fixtures;
-pub mod fused_attention;
+pub mod family;
 pub mod image;
 pub mod info;
 pub mod item;
-pub mod language;
-pub mod layers;
-pub mod memory;
-pub mod prefix;
-pub mod presets;
-pub mod projector;
-pub mod prompt;
-pub mod ranking;
-pub mod rationale;
-pub mod report;
-pub mod scorer;
-pub mod seeded;
-pub mod sentencepiece;
-mod tokenizer_files;
-pub mod vision;
+pub mod nn;
+pub mod pipeline;
+pub mod runtime;
+pub mod testing;
+pub mod text;
 
-pub use chat_template::{TemplateChoice, TemplateSource};
-pub use checkpoint::{Checkpoint, TokenizerSource, BUNDLED_MODEL_ID};
-pub use config::{Layout, ModelConfig};
 pub use error::{Error, Result};
-pub use feature_cache::CacheStats;
-pub use image::{ImageInput, PreparedImage};
+pub use family::internvl::config::{CheckpointLayout, ModelConfig};
+pub use family::FamilyConfig;
+pub use image::{ImageInput, ImageLayout, PreparedImage};
 pub use info::{ItemLimits, ModelInfo, ReuseStats};
 pub use item::{Candidate, Mode, Score, ScoreItem};
-pub use prompt::AnswerTokens;
-pub use rationale::{Generation, Rationale, RationaleOptions, StopReason, Token};
-pub use scorer::{ImageLayout, LoadOptions, PreparedItem, RewardModel};
+pub use pipeline::feature_cache::CacheStats;
+pub use pipeline::rationale::{Generation, Rationale, RationaleOptions, StopReason, Token};
+pub use pipeline::sampling::SplitMix64;
+pub use pipeline::{LoadOptions, PreparedItem, RewardModel};
+pub use runtime::checkpoint::{Checkpoint, TokenizerSource, BUNDLED_MODEL_ID};
+pub use text::chat_template::{TemplateChoice, TemplateSource};
+pub use text::prompt::AnswerTokens;
 
 /// Re-exported so callers can pick devices and dtypes without depending on candle directly.
 pub use candle_core::{DType, Device};

@@ -2,7 +2,7 @@
 //! (`fixtures/real/conversation_templates.json`, written by
 //! `tools/conformance/conversation_templates.py` from github.com/OpenGVLab/InternVL).
 
-use rewarddance_model::conversation;
+use rewarddance_model::text::conversation;
 
 fn reference() -> serde_json::Value {
     let path = concat!(

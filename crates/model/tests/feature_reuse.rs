@@ -4,7 +4,7 @@
 mod common;
 
 use common::image_file;
-use rewarddance_model::config::RopeScaling;
+use rewarddance_model::nn::language::config::RopeScaling;
 use rewarddance_model::{Candidate, Checkpoint, LoadOptions, Mode, RewardModel, Score, ScoreItem};
 
 const TOL: f64 = 1e-5;
@@ -169,7 +169,7 @@ fn shared_prefixes_are_computed_once_with_equal_scores() {
             .max()
             .unwrap();
         let saved = shared.prefix_tokens_saved();
-        match shared.config().text.rope_scaling {
+        match shared.config().text().rope_scaling {
             // Past the trained length dynamic NTK rescales every position: nothing is shared.
             RopeScaling::Dynamic {
                 original_max_position_embeddings: max,

@@ -5,7 +5,8 @@
 mod common;
 
 use common::{load_model, repo_root, score_item, Reference};
-use rewarddance_model::config::{NormKind, RopeScaling, TextArch};
+use rewarddance_model::nn::language::config::{RopeScaling, TextArch};
+use rewarddance_model::nn::layers::NormKind;
 use rewarddance_model::{Checkpoint, ModelConfig};
 
 fn config(name: &str) -> ModelConfig {

@@ -9,9 +9,10 @@
 
 use std::path::PathBuf;
 
-use rewarddance_model::image::{
-    decode, frame_tile, select_grid, tile_image, DecodeLimits, ImageInput, TiledImage, TilingConfig,
+use rewarddance_model::family::internvl::tiling::{
+    frame_tile, select_grid, tile_image, TilingConfig,
 };
+use rewarddance_model::image::{decode, DecodeLimits, ImageInput, TiledImage};
 use safetensors::SafeTensors;
 use serde_json::Value;
 

@@ -189,3 +189,64 @@ fn generations_from_different_prefills_share_decode_steps() {
         "a second pick without a decode step is refused"
     );
 }
+
+/// What the streamed pieces were before detokenisation became incremental: the whole sequence
+/// decoded after each token, and whatever extends the text already emitted (held back while it
+/// ends in an incomplete character), the rest of the final text at the end.
+fn pieces_by_whole_sequence(model: &rewarddance_model::RewardModel, ids: &[u32]) -> Vec<String> {
+    let decode = |ids: &[u32]| model.prompt_builder().decode(ids).unwrap();
+    let mut emitted = String::new();
+    let mut pieces = Vec::new();
+    for k in 1..=ids.len() {
+        let text = decode(&ids[..k]);
+        if k < ids.len() && text.ends_with('\u{FFFD}') {
+            continue;
+        }
+        if let Some(fresh) = text.strip_prefix(emitted.as_str()) {
+            if !fresh.is_empty() {
+                pieces.push(fresh.to_string());
+                emitted = text.clone();
+            }
+        }
+    }
+    pieces
+}
+
+#[test]
+fn streamed_text_is_what_decoding_the_whole_sequence_gives_on_every_fixture() {
+    // Hot sampling over random fixture weights draws arbitrary tokens (byte pieces that split
+    // characters, SentencePiece word starts): the incremental detokeniser must stream exactly
+    // what decoding the whole sequence after every token streamed, on both tokenizer kinds.
+    for name in rewarddance_model::testing::fixtures::MODELS {
+        let model = load_model(name);
+        let items = Reference::load(name).prepared(&model);
+        for seed in [1, 2, 3] {
+            let hot = RationaleOptions {
+                max_tokens: 48,
+                temperature: 2.0,
+                seed,
+                ignore_end: true,
+                ..RationaleOptions::default()
+            };
+            let mut streamed = Vec::new();
+            let out = model
+                .score_with_rationales(&[&items[0]], &[Some(hot)], &mut |_, text| {
+                    streamed.push(text.to_string());
+                    true
+                })
+                .unwrap();
+            let rationale = out[0].1.clone().unwrap();
+            assert_eq!(rationale.token_ids.len(), 48, "{name} seed {seed}");
+            assert_eq!(
+                rationale.text,
+                model.prompt_builder().decode(&rationale.token_ids).unwrap(),
+                "{name} seed {seed}: the text is the whole sequence decoded"
+            );
+            assert_eq!(
+                streamed,
+                pieces_by_whole_sequence(&model, &rationale.token_ids),
+                "{name} seed {seed}: the same pieces as whole-sequence decoding"
+            );
+        }
+    }
+}

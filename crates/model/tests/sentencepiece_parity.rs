@@ -6,7 +6,7 @@
 mod common;
 
 use common::repo_root;
-use rewarddance_model::sentencepiece::{tokenizer_json, SentencePieceModel};
+use rewarddance_model::text::sentencepiece::{tokenizer_json, SentencePieceModel};
 use serde_json::Value;
 
 fn reference() -> Value {

@@ -4,15 +4,17 @@
 mod common;
 
 use common::repo_root;
-use rewarddance_model::prompt::PromptBuilder;
-use rewarddance_model::{AnswerTokens, Checkpoint, ModelConfig, TemplateChoice};
+use rewarddance_model::pipeline::prompt::prompt_builder;
+use rewarddance_model::text::prompt::PromptBuilder;
+use rewarddance_model::{AnswerTokens, Checkpoint, FamilyConfig, TemplateChoice};
 
 fn builder(model: &str, chat_template: Option<&str>, choice: TemplateChoice) -> PromptBuilder {
     let mut ckpt = Checkpoint::from_dir(&repo_root().join("fixtures/models").join(model)).unwrap();
     ckpt.chat_template = chat_template.map(String::from);
     let config =
-        ModelConfig::parse(&ckpt.config_json, ckpt.preprocessor_config_json.as_deref()).unwrap();
-    PromptBuilder::for_checkpoint(&ckpt, &config, &choice, &AnswerTokens::default()).unwrap()
+        FamilyConfig::parse(&ckpt.config_json, ckpt.preprocessor_config_json.as_deref()).unwrap();
+    let settings = config.prompt_settings();
+    prompt_builder(&ckpt, &settings, &choice, &AnswerTokens::default()).unwrap()
 }
 
 /// InternVL2-2B-style Jinja template: `{{ bos_token }}` first, as its tokenizer_config.json has.

@@ -4,8 +4,8 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use rewarddance_model::projector::pixel_shuffle;
-use rewarddance_model::vision::interpolate_position_embedding;
+use rewarddance_model::family::internvl::projector::pixel_shuffle;
+use rewarddance_model::family::internvl::vision::interpolate_position_embedding;
 
 #[test]
 fn position_embedding_interpolation_matches_torch_bicubic() {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rewarddance_engine::{Engine, FailureKind, ItemError, ItemResult, Work};
-use rewarddance_model::prompt::PromptBuilder;
+use rewarddance_model::text::prompt::PromptBuilder;
 use rewarddance_model::Mode;
 use rewarddance_proto::v1;
 use tokio_stream::Stream;
@@ -373,7 +373,7 @@ fn info(engine: &Engine, args: &ServerArgs) -> v1::InfoResponse {
     .collect();
     v1::InfoResponse {
         model_id: model.id().to_string(),
-        layout: format!("{:?}", model.config().layout).to_lowercase(),
+        layout: model.config().layout(),
         dtype: format!("{:?}", model.dtype()).to_lowercase(),
         devices: engine.backends().iter().map(|b| b.device_name()).collect(),
         limits: Some(v1::Limits {
@@ -398,7 +398,7 @@ fn info(engine: &Engine, args: &ServerArgs) -> v1::InfoResponse {
         }),
         default_instructions,
         server_version: env!("CARGO_PKG_VERSION").to_string(),
-        tile_size: model.config().tiling.image_size,
+        tile_size: model.config().tile_size(),
         tokens_per_tile: model.config().tokens_per_tile() as u32,
     }
 }

@@ -6,9 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use rewarddance_model::ranking::{rank_pairwise, schedule_pairs, Schedule};
 use rewarddance_model::{Candidate, Mode, ScoreItem};
 use rewarddance_proto::v1;
+use rewarddance_ranking::{rank_pairwise, schedule_pairs, Schedule};
 use tonic::Code;
 
 fn request(candidates: Vec<v1::Image>, method: v1::RankMethod) -> v1::RankRequest {

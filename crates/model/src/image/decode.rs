@@ -287,3 +287,7 @@ fn flatten_rgba8(w: u32, h: u32, s: &[u8]) -> RgbImage {
         ]
     })
 }
+
+#[cfg(test)]
+#[path = "decode_tests.rs"]
+mod tests;

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use image::{ImageEncoder, RgbImage};
 
-use super::decode::over_white;
-use super::*;
+use super::over_white;
+use crate::image::*;
 use crate::Error;
 
 // ---- tiny PNG writer (stored deflate, no compression crate needed) ----
@@ -444,7 +444,7 @@ fn webp_headers_read_like_libwebp_writes_them() {
         let bytes = std::fs::read(dir.join(name)).expect("fixture");
         assert_eq!(&bytes[12..16], chunk, "{name}");
         assert_eq!(
-            super::container::webp_header(&bytes),
+            crate::image::container::webp_header(&bytes),
             Some((321, 123)),
             "{name}"
         );

@@ -1,26 +1,22 @@
 //! The content key of a preprocessed image: what the feature cache and in-batch dedupe key on.
 
-use super::{RgbImage, TilingConfig};
+use super::RgbImage;
 
 /// Content key of one preprocessed image: decoded pixels + how they were tiled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ImageKey([u8; 32]);
 
 impl ImageKey {
-    /// Hashes the decoded RGB pixels, their size, whether the image is a video frame (one tile)
-    /// and every tiling setting that changes the tiles.
-    pub fn of(img: &RgbImage, frame: bool, tiling: &TilingConfig) -> Self {
+    /// Hashes the decoded RGB pixels, their size, whether the image is a video frame, and
+    /// `preprocessing`: the family's encoding of every setting that changes the tiles.
+    pub fn of(img: &RgbImage, frame: bool, preprocessing: &[u8]) -> Self {
         let mut h = blake3::Hasher::new();
-        h.update(&[frame as u8, tiling.use_thumbnail as u8]);
-        for v in [img.width(), img.height(), tiling.image_size] {
+        h.update(&[frame as u8]);
+        for v in [img.width(), img.height()] {
             h.update(&v.to_le_bytes());
         }
-        for v in [tiling.min_tiles, tiling.max_tiles] {
-            h.update(&(v as u64).to_le_bytes());
-        }
-        for v in tiling.mean.iter().chain(&tiling.std) {
-            h.update(&v.to_le_bytes());
-        }
+        h.update(&(preprocessing.len() as u64).to_le_bytes());
+        h.update(preprocessing);
         h.update(img.as_raw());
         ImageKey(*h.finalize().as_bytes())
     }

@@ -21,22 +21,16 @@ pub mod container;
 mod decode;
 mod key;
 mod prepared;
-mod pyorder;
 mod resample;
-mod tiling;
-
-#[cfg(test)]
-mod decode_tests;
-#[cfg(test)]
-mod tiling_tests;
 
 pub use ::image::RgbImage;
 pub use decode::decode;
 pub use key::ImageKey;
 pub use prepared::{ImageLayout, PreparedImage};
-pub use tiling::{
-    frame_tile, max_tiles_for, resize_bicubic, select_grid, target_ratios, tile_image,
-};
+pub(crate) use resample::check_image;
+pub use resample::resize_bicubic;
+#[cfg(test)]
+pub(crate) use resample::table_bytes;
 
 /// One image as the caller sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,44 +68,6 @@ impl Default for DecodeLimits {
     fn default() -> Self {
         Self {
             max_pixels: Self::DEFAULT_MAX_PIXELS,
-        }
-    }
-}
-
-/// InternVL dynamic-resolution settings (`dynamic_preprocess` + `build_transform`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TilingConfig {
-    /// Tile side `S` in pixels (InternVL: 448).
-    pub image_size: u32,
-    /// Fewest tiles a grid may have (`min_num`).
-    pub min_tiles: usize,
-    /// Most tiles a grid may have (`max_num`), not counting the thumbnail.
-    pub max_tiles: usize,
-    /// Append a whole-image `S x S` thumbnail when the grid has more than one tile.
-    pub use_thumbnail: bool,
-    /// Per-channel mean subtracted after scaling to `[0, 1]`.
-    pub mean: [f32; 3],
-    /// Per-channel standard deviation divided by after subtracting the mean.
-    pub std: [f32; 3],
-}
-
-impl TilingConfig {
-    /// ImageNet mean, as used by InternVL.
-    pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-    /// ImageNet standard deviation, as used by InternVL.
-    pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
-}
-
-impl Default for TilingConfig {
-    /// 448-pixel tiles, 1 to 12 tiles, thumbnail on, ImageNet normalisation.
-    fn default() -> Self {
-        Self {
-            image_size: 448,
-            min_tiles: 1,
-            max_tiles: 12,
-            use_thumbnail: true,
-            mean: Self::IMAGENET_MEAN,
-            std: Self::IMAGENET_STD,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{decode, frame_tile, tile_image, DecodeLimits, ImageInput, ImageKey, TilingConfig};
+use super::{decode, DecodeLimits, ImageInput, ImageKey, RgbImage, TiledImage};
 use crate::error::Result;
 
 /// How one image of an item was tiled.
@@ -31,14 +31,16 @@ pub struct PreparedImage {
 }
 
 impl PreparedImage {
-    /// Decodes `input` and tiles it: dynamically as a still image, or as one tile when `frame`
-    /// (a video frame). An already prepared input is returned as it is when it was tiled the
-    /// same way.
+    /// Decodes `input` and tiles it with `tile` (a family's tiling: dynamic for a still image,
+    /// one tile when `frame`, a video frame). `preprocessing` encodes every setting `tile`
+    /// depends on (it is part of the content key). An already prepared input is returned as it
+    /// is when it was prepared as the same kind (image or frame).
     pub fn prepare(
         input: &ImageInput,
         frame: bool,
-        tiling: &TilingConfig,
         limits: &DecodeLimits,
+        preprocessing: &[u8],
+        tile: impl FnOnce(&RgbImage) -> Result<TiledImage>,
     ) -> Result<Arc<Self>> {
         if let ImageInput::Prepared(p) = input {
             if p.frame != frame {
@@ -51,12 +53,8 @@ impl PreparedImage {
             return Ok(p.clone());
         }
         let img = decode(input, limits)?;
-        let key = ImageKey::of(&img, frame, tiling);
-        let tiled = if frame {
-            frame_tile(&img, tiling)?
-        } else {
-            tile_image(&img, tiling)?
-        };
+        let key = ImageKey::of(&img, frame, preprocessing);
+        let tiled = tile(&img)?;
         Ok(Arc::new(PreparedImage {
             layout: ImageLayout {
                 size: img.dimensions(),

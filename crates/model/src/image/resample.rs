@@ -11,6 +11,10 @@
 //! uses 16-bit coefficients with a variable precision and runs the vertical pass first, and
 //! differed from Pillow by up to 28 levels on noisy images.
 
+use image::RgbImage;
+
+use crate::{Error, Result};
+
 /// Fixed-point precision of the 8-bit convolution (Pillow's `PRECISION_BITS`).
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 /// Support of the bicubic filter in source pixels at scale 1.
@@ -185,4 +189,48 @@ pub(crate) fn resize_rgb8(src: &[u8], sw: u32, sh: u32, dw: u32, dh: u32) -> Vec
     let last = vert.bounds.last().map_or(0, |b| b.0 + b.1);
     let tmp = horizontal(src, sw as usize, first..last, &horiz);
     vertical(&tmp, dw as usize, first, &vert)
+}
+
+/// Pillow-identical `Image.resize((width, height), Image.BICUBIC)` of an RGB8 image.
+///
+/// A bit-exact port of Pillow's fixed-point resampler (see the `resample` module). Resizing
+/// to the current size returns a copy, like Pillow. Zero target sizes are refused, and so
+/// are images so elongated that the filter tables would outweigh the image (the working
+/// memory of a resize stays within twice the image's bytes, or 16 MiB of tables).
+pub fn resize_bicubic(img: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
+    check_image(img)?;
+    if width == 0 || height == 0 {
+        return Err(Error::InvalidInput(format!(
+            "cannot resize to zero size ({width}x{height})"
+        )));
+    }
+    let (sw, sh) = img.dimensions();
+    let tables = table_bytes(sw, sh, width, height);
+    let budget = (u64::from(sw) * u64::from(sh) * 3).max(MIN_TABLE_BUDGET);
+    if tables > budget {
+        return Err(Error::InvalidImage(format!(
+            "a {sw}x{sh} image is too elongated to resample: resizing it to {width}x{height} \
+             needs {} MiB of filter tables, more than the image itself ({} MiB)",
+            tables >> 20,
+            budget >> 20
+        )));
+    }
+    let out = resize_rgb8(img.as_raw(), sw, sh, width, height);
+    RgbImage::from_raw(width, height, out)
+        .ok_or_else(|| Error::InvalidImage("resize produced a short buffer".into()))
+}
+
+/// Resampling tables below this size are always allowed (small images with long sides).
+const MIN_TABLE_BUDGET: u64 = 16 << 20;
+
+/// Refuse empty images.
+pub(crate) fn check_image(img: &RgbImage) -> Result<()> {
+    if img.width() == 0 || img.height() == 0 {
+        return Err(Error::InvalidImage(format!(
+            "image has zero size ({}x{})",
+            img.width(),
+            img.height()
+        )));
+    }
+    Ok(())
 }

@@ -1,17 +1,17 @@
 //! Shared helpers for tests that read the committed fixtures (`fixtures/`, made by
-//! `tools/fixtures/generate.py`): thin panicking wrappers over `rewarddance_model::fixtures`,
+//! `tools/fixtures/generate.py`): thin panicking wrappers over `rewarddance_model::testing::fixtures`,
 //! which `rewarddance parity` uses too.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 
-use rewarddance_model::fixtures::{self, Fixtures};
+use rewarddance_model::testing::fixtures::{self, Fixtures};
 use rewarddance_model::{ImageInput, LoadOptions, RewardModel, ScoreItem};
 use serde_json::Value;
 
 // Not every test binary uses both.
 #[allow(unused_imports)]
-pub use rewarddance_model::fixtures::{all_png, MODELS};
+pub use rewarddance_model::testing::fixtures::{all_png, MODELS};
 
 /// Repository root.
 pub fn repo_root() -> PathBuf {

@@ -1,0 +1,7 @@
+//! Neural-network code shared by every family: normalisation and activation layers, the fused
+//! varlen attention kernel (CPU and CUDA), and the packed Qwen2 / InternLM2 decoder with its
+//! key/value cache.
+
+pub mod fused_attention;
+pub mod language;
+pub mod layers;
