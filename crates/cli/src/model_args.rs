@@ -3,6 +3,7 @@
 use crate::notes::{note, warn_note};
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use rewarddance_model::image::DecodeLimits;
 use rewarddance_model::pipeline::memory::{check_fits, BatchBudget};
 use rewarddance_model::{
     AnswerTokens, Checkpoint, DType, Device, FamilyConfig, LoadOptions, RewardModel,
@@ -23,30 +24,30 @@ pub struct ModelArgs {
     #[arg(long, env = "REWARDDANCE_DTYPE")]
     pub dtype: Option<String>,
     /// Answer token whose probability is the reward.
-    #[arg(long, env = "REWARDDANCE_ANSWER_YES", default_value = "yes")]
+    #[arg(long, env = "REWARDDANCE_ANSWER_YES", default_value = AnswerTokens::DEFAULT_YES)]
     pub answer_yes: String,
     /// The negative answer token.
-    #[arg(long, env = "REWARDDANCE_ANSWER_NO", default_value = "no")]
+    #[arg(long, env = "REWARDDANCE_ANSWER_NO", default_value = AnswerTokens::DEFAULT_NO)]
     pub answer_no: String,
     /// Largest accepted image in pixels (decompression-bomb guard).
     #[arg(
         long,
         env = "REWARDDANCE_MAX_IMAGE_PIXELS",
-        default_value_t = 40_000_000
+        default_value_t = DecodeLimits::DEFAULT_MAX_PIXELS
     )]
     pub max_image_pixels: u64,
     /// Most image tiles (all images and frames together) per item.
-    #[arg(long, env = "REWARDDANCE_MAX_TILES", default_value_t = 64)]
+    #[arg(long, env = "REWARDDANCE_MAX_TILES", default_value_t = LoadOptions::DEFAULT_MAX_TILES_PER_ITEM)]
     pub max_tiles: usize,
     /// Vision-feature cache per device in MiB (0 disables it; repeats inside a batch are still
     /// encoded once).
-    #[arg(long, env = "REWARDDANCE_FEATURE_CACHE_MIB", default_value_t = 256)]
+    #[arg(long, env = "REWARDDANCE_FEATURE_CACHE_MIB", default_value_t = LoadOptions::DEFAULT_FEATURE_CACHE_MIB)]
     pub feature_cache_mib: usize,
     /// Items of a batch sharing at least this many leading tokens compute them once.
     #[arg(
         long,
         env = "REWARDDANCE_PREFIX_REUSE_MIN_TOKENS",
-        default_value_t = 32
+        default_value_t = LoadOptions::DEFAULT_PREFIX_REUSE_MIN_TOKENS
     )]
     pub prefix_reuse_min_tokens: usize,
     /// Chat template: `auto` (what the checkpoint's own code uses: OpenGVLab layout
@@ -221,5 +222,26 @@ pub fn parse_device(spec: &str) -> Result<Device> {
             })
         }
         other => bail!("unknown device {other:?} (expected cpu or cuda:N)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flags_default_to_the_model_defaults() {
+        // One source for each default: a model loaded without flags is loaded as the model
+        // crate's own `LoadOptions::default()` describes.
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: ModelArgs,
+        }
+        let flags = <Wrapper as clap::Parser>::parse_from(["score"]).args;
+        assert_eq!(
+            format!("{:?}", flags.options().unwrap()),
+            format!("{:?}", LoadOptions::default())
+        );
     }
 }

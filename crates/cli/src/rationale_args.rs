@@ -14,7 +14,7 @@ pub struct RationaleArgs {
     #[arg(
         long,
         env = "REWARDDANCE_RATIONALE_MAX_TOKENS",
-        default_value_t = 256,
+        default_value_t = RationaleOptions::DEFAULT_MAX_TOKENS,
         requires = "rationale"
     )]
     pub max_tokens: usize,
@@ -22,7 +22,7 @@ pub struct RationaleArgs {
     #[arg(
         long,
         env = "REWARDDANCE_RATIONALE_TEMPERATURE",
-        default_value_t = 0.0,
+        default_value_t = RationaleOptions::DEFAULT_TEMPERATURE,
         requires = "rationale"
     )]
     pub temperature: f32,
@@ -30,7 +30,7 @@ pub struct RationaleArgs {
     #[arg(
         long,
         env = "REWARDDANCE_RATIONALE_TOP_P",
-        default_value_t = 1.0,
+        default_value_t = RationaleOptions::DEFAULT_TOP_P,
         requires = "rationale"
     )]
     pub top_p: f32,
@@ -38,7 +38,7 @@ pub struct RationaleArgs {
     #[arg(
         long,
         env = "REWARDDANCE_RATIONALE_SEED",
-        default_value_t = 0,
+        default_value_t = RationaleOptions::DEFAULT_SEED,
         requires = "rationale"
     )]
     pub seed: u64,

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use rewarddance_model::pipeline::memory::BatchBudget;
+
 /// Batching, queueing and worker settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -26,16 +28,31 @@ pub struct EngineConfig {
     pub max_decoding_sequences: usize,
 }
 
+impl EngineConfig {
+    /// Default [`Self::max_batch_tokens`] (the memory estimate's default budget).
+    pub const DEFAULT_MAX_BATCH_TOKENS: usize = BatchBudget::DEFAULT_TOKENS;
+    /// Default [`Self::max_batch_items`] (the memory estimate's default budget).
+    pub const DEFAULT_MAX_BATCH_ITEMS: usize = BatchBudget::DEFAULT_SEQUENCES;
+    /// Default [`Self::max_batch_delay`], in milliseconds.
+    pub const DEFAULT_MAX_BATCH_DELAY_MS: u64 = 2;
+    /// Default [`Self::max_queue_items`].
+    pub const DEFAULT_MAX_QUEUE_ITEMS: usize = 4096;
+    /// Default [`Self::max_consecutive_failures`].
+    pub const DEFAULT_MAX_CONSECUTIVE_FAILURES: u32 = 3;
+    /// Default [`Self::max_decoding_sequences`].
+    pub const DEFAULT_MAX_DECODING_SEQUENCES: usize = 64;
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            max_batch_tokens: 16_384,
-            max_batch_items: 64,
-            max_batch_delay: Duration::from_millis(2),
-            max_queue_items: 4096,
+            max_batch_tokens: Self::DEFAULT_MAX_BATCH_TOKENS,
+            max_batch_items: Self::DEFAULT_MAX_BATCH_ITEMS,
+            max_batch_delay: Duration::from_millis(Self::DEFAULT_MAX_BATCH_DELAY_MS),
+            max_queue_items: Self::DEFAULT_MAX_QUEUE_ITEMS,
             preprocess_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            max_consecutive_failures: 3,
-            max_decoding_sequences: 64,
+            max_consecutive_failures: Self::DEFAULT_MAX_CONSECUTIVE_FAILURES,
+            max_decoding_sequences: Self::DEFAULT_MAX_DECODING_SEQUENCES,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use rewarddance_engine::EngineConfig;
+use rewarddance_model::RationaleOptions;
 
 /// Default gRPC listen address.
 pub const DEFAULT_ADDR: &str = "0.0.0.0:50051";
@@ -57,17 +58,17 @@ pub struct ServerArgs {
     #[arg(long, env = "REWARDDANCE_NO_METRICS")]
     pub no_metrics: bool,
     /// Token budget of one device batch.
-    #[arg(long, env = "REWARDDANCE_MAX_BATCH_TOKENS", default_value_t = 16_384)]
+    #[arg(long, env = "REWARDDANCE_MAX_BATCH_TOKENS", default_value_t = EngineConfig::DEFAULT_MAX_BATCH_TOKENS)]
     pub max_batch_tokens: usize,
     /// Most items in one device batch.
-    #[arg(long, env = "REWARDDANCE_MAX_BATCH_ITEMS", default_value_t = 64)]
+    #[arg(long, env = "REWARDDANCE_MAX_BATCH_ITEMS", default_value_t = EngineConfig::DEFAULT_MAX_BATCH_ITEMS)]
     pub max_batch_items: usize,
     /// Longest wait, in milliseconds, for a batch to fill under light load (0: never wait).
-    #[arg(long, env = "REWARDDANCE_MAX_BATCH_DELAY_MS", default_value_t = 2)]
+    #[arg(long, env = "REWARDDANCE_MAX_BATCH_DELAY_MS", default_value_t = EngineConfig::DEFAULT_MAX_BATCH_DELAY_MS)]
     pub max_batch_delay_ms: u64,
     /// Most items held at once (queued, preprocessing or computing); past it, calls get
     /// RESOURCE_EXHAUSTED at once.
-    #[arg(long, env = "REWARDDANCE_MAX_QUEUE_ITEMS", default_value_t = 4096)]
+    #[arg(long, env = "REWARDDANCE_MAX_QUEUE_ITEMS", default_value_t = EngineConfig::DEFAULT_MAX_QUEUE_ITEMS)]
     pub max_queue_items: usize,
     /// Threads decoding and tiling images (default: one per CPU core).
     #[arg(long, env = "REWARDDANCE_PREPROCESS_THREADS")]
@@ -99,15 +100,15 @@ pub struct ServerArgs {
     #[arg(
         long,
         env = "REWARDDANCE_DEFAULT_RATIONALE_TOKENS",
-        default_value_t = 256
+        default_value_t = RationaleOptions::DEFAULT_MAX_TOKENS as u32
     )]
     pub default_rationale_tokens: u32,
     /// Rationales one device decodes at once; at the limit the device takes no new batch
     /// until one finishes (bounds key/value-cache memory).
-    #[arg(long, env = "REWARDDANCE_MAX_DECODING_SEQUENCES", default_value_t = 64)]
+    #[arg(long, env = "REWARDDANCE_MAX_DECODING_SEQUENCES", default_value_t = EngineConfig::DEFAULT_MAX_DECODING_SEQUENCES)]
     pub max_decoding_sequences: usize,
     /// Consecutive failed batches after which a device reports NOT_SERVING.
-    #[arg(long, env = "REWARDDANCE_MAX_WORKER_FAILURES", default_value_t = 3)]
+    #[arg(long, env = "REWARDDANCE_MAX_WORKER_FAILURES", default_value_t = EngineConfig::DEFAULT_MAX_CONSECUTIVE_FAILURES)]
     pub max_worker_failures: u32,
     /// Seconds to finish accepted items after SIGTERM / Ctrl-C before exiting anyway.
     #[arg(long, env = "REWARDDANCE_DRAIN_TIMEOUT_S", default_value_t = 30)]
@@ -295,6 +296,31 @@ mod tests {
         assert_eq!(
             token_from_file("s3cret\n").unwrap().as_deref(),
             Some("s3cret")
+        );
+    }
+
+    #[test]
+    fn the_flags_default_to_the_engine_and_model_defaults() {
+        // One source for each default: the flags read the engine's and the model's constants,
+        // so a server started without flags runs what the engine's own default describes.
+        let flags = ServerArgs::default();
+        let (from_flags, engine) = (flags.engine_config(), EngineConfig::default());
+        assert_eq!(from_flags.max_batch_tokens, engine.max_batch_tokens);
+        assert_eq!(from_flags.max_batch_items, engine.max_batch_items);
+        assert_eq!(from_flags.max_batch_delay, engine.max_batch_delay);
+        assert_eq!(from_flags.max_queue_items, engine.max_queue_items);
+        assert_eq!(from_flags.preprocess_threads, engine.preprocess_threads);
+        assert_eq!(
+            from_flags.max_consecutive_failures,
+            engine.max_consecutive_failures
+        );
+        assert_eq!(
+            from_flags.max_decoding_sequences,
+            engine.max_decoding_sequences
+        );
+        assert_eq!(
+            flags.default_rationale_tokens as usize,
+            RationaleOptions::default().max_tokens
         );
     }
 }

@@ -60,7 +60,7 @@ pub struct DecodeLimits {
 }
 
 impl DecodeLimits {
-    /// The default pixel limit: 40 megapixels.
+    /// The default pixel limit: 40 megapixels (`--max-image-pixels`).
     pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
 }
 

@@ -37,15 +37,22 @@ pub struct BatchBudget {
     pub sequences: usize,
 }
 
+impl BatchBudget {
+    /// Default packed tokens per forward (the server's `--max-batch-tokens`).
+    pub const DEFAULT_TOKENS: usize = 16_384;
+    /// Default items per forward (the server's `--max-batch-items`).
+    pub const DEFAULT_SEQUENCES: usize = 64;
+}
+
 impl Default for BatchBudget {
     /// 64 items, 64 tiles (e.g. 64 one-tile images, or 32 pairwise items), 16k packed tokens,
     /// sequences up to 8k tokens (a pairwise item with two 13-tile images is ~6.8k).
     fn default() -> Self {
         BatchBudget {
-            tokens: 16_384,
+            tokens: Self::DEFAULT_TOKENS,
             tiles: 64,
             max_sequence_tokens: 8_192,
-            sequences: 64,
+            sequences: Self::DEFAULT_SEQUENCES,
         }
     }
 }

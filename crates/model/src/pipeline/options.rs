@@ -38,6 +38,15 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
+    /// Default [`Self::max_tiles_per_item`].
+    pub const DEFAULT_MAX_TILES_PER_ITEM: usize = 64;
+    /// Default [`Self::vision_batch_tiles`].
+    pub const DEFAULT_VISION_BATCH_TILES: usize = 32;
+    /// Default [`Self::feature_cache_bytes`], in MiB.
+    pub const DEFAULT_FEATURE_CACHE_MIB: usize = 256;
+    /// Default [`Self::prefix_reuse_min_tokens`].
+    pub const DEFAULT_PREFIX_REUSE_MIN_TOKENS: usize = 32;
+
     /// The dtype when none is asked for: f32 on CPU (candle widens bf16 there anyway), bf16
     /// elsewhere. The one place this rule lives.
     pub fn default_dtype(device: &Device) -> DType {
@@ -56,11 +65,11 @@ impl Default for LoadOptions {
             dtype: None,
             answers: AnswerTokens::default(),
             max_image_pixels: DecodeLimits::DEFAULT_MAX_PIXELS,
-            max_tiles_per_item: 64,
+            max_tiles_per_item: Self::DEFAULT_MAX_TILES_PER_ITEM,
             max_tokens_per_item: None,
-            vision_batch_tiles: 32,
-            feature_cache_bytes: 256 << 20,
-            prefix_reuse_min_tokens: 32,
+            vision_batch_tiles: Self::DEFAULT_VISION_BATCH_TILES,
+            feature_cache_bytes: Self::DEFAULT_FEATURE_CACHE_MIB << 20,
+            prefix_reuse_min_tokens: Self::DEFAULT_PREFIX_REUSE_MIN_TOKENS,
             reuse_images: true,
             template: TemplateChoice::Auto,
         }

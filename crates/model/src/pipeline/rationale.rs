@@ -30,13 +30,24 @@ pub struct RationaleOptions {
     pub ignore_end: bool,
 }
 
+impl RationaleOptions {
+    /// Default [`Self::max_tokens`].
+    pub const DEFAULT_MAX_TOKENS: usize = 256;
+    /// Default [`Self::temperature`] (greedy).
+    pub const DEFAULT_TEMPERATURE: f32 = 0.0;
+    /// Default [`Self::top_p`] (the whole distribution).
+    pub const DEFAULT_TOP_P: f32 = 1.0;
+    /// Default [`Self::seed`].
+    pub const DEFAULT_SEED: u64 = 0;
+}
+
 impl Default for RationaleOptions {
     fn default() -> Self {
         RationaleOptions {
-            max_tokens: 256,
-            temperature: 0.0,
-            top_p: 1.0,
-            seed: 0,
+            max_tokens: Self::DEFAULT_MAX_TOKENS,
+            temperature: Self::DEFAULT_TEMPERATURE,
+            top_p: Self::DEFAULT_TOP_P,
+            seed: Self::DEFAULT_SEED,
             ignore_end: false,
         }
     }

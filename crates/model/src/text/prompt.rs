@@ -50,11 +50,18 @@ pub struct AnswerTokens {
     pub no: String,
 }
 
+impl AnswerTokens {
+    /// The default positive answer.
+    pub const DEFAULT_YES: &'static str = "yes";
+    /// The default negative answer.
+    pub const DEFAULT_NO: &'static str = "no";
+}
+
 impl Default for AnswerTokens {
     fn default() -> Self {
         AnswerTokens {
-            yes: "yes".into(),
-            no: "no".into(),
+            yes: Self::DEFAULT_YES.into(),
+            no: Self::DEFAULT_NO.into(),
         }
     }
 }
