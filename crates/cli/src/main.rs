@@ -1,10 +1,25 @@
 //! `rewarddance`: the RewardDance reward service's one binary.
 //!
-//! Subcommands: `score` (score items in-process and print JSON, or evaluate a manifest),
-//! `serve`, `bench`, `rank`, `parity`, `bench-model` (throughput and MFU of the model alone),
-//! `check-model` (what a load chooses). Settings flags have a `REWARDDANCE_*` environment
-//! variable; the flags that name one call's inputs (README: "Flags without an environment
-//! variable") do not.
+//! Settings flags have a `REWARDDANCE_*` environment variable; the flags that name one call's
+//! inputs (README: "Flags without an environment variable") do not. Their defaults come from
+//! the crates that own them (`LoadOptions`, `EngineConfig`, `RationaleOptions`, ...).
+//!
+//! One module per subcommand:
+//! - [`score`]: `score`, one item or a few in-process, printed as JSON; with `--manifest` /
+//!   `--dir` it hands over to [`evaluate`] (batch evaluation: `evaluate::manifest` inputs,
+//!   in-process or `evaluate::remote` against a server, `evaluate::output` with `--resume`,
+//!   `evaluate::progress`, `evaluate::interrupt` for Ctrl-C, `evaluate::summary`)
+//! - [`rank`]: `rank`, Best-of-N for one prompt ([`rank_table`]: the table it prints)
+//! - [`serve`]: `serve`, the gRPC server over one engine and a model per device
+//! - [`bench`](mod@bench): `bench`, concurrent gRPC clients against a server
+//! - [`bench_model`]: `bench-model`, the model alone: items/s and MFU
+//! - [`check_model`]: `check-model`, what a load would choose
+//! - [`parity`]: `parity`, scores against the committed fixtures' references
+//!
+//! Shared by several: [`model_args`] (flags that choose and load the model and check its
+//! memory), [`rationale_args`] (`--rationale` and its decoding flags), [`failure`] (why an
+//! item could not be scored, as stable JSON), [`notes`] (operator notes on stderr in the
+//! `--log-format`).
 
 mod bench;
 mod bench_model;

@@ -1,18 +1,16 @@
-//! Image preprocessing: bytes in, normalised InternVL tiles out.
-//!
-//! Two steps, each a plain function:
+//! Image input shared by every family: bytes in, decoded and tiled images out.
 //!
 //! 1. [`decode`]: an [`ImageInput`] (PNG/JPEG/WebP bytes, or raw RGB8) becomes an
 //!    [`RgbImage`]. The declared dimensions are checked against [`DecodeLimits`] *before* any
 //!    pixel buffer is allocated, EXIF orientation is applied, alpha is flattened on white and
 //!    grayscale is replicated to RGB, all the way Pillow does it (see [`decode`] for the exact
 //!    rules).
-//! 2. [`tile_image`] (still images) or [`frame_tile`] (video frames): InternVL's
-//!    `dynamic_preprocess` + `build_transform`. The image is resized with a Pillow-identical
-//!    bicubic filter to a grid of `image_size` tiles chosen by [`select_grid`], cut row-major,
-//!    optionally followed by a whole-image thumbnail, and normalised to `(x/255 - mean) / std`
-//!    in `f32`, laid out as `(num_tiles, 3, S, S)`.
-//!
+//! 2. [`PreparedImage::prepare`]: a family's tiling turns the decoded image into normalised
+//!    `(num_tiles, 3, S, S)` tiles with a content key ([`ImageKey`]); InternVL's
+//!    (`dynamic_preprocess` + `build_transform`) is
+//!    [`crate::family::internvl::tiling`]. Resizing uses [`resize_bicubic`], a Pillow-identical
+//!    bicubic filter.
+
 //! Parity with the Python reference (Pillow 13 + torchvision) was measured, not assumed:
 //! the bicubic resize, alpha flattening, grayscale/16-bit conversion and grid choice are
 //! bit-exact; JPEG decoding (zune-jpeg vs libjpeg-turbo) is not, see [`decode`].

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::{FusedAttention, CPU_KEY_BLOCK, CPU_QUERY_TILE};
 
 impl FusedAttention {
-    /// The contiguous slice a layout covers (inputs are made contiguous by [`attention`]).
+    /// The contiguous slice a layout covers (inputs are made contiguous by `attention`).
     fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
         match layout.contiguous_offsets() {
             Some((start, end)) => Ok(&data[start..end]),

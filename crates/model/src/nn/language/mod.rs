@@ -6,8 +6,8 @@
 //! Qwen2 and InternLM2 are the same math (pre-norm RMSNorm blocks, rotary attention with GQA,
 //! SiLU-gated MLP, final RMSNorm, output head); they differ in tensor names, fused q/k/v, q/k/v
 //! bias and rotary scaling. One decoder here, one weight loader per family:
-//! [`qwen2`] (`embed_tokens`, `self_attn.{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj`, `lm_head`)
-//! and [`internlm2`] (`tok_embeddings`, fused `attention.wqkv`, `attention.wo`,
+//! `qwen2` (`embed_tokens`, `self_attn.{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj`, `lm_head`)
+//! and `internlm2` (`tok_embeddings`, fused `attention.wqkv`, `attention.wo`,
 //! `feed_forward.w{1,2,3}`, `output`).
 
 mod attention;
