@@ -61,9 +61,35 @@ def _strip_int(text: str) -> str:
 
 def _consts(text: str) -> dict[str, str]:
     """`pub const NAME: &str = "..."` and numeric `pub const NAME: T = 123;` values of `text`."""
-    consts = dict(re.findall(r'pub const (\w+): &str = "([^"]*)";', text))
-    consts.update(re.findall(r"pub const (\w+): (?:u\d+|usize) = ([\d_]+);", text))
+    consts = dict(re.findall(r'pub const (\w+): &(?:\'static )?str = "([^"]*)";', text))
+    consts.update(re.findall(r"pub const (\w+): (?:u\d+|usize) = ([\d_]+(?:\s*<<\s*\d+)?);", text))
     return consts
+
+
+@lru_cache(maxsize=None)
+def _workspace_consts() -> dict[str, str]:
+    """Every `pub const` of the workspace's sources by name (associated ones too: the flags read
+    defaults such as `EngineConfig::DEFAULT_MAX_QUEUE_ITEMS`), a const defined as another
+    (`= BatchBudget::DEFAULT_TOKENS;`) resolved to its value."""
+    text = "\n".join(p.read_text() for p in REPO.glob("crates/*/src/**/*.rs"))
+    consts = _consts(text)
+    aliases = dict(re.findall(r"pub const (\w+): (?:u\d+|usize) = (?:\w+::)?([A-Z][A-Z0-9_]+);", text))
+    for name, target in aliases.items():
+        if target in consts:
+            consts.setdefault(name, consts[target])
+    return consts
+
+
+def _default_value(value: str, consts: dict[str, str]) -> str:
+    """What `--help` prints for `default_value_t = value`: a const's value (`Type::NAME`, or
+    `NAME as u32`), an enum variant in lower case, or the literal."""
+    value = re.sub(r"\s+as\s+\w+$", "", value.strip())
+    qualified = re.fullmatch(r"(?:\w+::)?(\w+)", value)
+    if qualified and qualified.group(1) in consts:
+        return _strip_int(consts[qualified.group(1)])
+    if qualified and "::" in value:
+        return qualified.group(1).lower()
+    return _strip_int(value)
 
 
 def _rust_field_to_long(name: str) -> str:
@@ -75,7 +101,7 @@ def flags_from_source() -> dict[str, Flag]:
     flags: dict[str, Flag] = {}
     for path in (MODEL_ARGS_RS, CONFIG_RS, SERVE_RS):
         text = path.read_text()
-        consts = _consts(text)
+        consts = {**_workspace_consts(), **_consts(text)}
         for attr, fname in re.findall(r"#\[arg\(([^\]]*)\)\]\s*(?:pub\s+)?(\w+)\s*:", text):
             long = _rust_field_to_long(fname)
             if long in flags:
@@ -84,14 +110,9 @@ def flags_from_source() -> dict[str, Flag]:
             default = None
             m = re.search(r"default_value_t\s*=\s*([^,\n]+?)\s*(?:,|$)", attr)
             if m:
-                value = m.group(1).strip()
-                enum = re.fullmatch(r"\w+::(\w+)", value)
-                if enum:
-                    default = enum.group(1).lower()
-                else:
-                    default = _strip_int(consts.get(value, value))
+                default = _default_value(m.group(1), consts)
             else:
-                m = re.search(r'default_value\s*=\s*(?:"([^"]*)"|(\w+))', attr)
+                m = re.search(r'default_value\s*=\s*(?:"([^"]*)"|(?:\w+::)?(\w+))', attr)
                 if m:
                     default = m.group(1) if m.group(1) is not None else consts[m.group(2)]
             flags[long] = Flag(long=long, env=env.group(1) if env else None, default=default)

@@ -301,7 +301,7 @@ def test_build_context_has_what_the_build_needs():
     ]
     missing = [p for p in needed if dockerignore_excludes(p)]
     assert not missing, f".dockerignore drops {missing[:5]}"
-    checkpoint = (src.REPO / "crates/model/src/checkpoint.rs").read_text()
+    checkpoint = (src.REPO / "crates/model/src/runtime/checkpoint.rs").read_text()
     assert "fixtures/models/tiny-internvl-hf/" in checkpoint, "bundled model moved: update .dockerignore"
     for kept_out in ("target/debug/rewarddance", "target-cuda/release/rewarddance", ".git/HEAD",
                      "clients/python/setup.py", "crates/cli/target/x"):

@@ -1,4 +1,4 @@
-"""Seeded weights, the numpy twin of crates/model/src/seeded.rs (same spec, bit for bit in f32).
+"""Seeded weights, the numpy twin of crates/model/src/runtime/seeded.rs (same spec, bit for bit in f32).
 
 Every tensor is a pure function of its name and shape:
   key = fnv1a64(name); element i (row-major): z = splitmix64_mix(key + (i + 1) * GOLDEN),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Hugging Face transformers baseline on the same card as `rewarddance bench-model`.
 
-Random weights at the presets' real shapes (read from crates/model/src/presets.rs, the one
+Random weights at the presets' real shapes (read from crates/model/src/family/internvl/presets.rs, the one
 source), `InternVLForConditionalGeneration` built from a config (no download, no network), SDPA
 attention, one prefill per batch with `logits_to_keep=1`, P(yes) read off the last position.
 Items as in bench-model: pointwise = 72 text tokens + one 1-tile image,
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-PRESETS_RS = Path(__file__).resolve().parents[2] / "crates/model/src/presets.rs"
+PRESETS_RS = Path(__file__).resolve().parents[2] / "crates/model/src/family/internvl/presets.rs"
 TEXT_TOKENS = 72
 
 
