@@ -17,12 +17,14 @@
 
 pub mod container;
 mod decode;
+mod float;
 mod key;
 mod prepared;
 mod resample;
 
 pub use ::image::RgbImage;
 pub use decode::decode;
+pub use float::{FloatImage, FloatResize};
 pub use key::ImageKey;
 pub use prepared::{ImageLayout, PreparedImage};
 pub(crate) use resample::check_image;

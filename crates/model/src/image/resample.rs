@@ -66,8 +66,14 @@ pub(crate) fn table_bytes(sw: u32, sh: u32, dw: u32, dh: u32) -> u64 {
     axis(sw, dw) + axis(sh, dh)
 }
 
-/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the box `[0, in_size)`.
-fn precompute(in_size: u32, out_size: u32) -> Coeffs {
+/// Pillow's `precompute_coeffs` for the box `[0, in_size)`, normalised to sum 1 in `f64`: for
+/// output index `o`, the `(start, len)` window of input indices and its weights
+/// (`weights[o * ksize ..][..len]`). Shared by the 8-bit resize (which rounds them to fixed
+/// point) and the float resize (which keeps them).
+pub(crate) fn bicubic_weights(
+    in_size: u32,
+    out_size: u32,
+) -> (usize, Vec<(usize, usize)>, Vec<f64>) {
     // Pillow passes the box as C floats; exact for sizes below 2^24.
     let (in0, in1) = (0.0f32, in_size as f32);
     let scale = f64::from(in1 - in0) / f64::from(out_size);
@@ -77,30 +83,42 @@ fn precompute(in_size: u32, out_size: u32) -> Coeffs {
     let ss = 1.0 / filterscale;
 
     let mut bounds = Vec::with_capacity(out_size as usize);
-    let mut kk = vec![0i32; ksize * out_size as usize];
-    let mut weights = vec![0f64; ksize];
-    for (xx, out) in kk.chunks_exact_mut(ksize).enumerate() {
+    let mut weights = vec![0f64; ksize * out_size as usize];
+    for (xx, out) in weights.chunks_exact_mut(ksize).enumerate() {
         let center = f64::from(in0) + (xx as f64 + 0.5) * scale;
         // C `(int)` truncation; `as` also truncates toward zero.
         let xmin = ((center - support + 0.5) as i64).max(0);
         let xmax = ((center + support + 0.5) as i64).min(i64::from(in_size));
         let len = (xmax - xmin).clamp(0, ksize as i64) as usize;
         let mut ww = 0.0;
-        for (x, w) in weights[..len].iter_mut().enumerate() {
+        for (x, w) in out[..len].iter_mut().enumerate() {
             *w = bicubic(((x as i64 + xmin) as f64 - center + 0.5) * ss);
             ww += *w;
         }
-        for (k, &w) in out.iter_mut().zip(&weights[..len]) {
-            let w = if ww != 0.0 { w / ww } else { w };
-            let scaled = w * f64::from(1u32 << PRECISION_BITS);
-            *k = if w < 0.0 {
-                (-0.5 + scaled) as i32
-            } else {
-                (0.5 + scaled) as i32
-            };
+        if ww != 0.0 {
+            for w in &mut out[..len] {
+                *w /= ww;
+            }
         }
         bounds.push((xmin as usize, len));
     }
+    (ksize, bounds, weights)
+}
+
+/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the box `[0, in_size)`.
+fn precompute(in_size: u32, out_size: u32) -> Coeffs {
+    let (ksize, bounds, weights) = bicubic_weights(in_size, out_size);
+    let kk = weights
+        .iter()
+        .map(|&w| {
+            let scaled = w * f64::from(1u32 << PRECISION_BITS);
+            if w < 0.0 {
+                (-0.5 + scaled) as i32
+            } else {
+                (0.5 + scaled) as i32
+            }
+        })
+        .collect();
     Coeffs { ksize, bounds, kk }
 }
 

@@ -10,6 +10,7 @@
 //! - `weights`: where each part lives in each layout's checkpoint
 
 pub mod config;
+pub mod float_tiling;
 pub mod memory;
 pub mod presets;
 pub mod projector;
