@@ -9,8 +9,9 @@
 //!    `(num_tiles, 3, S, S)` tiles with a content key ([`ImageKey`]); InternVL's
 //!    (`dynamic_preprocess` + `build_transform`) is
 //!    [`crate::family::internvl::tiling`]. Resizing uses [`resize_bicubic`], a Pillow-identical
-//!    bicubic filter.
-
+//!    bicubic filter. Float images ([`FloatImage`], for gradients) are resized with the same
+//!    weights, unrounded ([`FloatResize`]).
+//!
 //! Parity with the Python reference (Pillow 13 + torchvision) was measured, not assumed:
 //! the bicubic resize, alpha flattening, grayscale/16-bit conversion and grid choice are
 //! bit-exact; JPEG decoding (zune-jpeg vs libjpeg-turbo) is not, see [`decode`].
