@@ -45,6 +45,37 @@ impl Norm {
             eps: eps as f32,
         })
     }
+
+    /// A norm from its tensors: LayerNorm when `bias` is given, RMSNorm otherwise.
+    pub fn from_parts(weight: Tensor, bias: Option<Tensor>, eps: f64) -> Result<Self> {
+        let ones = Tensor::ones(weight.dims1()?, DType::F32, weight.device())?;
+        Ok(Norm {
+            weight,
+            bias,
+            ones,
+            eps: eps as f32,
+        })
+    }
+
+    /// The scale.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The shift (LayerNorm only).
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// Epsilon added to the variance.
+    pub fn eps(&self) -> f32 {
+        self.eps
+    }
+
+    /// LayerNorm (with a bias) rather than RMSNorm.
+    pub fn is_layer_norm(&self) -> bool {
+        self.bias.is_some()
+    }
 }
 
 impl Module for Norm {

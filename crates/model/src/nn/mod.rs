@@ -3,5 +3,6 @@
 //! key/value cache.
 
 pub mod fused_attention;
+pub mod grad;
 pub mod language;
 pub mod layers;
