@@ -40,6 +40,11 @@ pub trait ImageEncoder: Send + Sync {
     /// Projected features of `(tiles, 3, S, S)` pixels, `(tiles * tokens_per_tile, hidden)`,
     /// computing at most `chunk` tiles at once.
     fn encode_tiles(&self, pixels: &Tensor, chunk: usize) -> Result<Tensor>;
+
+    /// The gradient with respect to `(tiles, 3, S, S)` pixels, given the gradient `d_rows`
+    /// `(tiles * tokens_per_tile, hidden)` with respect to [`Self::encode_tiles`]'s output.
+    /// Recomputes what it needs; never forms weight gradients.
+    fn encode_tiles_backward(&self, pixels: &Tensor, d_rows: &Tensor) -> Result<Tensor>;
 }
 
 /// A checkpoint's configuration, by family.

@@ -57,6 +57,9 @@ pub fn decode(input: &ImageInput, limits: &DecodeLimits) -> Result<RgbImage> {
         ImageInput::Prepared(_) => Err(Error::InvalidInput(
             "this image was already decoded and tiled".into(),
         )),
+        ImageInput::Float(_) => Err(Error::InvalidInput(
+            "a float image has no 8-bit decoding".into(),
+        )),
     }
 }
 
@@ -76,7 +79,7 @@ fn decode_raw(width: u32, height: u32, data: &[u8], limits: &DecodeLimits) -> Re
 }
 
 /// Refuse zero-size images and images over the pixel limit.
-fn check_dimensions(width: u32, height: u32, limits: &DecodeLimits) -> Result<()> {
+pub(crate) fn check_dimensions(width: u32, height: u32, limits: &DecodeLimits) -> Result<()> {
     if width == 0 || height == 0 {
         return Err(Error::InvalidImage(format!(
             "image has zero size ({width}x{height})"

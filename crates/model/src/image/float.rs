@@ -75,6 +75,10 @@ impl FloatImage {
     }
 }
 
+/// Float images are compared by value; their values are finite (checked at construction), so
+/// equality is reflexive.
+impl Eq for FloatImage {}
+
 /// One axis of the float resize: for each output index, a window of input indices and their
 /// weights (Pillow's bicubic taps, normalised to sum 1).
 #[derive(Debug, Clone)]
@@ -131,6 +135,8 @@ impl FloatResize {
                 input.0, input.1, output.0, output.1
             )));
         }
+        // Float taps weigh as much as the 8-bit ones: the same budget.
+        super::resample::check_table_budget(input, output)?;
         Ok(FloatResize {
             x: Axis::bicubic(input.0, output.0),
             y: Axis::bicubic(input.1, output.1),

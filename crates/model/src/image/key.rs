@@ -21,6 +21,22 @@ impl ImageKey {
         ImageKey(*h.finalize().as_bytes())
     }
 
+    /// Hashes a float image's values and size, whether it is a video frame, and the family's
+    /// `preprocessing` settings.
+    pub fn of_float(img: &super::FloatImage, frame: bool, preprocessing: &[u8]) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(b"float-rgb");
+        h.update(&[frame as u8]);
+        for v in [img.width(), img.height()] {
+            h.update(&v.to_le_bytes());
+        }
+        h.update(&(preprocessing.len() as u64).to_le_bytes());
+        h.update(preprocessing);
+        let bytes: Vec<u8> = img.data().iter().flat_map(|v| v.to_le_bytes()).collect();
+        h.update(&bytes);
+        ImageKey(*h.finalize().as_bytes())
+    }
+
     /// Hashes already-normalised tiles (for items whose pixels were supplied directly).
     pub fn of_pixels(pixels: &[f32]) -> Self {
         let mut h = blake3::Hasher::new();

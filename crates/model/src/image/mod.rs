@@ -24,10 +24,11 @@ mod prepared;
 mod resample;
 
 pub use ::image::RgbImage;
+pub(crate) use decode::check_dimensions;
 pub use decode::decode;
 pub use float::{FloatImage, FloatResize};
 pub use key::ImageKey;
-pub use prepared::{ImageLayout, PreparedImage};
+pub use prepared::{ImageLayout, PreparedImage, TileBackward};
 pub(crate) use resample::check_image;
 pub use resample::resize_bicubic;
 #[cfg(test)]
@@ -47,6 +48,9 @@ pub enum ImageInput {
         /// `width * height * 3` bytes: R, G, B for each pixel, rows top to bottom.
         data: Vec<u8>,
     },
+    /// RGB floats (`(H, W, 3)`, nominally in `[0, 1]`): the input whose gradient `ScoreGrad`
+    /// returns. Tiled with the same grid as an 8-bit image, resized without rounding.
+    Float(std::sync::Arc<FloatImage>),
     /// An image this process already decoded and tiled ([`PreparedImage::prepare`]), shared
     /// between items without another decode (what `Rank` sends its pairs).
     Prepared(std::sync::Arc<PreparedImage>),

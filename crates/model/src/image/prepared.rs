@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{decode, DecodeLimits, ImageInput, ImageKey, RgbImage, TiledImage};
+use super::{decode, DecodeLimits, FloatImage, ImageInput, ImageKey, RgbImage, TiledImage};
 use crate::error::Result;
 
 /// How one image of an item was tiled.
@@ -21,6 +21,13 @@ pub struct ImageLayout {
     pub num_tiles: usize,
 }
 
+/// The backward of a family's tiling of a float image: the gradient with respect to the
+/// image, `(H, W, 3)`, from the gradient with respect to its normalised tiles.
+pub trait TileBackward: std::fmt::Debug + Send + Sync {
+    /// `d image` for `d tiles` (`(num_tiles, 3, S, S)`).
+    fn backward(&self, grad_tiles: &[f32]) -> Result<Vec<f32>>;
+}
+
 /// One image's normalised tiles with their layout and content key.
 #[derive(Debug, Clone)]
 pub struct PreparedImage {
@@ -28,6 +35,8 @@ pub struct PreparedImage {
     key: ImageKey,
     frame: bool,
     pixels: Arc<[f32]>,
+    /// Set for float images: how to map tile gradients back to the image.
+    backward: Option<Arc<dyn TileBackward>>,
 }
 
 impl PreparedImage {
@@ -65,7 +74,31 @@ impl PreparedImage {
             key,
             frame,
             pixels: tiled.pixels.into(),
+            backward: None,
         }))
+    }
+
+    /// Tiles of a float image made by a family's float tiling, with the backward of that
+    /// tiling; keyed by the float values and `preprocessing`.
+    pub fn from_float(
+        img: &FloatImage,
+        frame: bool,
+        preprocessing: &[u8],
+        tiled: TiledImage,
+        backward: Arc<dyn TileBackward>,
+    ) -> Self {
+        PreparedImage {
+            layout: ImageLayout {
+                size: (img.width(), img.height()),
+                grid: tiled.grid,
+                thumbnail: tiled.thumbnail,
+                num_tiles: tiled.num_tiles,
+            },
+            key: ImageKey::of_float(img, frame, preprocessing),
+            frame,
+            pixels: tiled.pixels.into(),
+            backward: Some(backward),
+        }
     }
 
     /// Wraps tiles supplied directly (e.g. a reference implementation's), keyed by their
@@ -76,7 +109,13 @@ impl PreparedImage {
             layout,
             frame,
             pixels: pixels.into(),
+            backward: None,
         }
+    }
+
+    /// The backward of the tiling, for an image prepared from floats.
+    pub fn tile_backward(&self) -> Option<&Arc<dyn TileBackward>> {
+        self.backward.as_ref()
     }
 
     /// How the image was tiled.

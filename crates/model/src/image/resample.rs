@@ -223,6 +223,15 @@ pub fn resize_bicubic(img: &RgbImage, width: u32, height: u32) -> Result<RgbImag
         )));
     }
     let (sw, sh) = img.dimensions();
+    check_table_budget((sw, sh), (width, height))?;
+    let out = resize_rgb8(img.as_raw(), sw, sh, width, height);
+    RgbImage::from_raw(width, height, out)
+        .ok_or_else(|| Error::InvalidImage("resize produced a short buffer".into()))
+}
+
+/// Refuses resizes whose filter tables would outweigh the `sw x sh` RGB8 image (16 MiB of
+/// tables are always allowed).
+pub(crate) fn check_table_budget((sw, sh): (u32, u32), (width, height): (u32, u32)) -> Result<()> {
     let tables = table_bytes(sw, sh, width, height);
     let budget = (u64::from(sw) * u64::from(sh) * 3).max(MIN_TABLE_BUDGET);
     if tables > budget {
@@ -233,9 +242,7 @@ pub fn resize_bicubic(img: &RgbImage, width: u32, height: u32) -> Result<RgbImag
             budget >> 20
         )));
     }
-    let out = resize_rgb8(img.as_raw(), sw, sh, width, height);
-    RgbImage::from_raw(width, height, out)
-        .ok_or_else(|| Error::InvalidImage("resize produced a short buffer".into()))
+    Ok(())
 }
 
 /// Resampling tables below this size are always allowed (small images with long sides).

@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor};
 
 pub mod feature_cache;
 mod features;
+pub mod gradient;
 pub mod memory;
 mod options;
 pub mod prefix;

@@ -79,6 +79,12 @@ pub fn tile_float(
     ))
 }
 
+impl crate::image::TileBackward for TilePlan {
+    fn backward(&self, grad_tiles: &[f32]) -> Result<Vec<f32>> {
+        TilePlan::backward(self, grad_tiles)
+    }
+}
+
 impl TilePlan {
     /// Tiles this plan produces.
     pub fn num_tiles(&self) -> usize {

@@ -7,6 +7,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::CheckpointLayout;
+use crate::nn::grad;
 use crate::nn::layers::NormKind;
 use crate::nn::layers::{Linear, Norm};
 
@@ -58,6 +59,32 @@ impl Projector {
             .gelu_erf()?;
         self.linear_2.forward(&xs)
     }
+}
+
+impl Projector {
+    /// The gradient with respect to the vision features `(n, grid², width)` for the gradient
+    /// `dy` of [`Self::forward`]'s output at `features`.
+    pub fn backward(&self, features: &Tensor, grid: usize, dy: &Tensor) -> Result<Tensor> {
+        let shuffled = pixel_shuffle(features, grid, self.factor)?;
+        let h = self.linear_1.forward(&self.norm.forward(&shuffled)?)?;
+        let d_h = grad::gelu_erf(&h, &grad::linear(&self.linear_2, dy)?)?;
+        let d_shuffled = grad::norm(&self.norm, &shuffled, &grad::linear(&self.linear_1, &d_h)?)?;
+        pixel_unshuffle(&d_shuffled, grid, self.factor)
+    }
+}
+
+/// The inverse of [`pixel_shuffle`] (a permutation, so also its backward): `(n, (g/r)², c·r²)`
+/// back to `(n, g², c)`.
+pub fn pixel_unshuffle(xs: &Tensor, g: usize, r: usize) -> Result<Tensor> {
+    let (n, _, crr) = xs.dims3()?;
+    let c = crr / (r * r);
+    xs.reshape((n, g / r, g / r, c * r * r))?
+        .permute((0, 2, 1, 3))?
+        .contiguous()?
+        .reshape((n, g / r, g, c * r))?
+        .permute((0, 2, 1, 3))?
+        .contiguous()?
+        .reshape((n, g * g, c))
 }
 
 /// InternVL's pixel shuffle (v2) with scale `1/r`, on (n, g*g, c) features laid out row-major

@@ -5,7 +5,8 @@ use image::RgbImage;
 use std::sync::Arc;
 
 use crate::image::{
-    check_image, resize_bicubic, DecodeLimits, ImageInput, PreparedImage, TiledImage,
+    check_dimensions, check_image, resize_bicubic, DecodeLimits, ImageInput, PreparedImage,
+    TiledImage,
 };
 use crate::{Error, Result};
 
@@ -231,6 +232,17 @@ pub fn prepare_image(
     tiling: &TilingConfig,
     limits: &DecodeLimits,
 ) -> Result<Arc<PreparedImage>> {
+    if let ImageInput::Float(img) = input {
+        check_dimensions(img.width(), img.height(), limits)?;
+        let (tiled, plan) = super::float_tiling::tile_float(img, frame, tiling)?;
+        return Ok(Arc::new(PreparedImage::from_float(
+            img,
+            frame,
+            &tiling.key_bytes(),
+            tiled,
+            Arc::new(plan),
+        )));
+    }
     PreparedImage::prepare(input, frame, limits, &tiling.key_bytes(), |img| {
         if frame {
             frame_tile(img, tiling)

@@ -41,7 +41,7 @@ impl Masks {
         Ok(Masks { masks })
     }
 
-    fn get(&self, queries: usize, keys: usize) -> Result<&Tensor> {
+    pub(super) fn get(&self, queries: usize, keys: usize) -> Result<&Tensor> {
         self.masks.get(&(queries, keys)).ok_or_else(|| {
             candle_core::Error::Msg(format!("no attention mask for {queries}x{keys}"))
         })

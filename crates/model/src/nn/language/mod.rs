@@ -11,6 +11,7 @@
 //! `feed_forward.w{1,2,3}`, `output`).
 
 mod attention;
+mod backward;
 pub mod config;
 mod decode;
 mod internlm2;
@@ -21,6 +22,7 @@ use candle_nn::VarBuilder;
 
 use crate::nn::layers::{Linear, Norm};
 use attention::{packed_attention, Masks};
+pub use backward::GradTape;
 use config::{RopeScaling, TextArch, TextConfig};
 pub use decode::KvCache;
 

@@ -10,6 +10,8 @@
 //! attention.{q,k}_norm, attention.projection_layer, lambda_1, layernorm_after, mlp.fc1, mlp.fc2, lambda_2}`.
 //! q/k/v are fused into one projection at load for both layouts.
 
+mod backward;
+
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -267,6 +269,20 @@ impl VisionTower {
 
     /// `pixels` (tiles, 3, S, S) -> features (tiles, grid*grid, C) with the class token dropped.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let g = pixels.dim(2)? / self.patch_size;
+        let mut xs = self.embed(pixels)?;
+        for block in &self.blocks {
+            xs = block.forward(&xs)?;
+        }
+        if let Some(norm) = &self.final_norm {
+            xs = norm.forward(&xs)?;
+        }
+        xs.narrow(1, 1, g * g)
+    }
+
+    /// Patch embeddings of `(n, 3, S, S)` pixels with the class token and position embeddings:
+    /// the input of the first block, `(n, 1 + grid², width)`.
+    fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
         let (n, _, s, _) = pixels.dims4()?;
         let (p, g) = (self.patch_size, s / self.patch_size);
         // Conv2d with stride == kernel is a matmul over non-overlapping patches.
@@ -277,14 +293,7 @@ impl VisionTower {
         let c = self.patch.weight().dim(0)?;
         let emb = self.patch.forward(&patches)?.reshape((n, g * g, c))?;
         let cls = self.cls.broadcast_as((n, 1, c))?;
-        let mut xs = Tensor::cat(&[&cls, &emb], 1)?.broadcast_add(&self.pos)?;
-        for block in &self.blocks {
-            xs = block.forward(&xs)?;
-        }
-        if let Some(norm) = &self.final_norm {
-            xs = norm.forward(&xs)?;
-        }
-        xs.narrow(1, 1, g * g)
+        Tensor::cat(&[&cls, &emb], 1)?.broadcast_add(&self.pos)
     }
 }
 
