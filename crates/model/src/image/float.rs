@@ -75,6 +75,90 @@ impl FloatImage {
     }
 }
 
+/// How a caller's float pixels are laid out on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FloatFormat {
+    /// Planar `(3, H, W)` (a torch tensor) rather than interleaved `(H, W, 3)`.
+    pub planar: bool,
+    /// bfloat16 elements rather than f32.
+    pub bf16: bool,
+    /// Values in `[-1, 1]` (mapped to `[0, 1]` as `(x + 1) / 2`) rather than `[0, 1]`.
+    pub signed: bool,
+}
+
+impl FloatFormat {
+    /// Bytes per element.
+    pub fn element_bytes(&self) -> usize {
+        if self.bf16 {
+            2
+        } else {
+            4
+        }
+    }
+
+    /// Reads `width x height` little-endian pixels in this format into a [`FloatImage`].
+    pub fn decode(&self, width: u32, height: u32, bytes: &[u8]) -> Result<FloatImage> {
+        let n = (width as usize)
+            .checked_mul(height as usize)
+            .and_then(|n| n.checked_mul(3))
+            .ok_or_else(|| Error::InvalidInput(format!("{width}x{height} is too large")))?;
+        if bytes.len() != n.saturating_mul(self.element_bytes()) {
+            return Err(Error::InvalidInput(format!(
+                "a {width}x{height} float image of {}-byte elements needs {} bytes, got {}",
+                self.element_bytes(),
+                n.saturating_mul(self.element_bytes()),
+                bytes.len()
+            )));
+        }
+        let values: Vec<f32> = if self.bf16 {
+            bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect()
+        } else {
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        };
+        let unit = |v: f32| if self.signed { (v + 1.0) * 0.5 } else { v };
+        let plane = n / 3;
+        let data = if self.planar {
+            (0..plane)
+                .flat_map(|i| (0..3).map(move |c| (c * plane + i)))
+                .map(|k| unit(values[k]))
+                .collect()
+        } else {
+            values.into_iter().map(unit).collect()
+        };
+        FloatImage::new(width, height, data)
+    }
+
+    /// The gradient with respect to the values a caller sent in this format, from the gradient
+    /// `(H, W, 3)` with respect to the `[0, 1]` image: relaid out, scaled by `1/2` for `[-1, 1]`
+    /// inputs, and encoded as this format's dtype (or f32 when `f32_out`).
+    pub fn encode_gradient(&self, grad: &[f32], f32_out: bool) -> Vec<u8> {
+        let scale = if self.signed { 0.5 } else { 1.0 };
+        let plane = grad.len() / 3;
+        let ordered: Vec<f32> = if self.planar {
+            (0..3)
+                .flat_map(|c| (0..plane).map(move |i| i * 3 + c))
+                .map(|k| grad[k] * scale)
+                .collect()
+        } else {
+            grad.iter().map(|g| g * scale).collect()
+        };
+        if self.bf16 && !f32_out {
+            ordered
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect()
+        } else {
+            ordered.iter().flat_map(|v| v.to_le_bytes()).collect()
+        }
+    }
+}
+
 /// Float images are compared by value; their values are finite (checked at construction), so
 /// equality is reflexive.
 impl Eq for FloatImage {}
@@ -306,6 +390,46 @@ mod tests {
                 "{lhs} vs {rhs}"
             );
         }
+    }
+
+    #[test]
+    fn wire_formats_round_trip_and_gradients_follow_the_input() {
+        // A 2x1 image: pixel 0 = (0.25, 0.5, 1.0), pixel 1 = (0, 0.75, 0.5).
+        let hwc = [0.25f32, 0.5, 1.0, 0.0, 0.75, 0.5];
+        let chw = [0.25f32, 0.0, 0.5, 0.75, 1.0, 0.5];
+        let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let f = |planar, bf16, signed| FloatFormat {
+            planar,
+            bf16,
+            signed,
+        };
+        let a = f(false, false, false).decode(2, 1, &bytes(&hwc)).unwrap();
+        let b = f(true, false, false).decode(2, 1, &bytes(&chw)).unwrap();
+        let signed: Vec<f32> = chw.iter().map(|v| 2.0 * v - 1.0).collect();
+        let c = f(true, false, true).decode(2, 1, &bytes(&signed)).unwrap();
+        let bf: Vec<u8> = hwc
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        let d = f(false, true, false).decode(2, 1, &bf).unwrap();
+        assert_eq!(a.data(), &hwc);
+        assert_eq!(
+            (b.data(), c.data(), d.data()),
+            (&hwc[..], &hwc[..], &hwc[..])
+        );
+        // The gradient comes back in the caller's layout, scaled for [-1, 1].
+        let g = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let back = f(true, false, true).encode_gradient(&g, false);
+        let got: Vec<f32> = back
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(got, vec![0.5, 2.0, 1.0, 2.5, 1.5, 3.0]);
+        assert_eq!(f(false, true, false).encode_gradient(&g, false).len(), 12);
+        assert_eq!(f(false, true, false).encode_gradient(&g, true).len(), 24);
+        assert!(f(false, false, false)
+            .decode(2, 1, &bytes(&hwc[..5]))
+            .is_err());
     }
 
     #[test]

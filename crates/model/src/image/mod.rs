@@ -26,7 +26,7 @@ mod resample;
 pub use ::image::RgbImage;
 pub(crate) use decode::check_dimensions;
 pub use decode::decode;
-pub use float::{FloatImage, FloatResize};
+pub use float::{FloatFormat, FloatImage, FloatResize};
 pub use key::ImageKey;
 pub use prepared::{ImageLayout, PreparedImage, TileBackward};
 pub(crate) use resample::check_image;
