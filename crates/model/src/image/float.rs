@@ -125,7 +125,7 @@ impl FloatFormat {
         let plane = n / 3;
         let data = if self.planar {
             (0..plane)
-                .flat_map(|i| (0..3).map(move |c| (c * plane + i)))
+                .flat_map(|i| (0..3).map(move |c| c * plane + i))
                 .map(|k| unit(values[k]))
                 .collect()
         } else {
