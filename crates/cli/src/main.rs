@@ -26,6 +26,7 @@ mod bench_model;
 mod check_model;
 mod evaluate;
 mod failure;
+mod grad_out;
 mod model_args;
 mod notes;
 mod parity;

@@ -52,6 +52,18 @@ pub struct ScoreArgs {
     /// Add what the model saw: rendered prompt, input_ids, tile grids.
     #[arg(long)]
     explain: bool,
+    /// Write the gradient of `--objective` with respect to the image's pixels (read as
+    /// `[0, 1]` floats, `v / 255`) to FILE as a float32 `.npy` of shape (H, W, 3), and print
+    /// the score with the objective's value and the gradient's size. One `--image`.
+    #[arg(
+        long,
+        value_name = "FILE.npy",
+        conflicts_with_all = ["frames", "manifest", "dir", "rationale"]
+    )]
+    grad_out: Option<PathBuf>,
+    /// What `--grad-out` differentiates: `p_yes`, `log_p_yes` or `logit_margin`.
+    #[arg(long, default_value = "p_yes", requires = "grad_out")]
+    objective: String,
 }
 
 /// Runs the subcommand. Single items: exit 1 when any item failed (an unreadable file too).
@@ -96,6 +108,16 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
             mode,
         })
     };
+    if let Some(out) = &args.grad_out {
+        let [image] = args.images.as_slice() else {
+            anyhow::bail!("--grad-out takes exactly one --image");
+        };
+        let item =
+            item(read(image).map(Candidate::Image)).map_err(|e| anyhow::anyhow!(e.message))?;
+        let out = crate::grad_out::run(&model, item, args.objective.parse()?, out)?;
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let (labels, items): (Vec<String>, Vec<Result<ScoreItem, ItemFailure>>) =
         if args.frames.is_empty() {
             args.images

@@ -175,3 +175,52 @@ fn a_missing_file_is_reported_per_item_like_a_corrupt_one() {
     );
     assert_eq!(lines[1]["reason"], "unreadable_file", "{}", lines[1]);
 }
+
+#[test]
+fn grad_out_writes_an_npy_numpy_can_read_and_the_score_is_unchanged() {
+    let fox = repo("fixtures/images/fox_100x60.png");
+    let out = std::env::temp_dir().join(format!("rd-grad-{}.npy", std::process::id()));
+    let (code, lines, stderr) = score(&[
+        "--prompt",
+        "a red fox",
+        "--image",
+        &fox,
+        "--grad-out",
+        out.to_str().unwrap(),
+        "--objective",
+        "logit_margin",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let line = &lines[0];
+    assert_eq!(line["objective"], "logit_margin");
+    assert_eq!(line["grad_shape"], serde_json::json!([60, 100, 3]));
+    // The float path on exact 8-bit values scores what the 8-bit path scores, up to the
+    // resize's rounding.
+    let (_, plain, _) = score(&["--json", "--prompt", "a red fox", "--image", &fox]);
+    let (a, b) = (
+        line["p_yes"].as_f64().unwrap(),
+        plain[0]["p_yes"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-2, "{a} vs {b}");
+    let margin = line["logit_yes"].as_f64().unwrap() - line["logit_no"].as_f64().unwrap();
+    assert!((line["objective_value"].as_f64().unwrap() - margin).abs() < 1e-5);
+    // NumPy's format 1.0: magic, version, header length, a dict header padded to 64 bytes.
+    let bytes = std::fs::read(&out).unwrap();
+    let _ = std::fs::remove_file(&out);
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+    let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    assert_eq!((10 + len) % 64, 0);
+    let header = std::str::from_utf8(&bytes[10..10 + len]).unwrap();
+    assert!(
+        header.contains("'descr': '<f4'") && header.contains("'shape': (60, 100, 3,)"),
+        "{header}"
+    );
+    let values: Vec<f32> = bytes[10 + len..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(values.len(), 60 * 100 * 3);
+    let l2 = values.iter().map(|v| f64::from(v * v)).sum::<f64>().sqrt();
+    assert!((l2 - line["grad_l2"].as_f64().unwrap()).abs() < 1e-6 * l2.max(1.0));
+    assert!(l2 > 0.0, "the gradient is not zero");
+}

@@ -181,9 +181,10 @@ impl BatchScorer for RemoteScorer {
 
 fn image(input: &ImageInput) -> pb::Image {
     let source = match input {
-        // Tiles prepared in this process have no wire form (the manifest reader never makes
-        // them): sent without data, the server answers that item with INVALID_ARGUMENT.
-        ImageInput::Prepared(_) => return pb::Image { source: None },
+        // Tiles prepared in this process, and float images, have no wire form here (the
+        // manifest reader never makes them): sent without data, the server answers that item
+        // with INVALID_ARGUMENT.
+        ImageInput::Prepared(_) | ImageInput::Float(_) => return pb::Image { source: None },
         ImageInput::Encoded(bytes) => pb::image::Source::Encoded(bytes.clone()),
         ImageInput::Rgb8 {
             width,

@@ -29,7 +29,32 @@ pub enum Objective {
     LogitMargin,
 }
 
+impl std::str::FromStr for Objective {
+    type Err = Error;
+
+    /// `p_yes`, `log_p_yes` or `logit_margin`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "p_yes" => Ok(Objective::PYes),
+            "log_p_yes" => Ok(Objective::LogPYes),
+            "logit_margin" => Ok(Objective::LogitMargin),
+            other => Err(Error::InvalidInput(format!(
+                "unknown objective {other:?} (expected p_yes, log_p_yes or logit_margin)"
+            ))),
+        }
+    }
+}
+
 impl Objective {
+    /// The name [`std::str::FromStr`] reads: `p_yes`, `log_p_yes`, `logit_margin`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Objective::PYes => "p_yes",
+            Objective::LogPYes => "log_p_yes",
+            Objective::LogitMargin => "logit_margin",
+        }
+    }
+
     /// The objective's value and its derivative with respect to the margin
     /// `logit_yes - logit_no`, in f64.
     fn of_margin(self, margin: f64) -> (f64, f64) {
