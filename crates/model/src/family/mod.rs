@@ -151,6 +151,13 @@ impl FamilyConfig {
         }
     }
 
+    /// Peak bytes of the image side of one gradient item over `tiles` tiles.
+    pub fn image_gradient_bytes(&self, tiles: usize, bytes: u64) -> u64 {
+        match self {
+            FamilyConfig::InternVl(c) => internvl::memory::image_gradient_bytes(c, tiles, bytes),
+        }
+    }
+
     /// Matmul FLOPs of the image side for one tile, `2 x params x tokens` (what
     /// `rewarddance bench-model` reports MFU from).
     pub fn image_flops_per_tile(&self) -> f64 {

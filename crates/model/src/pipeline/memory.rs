@@ -158,6 +158,34 @@ pub fn estimate(config: &FamilyConfig, dtype: DType, budget: &BatchBudget) -> Me
     }
 }
 
+/// Peak activation bytes of one gradient item (`ScoreGrad`) of `tiles` tiles and `tokens`
+/// tokens at `dtype`, weights excluded: the family's image side, then the decoder holding every
+/// layer's input and the input embeddings with their gradient, one recomputed layer with its
+/// gradients (f32), four (tokens x tokens) matrices per head, the image features with their
+/// gradients, and the last position's logits. No weight-sized gradient is ever formed.
+pub fn gradient_item_bytes(
+    config: &FamilyConfig,
+    dtype: DType,
+    tiles: usize,
+    tokens: usize,
+) -> u64 {
+    let bytes = dtype.size_in_bytes() as u64;
+    let t = config.text();
+    let (h, m, d) = (
+        t.hidden_size as u64,
+        t.intermediate_size as u64,
+        t.head_dim as u64,
+    );
+    let (heads, kv) = (t.num_heads as u64, t.num_kv_heads as u64);
+    let n = tokens as u64;
+    let saved = (t.num_layers as u64 + 3) * n * h * bytes;
+    let layer = 2 * n * (6 * h + 2 * (heads + 2 * kv) * d + 3 * m) * 4;
+    let attention = 4 * heads * n * n * 4;
+    let features = 2 * tiles as u64 * config.tokens_per_tile() as u64 * h * bytes;
+    let logits = 2 * t.vocab_size as u64 * 4;
+    config.image_gradient_bytes(tiles, bytes) + saved + layer + attention + features + logits
+}
+
 /// Refuses a configuration whose estimate exceeds `device_memory_bytes`, with a message that
 /// says what does not fit and what to change. Returns the estimate when it fits.
 pub fn check_fits(

@@ -83,3 +83,23 @@ pub fn image_flops_per_tile(config: &ModelConfig) -> f64 {
     let proj_params = (v.hidden_size * r * r * h + h * h) as f64;
     2.0 * (vit_params * vit_tokens + proj_params * config.tokens_per_tile() as f64)
 }
+
+/// Peak bytes of the image side of one gradient item (`ScoreGrad`) over `tiles` tiles: the
+/// forward of every tile (as for scoring), then the backward one tile at a time, each holding
+/// every block's input plus one recomputed block with its gradients (f32) and four
+/// (tokens x tokens) matrices per head (scores, probabilities and their gradients), and the
+/// pixels of every tile with their gradients in f32.
+pub fn image_gradient_bytes(config: &ModelConfig, tiles: usize, bytes: u64) -> u64 {
+    let v = &config.vision;
+    let grid = (config.tiling.image_size as usize / v.patch_size) as u64;
+    let n = grid * grid + 1;
+    let (c, i, heads) = (
+        v.hidden_size as u64,
+        v.intermediate_size as u64,
+        v.num_heads as u64,
+    );
+    let saved = v.num_layers as u64 * n * c * bytes;
+    let block = 2 * n * (8 * c + 2 * i) * 4 + 4 * heads * n * n * 4;
+    let pixels = 2 * tiles as u64 * 3 * u64::from(config.tiling.image_size).pow(2) * 4;
+    image_activation_bytes(config, tiles, bytes) + saved + block + pixels
+}
