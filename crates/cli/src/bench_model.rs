@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use rewarddance_model::image::FloatImage;
+use rewarddance_model::pipeline::gradient::Objective;
 use rewarddance_model::{
     Candidate, Checkpoint, DType, FamilyConfig, ImageInput, LoadOptions, Mode, PreparedItem,
     RewardModel, ScoreItem,
@@ -50,6 +52,11 @@ pub struct BenchModelArgs {
     /// reference, and an all-pairs ranking of 8 candidates, with and without reuse.
     #[arg(long)]
     reuse: bool,
+    /// Instead of the throughput table, compare ScoreGrad (the gradient of p_yes with respect
+    /// to a float candidate) with Score on the same items: ms per item and the peak RSS of the
+    /// gradient run (Linux; reset before each row).
+    #[arg(long, conflicts_with = "reuse")]
+    grad: bool,
 }
 
 /// Runs the benchmark and prints a table.
@@ -85,6 +92,9 @@ pub fn run(args: BenchModelArgs) -> Result<std::process::ExitCode> {
         model.id(),
         started.elapsed().as_secs_f64()
     );
+    if args.grad {
+        return grad_table(&model, &args);
+    }
     let peak = matmul_peak(&device, dtype)?;
     println!(
         "model {}  device {}  dtype {:?}  measured matmul peak {:.1} TFLOP/s",
@@ -123,22 +133,96 @@ pub fn run(args: BenchModelArgs) -> Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// ScoreGrad against Score on the same float-candidate items.
+fn grad_table(model: &RewardModel, args: &BenchModelArgs) -> Result<std::process::ExitCode> {
+    println!(
+        "model {}  device {}  ScoreGrad (p_yes) vs Score, one-tile float candidates",
+        model.id(),
+        args.device
+    );
+    println!("| mode | batch | score ms/item | grad ms/item | grad / score | grad peak RSS MiB |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let side = model.config().tile_size();
+    for mode_name in &args.mode {
+        let mode: Mode = mode_name.parse()?;
+        for &batch in &args.batch {
+            let items: Vec<PreparedItem> = (0..batch)
+                .map(|i| {
+                    let mut item = synthetic_item(model, mode, i);
+                    item.candidate = Candidate::Image(noise_float(side, 2 * i as u64)?);
+                    Ok(model.prepare(&item)?)
+                })
+                .collect::<Result<_>>()?;
+            let refs: Vec<&PreparedItem> = items.iter().collect();
+            let iters = args.iters.max(1);
+            model.score_prepared(&refs)?;
+            let t = Instant::now();
+            for _ in 0..iters {
+                model.score_prepared(&refs)?;
+            }
+            let score_ms = t.elapsed().as_secs_f64() * 1e3 / (iters * batch) as f64;
+            reset_peak_rss();
+            let t = Instant::now();
+            for _ in 0..iters {
+                for item in &items {
+                    model.score_grad(item, Objective::PYes)?;
+                }
+            }
+            let grad_ms = t.elapsed().as_secs_f64() * 1e3 / (iters * batch) as f64;
+            let rss = peak_rss_mib().map_or_else(|| "n/a".to_string(), |m| format!("{m:.0}"));
+            println!(
+                "| {mode_name} | {batch} | {score_ms:.1} | {grad_ms:.1} | {:.2}x | {rss} |",
+                grad_ms / score_ms
+            );
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// A deterministic noise image of one tile as floats in [0, 1].
+fn noise_float(side: u32, seed: u64) -> Result<ImageInput> {
+    let values = noise_bytes(side, seed)
+        .iter()
+        .map(|&v| f32::from(v) / 255.0)
+        .collect();
+    Ok(ImageInput::Float(
+        FloatImage::new(side, side, values)?.into(),
+    ))
+}
+
+/// Resets the kernel's peak-RSS mark of this process (Linux `clear_refs` 5).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak RSS since the last reset, in MiB (Linux `VmHWM`).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
 /// A deterministic noise image of one tile, distinct per `seed`.
 fn noise_image(side: u32, seed: u64) -> ImageInput {
+    ImageInput::Rgb8 {
+        width: side,
+        height: side,
+        data: noise_bytes(side, seed),
+    }
+}
+
+/// `side x side` RGB noise bytes, distinct per `seed`.
+fn noise_bytes(side: u32, seed: u64) -> Vec<u8> {
     let mut state = (seed + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let data = (0..side * side * 3)
+    (0..side * side * 3)
         .map(|_| {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             state as u8
         })
-        .collect();
-    ImageInput::Rgb8 {
-        width: side,
-        height: side,
-        data,
-    }
+        .collect()
 }
 
 const BENCH_PROMPT: &str =

@@ -119,17 +119,11 @@ impl ImageEncoder for InternVlImages {
     }
 
     fn encode_tiles_backward(&self, pixels: &Tensor, d_rows: &Tensor) -> Result<Tensor> {
-        let n = pixels.dim(0)?;
         let grid = self.vision.grid();
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            let tile = pixels.narrow(0, i, 1)?;
-            let features = self.vision.forward(&tile)?;
-            let rows = self.projector.tokens_per_tile(grid);
+        let rows = self.projector.tokens_per_tile(grid);
+        Ok(self.vision.backward_with(pixels, |i, features| {
             let d_proj = d_rows.narrow(0, i * rows, rows)?.unsqueeze(0)?;
-            let d_features = self.projector.backward(&features, grid, &d_proj)?;
-            out.push(self.vision.backward(&tile, &d_features)?);
-        }
-        Ok(Tensor::cat(&out, 0)?)
+            self.projector.backward(features, grid, &d_proj)
+        })?)
     }
 }

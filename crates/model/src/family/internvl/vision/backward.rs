@@ -12,15 +12,31 @@ impl VisionTower {
     /// `d pixels` `(n, 3, S, S)` for `d_features` `(n, grid², width)`, the gradient with respect
     /// to [`VisionTower::forward`]'s output at `pixels`.
     pub fn backward(&self, pixels: &Tensor, d_features: &Tensor) -> Result<Tensor> {
+        self.backward_with(pixels, |i, _| d_features.narrow(0, i, 1))
+    }
+
+    /// `d pixels` `(n, 3, S, S)`, tile by tile: `d_features_of(i, features)` gives the gradient
+    /// with respect to tile `i`'s output features `(1, grid², width)` (e.g. a projector's
+    /// backward, which needs those features), so each tile's forward runs once for both.
+    pub fn backward_with(
+        &self,
+        pixels: &Tensor,
+        d_features_of: impl Fn(usize, &Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         let n = pixels.dim(0)?;
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
-            out.push(self.backward_tile(&pixels.narrow(0, i, 1)?, &d_features.narrow(0, i, 1)?)?);
+            let tile = pixels.narrow(0, i, 1)?;
+            out.push(self.backward_tile(&tile, |features| d_features_of(i, features))?);
         }
         Tensor::cat(&out, 0)
     }
 
-    fn backward_tile(&self, pixels: &Tensor, d_features: &Tensor) -> Result<Tensor> {
+    fn backward_tile(
+        &self,
+        pixels: &Tensor,
+        d_features_of: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         let (_, _, s, _) = pixels.dims4()?;
         let (p, g) = (self.patch_size, s / self.patch_size);
         let c = self.patch.weight().dim(0)?;
@@ -31,11 +47,16 @@ impl VisionTower {
             inputs.push(xs);
             xs = next;
         }
+        let out = match &self.final_norm {
+            Some(norm) => norm.forward(&xs)?,
+            None => xs.clone(),
+        };
+        let d_features = d_features_of(&out.narrow(1, 1, g * g)?)?;
         // The output drops the class token.
         let mut dy = Tensor::cat(
             &[
                 &Tensor::zeros((1, 1, c), d_features.dtype(), d_features.device())?,
-                d_features,
+                &d_features,
             ],
             1,
         )?;
