@@ -22,7 +22,8 @@ CONFIG_RS = REPO / "crates/server/src/config.rs"
 MODEL_ARGS_RS = REPO / "crates/cli/src/model_args.rs"
 SERVE_RS = REPO / "crates/cli/src/serve.rs"
 METRICS_RS = REPO / "crates/engine/src/metrics.rs"
-JOB_RS = REPO / "crates/engine/src/job.rs"
+# Failure reasons: the kinds' and the model errors' (result.rs), and the job's own (job.rs).
+REASON_RS = [REPO / "crates/engine/src/result.rs", REPO / "crates/engine/src/job.rs"]
 TELEMETRY_RS = REPO / "crates/server/src/telemetry.rs"
 SERVER_SRC = REPO / "crates/server/src"
 PROTO_LIB_RS = REPO / "crates/proto/src/lib.rs"
@@ -192,7 +193,7 @@ def metrics() -> dict[str, Metric]:
         name, kind = consts[const]
         out[name] = Metric(name, kind)
     # Labels: `counter!(CONST, "label" => ...)` etc. in the engine and the server.
-    sources = "\n".join(p.read_text() for p in [*METRICS_RS.parent.glob("*.rs"), *SERVER_SRC.glob("*.rs")])
+    sources = "\n".join(p.read_text() for p in [*METRICS_RS.parent.glob("*.rs"), *SERVER_SRC.rglob("*.rs")])
     for const, args in re.findall(r"(?:counter|gauge|histogram)!\(\s*(?:names::|metrics::|rewarddance_engine::metrics::)?([A-Z][A-Z0-9_]+)\s*,([^;]*?)\)", sources, re.S):
         if const in consts and consts[const][0] in out:
             out[consts[const][0]].labels.update(re.findall(r'"(\w+)"\s*=>', args))
@@ -215,7 +216,7 @@ def metrics_path() -> str:
 
 def failure_reasons() -> set[str]:
     """Values of the `reason` label of rewarddance_item_failures_total."""
-    text = JOB_RS.read_text()
+    text = "\n".join(p.read_text() for p in REASON_RS)
     reasons = set(re.findall(r'=>\s*"([a-z_]+)"', text))
     reasons |= set(re.findall(r'record_item_failure\("([a-z_]+)"\)', text))
     return reasons
@@ -223,7 +224,7 @@ def failure_reasons() -> set[str]:
 
 def rpc_methods() -> set[str]:
     """Values of the `method` label of rewarddance_requests_total / _request_duration_seconds."""
-    text = "\n".join(p.read_text() for p in SERVER_SRC.glob("*.rs"))
+    text = "\n".join(p.read_text() for p in SERVER_SRC.rglob("*.rs"))
     return (
         set(re.findall(r'Call::start\(\s*"(\w+)"', text))
         | set(re.findall(r'"method"\s*=>\s*"(\w+)"', text))

@@ -9,9 +9,10 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::EngineConfig;
-use crate::engine::Health;
-use crate::job::{FailureKind, ItemError, PreparedJob};
+use crate::health::Health;
+use crate::job::PreparedJob;
 use crate::metrics;
+use crate::result::{FailureKind, ItemError};
 
 /// A batch handed to a worker.
 pub(crate) struct Batch {
@@ -49,9 +50,13 @@ pub(crate) async fn run(
     health: watch::Sender<Health>,
     devices: Vec<String>,
 ) {
-    let mut queue: VecDeque<PreparedJob> = VecDeque::new();
-    let mut idle: VecDeque<(usize, std_mpsc::Sender<Batch>)> = VecDeque::new();
-    let mut statuses = vec![WorkerStatus::Starting; devices.len()];
+    let mut state = State {
+        queue: VecDeque::new(),
+        idle: VecDeque::new(),
+        statuses: vec![WorkerStatus::Starting; devices.len()],
+        health,
+        devices,
+    };
     let mut wake: Option<Instant> = None;
     loop {
         let msg = match wake {
@@ -59,7 +64,7 @@ pub(crate) async fn run(
                 tokio::select! {
                     msg = rx.recv() => msg,
                     _ = tokio::time::sleep_until(at.into()) => {
-                        wake = dispatch(&mut queue, &mut idle, &config);
+                        wake = dispatch(&mut state.queue, &mut state.idle, &config);
                         continue;
                     }
                 }
@@ -67,39 +72,47 @@ pub(crate) async fn run(
             None => rx.recv().await,
         };
         let Some(msg) = msg else { break };
-        match msg {
-            BatcherMsg::Job(job) => queue.push_back(*job),
-            BatcherMsg::Ready { worker, tx } => idle.push_back((worker, tx)),
-            BatcherMsg::Status { worker, status } => {
-                if let Some(slot) = statuses.get_mut(worker) {
-                    *slot = status;
-                }
-                update_health(&health, &statuses, &devices);
-            }
-        }
+        state.take(msg);
         // Drain whatever else is already waiting before deciding, so that a burst of arrivals
         // becomes one batch rather than several.
         while let Ok(msg) = rx.try_recv() {
-            match msg {
-                BatcherMsg::Job(job) => queue.push_back(*job),
-                BatcherMsg::Ready { worker, tx } => idle.push_back((worker, tx)),
-                BatcherMsg::Status { worker, status } => {
-                    if let Some(slot) = statuses.get_mut(worker) {
-                        *slot = status;
-                    }
-                    update_health(&health, &statuses, &devices);
-                }
-            }
+            state.take(msg);
         }
-        if queue.len() > config.max_batch_items {
+        if state.queue.len() > config.max_batch_items {
             // Backed up behind busy devices: items whose callers left must not pile up.
-            purge(&mut queue, Instant::now());
+            purge(&mut state.queue, Instant::now());
         }
-        wake = dispatch(&mut queue, &mut idle, &config);
+        wake = dispatch(&mut state.queue, &mut state.idle, &config);
     }
-    for p in queue {
+    for p in state.queue {
         p.job
             .fail(ItemError::new(FailureKind::Internal, "the batcher stopped"));
+    }
+}
+
+/// What the batcher owns: the queue of prepared items, the idle workers, and each worker's
+/// status with the health they add up to.
+struct State {
+    queue: VecDeque<PreparedJob>,
+    idle: VecDeque<(usize, std_mpsc::Sender<Batch>)>,
+    statuses: Vec<WorkerStatus>,
+    health: watch::Sender<Health>,
+    devices: Vec<String>,
+}
+
+impl State {
+    /// Folds one message in.
+    fn take(&mut self, msg: BatcherMsg) {
+        match msg {
+            BatcherMsg::Job(job) => self.queue.push_back(*job),
+            BatcherMsg::Ready { worker, tx } => self.idle.push_back((worker, tx)),
+            BatcherMsg::Status { worker, status } => {
+                if let Some(slot) = self.statuses.get_mut(worker) {
+                    *slot = status;
+                }
+                update_health(&self.health, &self.statuses, &self.devices);
+            }
+        }
     }
 }
 
@@ -144,11 +157,11 @@ fn dispatch(
             break None;
         };
         let open_until = front.enqueued + config.max_batch_delay;
-        let full = fills_batch(queue.iter(), |p| p.prepared.num_tokens(), config);
+        let full = fills_batch(queue.iter(), |p| p.prepared.tokens(), config);
         if !full && now < open_until {
             break Some(open_until);
         }
-        let jobs = take_batch(queue, |p| p.prepared.num_tokens(), config);
+        let jobs = take_batch(queue, |p| p.prepared.tokens(), config);
         let Some((worker, tx)) = idle.pop_front() else {
             break None;
         };
@@ -174,21 +187,7 @@ fn purge(queue: &mut VecDeque<PreparedJob>, now: Instant) {
     {
         return;
     }
-    let kept: VecDeque<PreparedJob> = queue
-        .drain(..)
-        .filter_map(|p| {
-            let PreparedJob {
-                job,
-                prepared,
-                enqueued,
-            } = p;
-            job.check(now).map(|job| PreparedJob {
-                job,
-                prepared,
-                enqueued,
-            })
-        })
-        .collect();
+    let kept: VecDeque<PreparedJob> = queue.drain(..).filter_map(|p| p.check(now)).collect();
     *queue = kept;
 }
 

@@ -9,15 +9,16 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
-use rewarddance_model::{Generation, Score, StopReason};
+use rewarddance_model::{Score, StopReason};
 
-use crate::backend::Backend;
-use crate::job::{Job, RationaleEnd, RationaleOutput};
+use crate::backend::{Backend, Sequence};
+use crate::job::Job;
 use crate::metrics;
+use crate::result::{RationaleEnd, RationaleOutput};
 
 /// One item decoding its rationale.
 pub(crate) struct Decoding {
-    pub generation: Generation,
+    pub sequence: Sequence,
     pub job: Job,
     pub score: Score,
     /// When its prefill ended.
@@ -26,19 +27,26 @@ pub(crate) struct Decoding {
 
 impl Decoding {
     /// Answers the item with its score and the rationale so far.
-    fn finish(mut self, end: RationaleEnd) {
-        let stop = match end {
-            RationaleEnd::EndOfTurn => StopReason::EndOfTurn,
-            RationaleEnd::MaxTokens => StopReason::MaxTokens,
-            RationaleEnd::Deadline | RationaleEnd::Failed => StopReason::Stopped,
+    fn finish(self, end: RationaleEnd, backend: &dyn Backend) {
+        let Decoding {
+            sequence,
+            mut job,
+            score,
+            started,
+        } = self;
+        let (text, token_ids) = match backend.finish(sequence, end.to_model()) {
+            Ok(rationale) => (rationale.text, rationale.token_ids),
+            Err(err) => {
+                tracing::error!(parent: &job.span, error = %err, "ending a rationale failed");
+                (String::new(), Vec::new())
+            }
         };
-        let rationale = self.generation.finish(stop);
-        self.job.timing.decode = self.started.elapsed();
-        self.job.succeed(
-            self.score,
+        job.timing.decode = started.elapsed();
+        job.succeed(
+            score,
             Some(RationaleOutput {
-                text: rationale.text,
-                token_ids: rationale.token_ids,
+                text,
+                token_ids,
                 end,
             }),
         );
@@ -91,10 +99,10 @@ impl DecodeSet {
                 continue;
             }
             if d.job.expired(horizon) {
-                d.finish(RationaleEnd::Deadline);
+                d.finish(RationaleEnd::Deadline, backend);
                 continue;
             }
-            match catch_unwind(AssertUnwindSafe(|| backend.next_token(&mut d.generation))) {
+            match catch_unwind(AssertUnwindSafe(|| backend.next_token(&mut d.sequence))) {
                 Ok(Ok(token)) => {
                     if token.stop != Some(StopReason::EndOfTurn) {
                         tokens += 1;
@@ -103,26 +111,24 @@ impl DecodeSet {
                         d.job.stream_text(&token.text);
                     }
                     match token.stop {
-                        Some(StopReason::EndOfTurn) => d.finish(RationaleEnd::EndOfTurn),
-                        Some(_) => d.finish(RationaleEnd::MaxTokens),
+                        Some(stop) => d.finish(RationaleEnd::from_model(stop), backend),
                         None => next.push(d),
                     }
                 }
                 Ok(Err(err)) => {
                     tracing::error!(parent: &d.job.span, error = %err, "picking a token failed");
-                    d.finish(RationaleEnd::Failed);
+                    d.finish(RationaleEnd::Failed, backend);
                 }
                 Err(_) => {
                     tracing::error!(parent: &d.job.span, "picking a token panicked");
-                    d.finish(RationaleEnd::Failed);
+                    d.finish(RationaleEnd::Failed, backend);
                 }
             }
         }
         let outcome = if next.is_empty() {
             StepOutcome::Ok
         } else {
-            let mut refs: Vec<&mut Generation> =
-                next.iter_mut().map(|d| &mut d.generation).collect();
+            let mut refs: Vec<&mut Sequence> = next.iter_mut().map(|d| &mut d.sequence).collect();
             match catch_unwind(AssertUnwindSafe(|| backend.decode_forward(&mut refs))) {
                 Ok(Ok(())) => StepOutcome::Ok,
                 Ok(Err(err)) => {
@@ -137,7 +143,7 @@ impl DecodeSet {
         };
         if matches!(outcome, StepOutcome::Failed { .. }) {
             for d in next.drain(..) {
-                d.finish(RationaleEnd::Failed);
+                d.finish(RationaleEnd::Failed, backend);
             }
         }
         self.running = next;

@@ -6,12 +6,12 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 /// One unit of preprocessing work.
-pub(crate) type Task = Box<dyn FnOnce() + Send>;
+pub(crate) type PoolTask = Box<dyn FnOnce() + Send>;
 
 /// A thread pool whose work is grouped by submission and served round-robin.
 pub(crate) struct FairPool {
     pool: rayon::ThreadPool,
-    groups: Mutex<VecDeque<VecDeque<Task>>>,
+    groups: Mutex<VecDeque<VecDeque<PoolTask>>>,
 }
 
 impl FairPool {
@@ -33,7 +33,7 @@ impl FairPool {
 
     /// Queues one submission's tasks as a group; each turn of a thread runs the next task of
     /// the group at the front and moves that group to the back.
-    pub fn spawn_group(self: &Arc<Self>, tasks: Vec<Task>) {
+    pub fn spawn_group(self: &Arc<Self>, tasks: Vec<PoolTask>) {
         let n = tasks.len();
         if n == 0 {
             return;
@@ -51,14 +51,14 @@ impl FairPool {
 
     /// The queue; a panic while it was held cannot leave it inconsistent (every change is a
     /// single push or pop), so a poisoned lock is used as it is rather than stranding tasks.
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<VecDeque<Task>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<VecDeque<PoolTask>>> {
         self.groups
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The next task in round-robin order.
-    fn next(&self) -> Option<Task> {
+    fn next(&self) -> Option<PoolTask> {
         let mut groups = self.lock();
         let mut group = groups.pop_front()?;
         let task = group.pop_front();
@@ -79,7 +79,7 @@ mod tests {
     fn a_later_small_submission_is_not_stuck_behind_a_large_one() {
         let pool = FairPool::new(1).unwrap();
         let (tx, rx) = mpsc::channel();
-        let task = |name: &'static str, i: usize| -> Task {
+        let task = |name: &'static str, i: usize| -> PoolTask {
             let tx = tx.clone();
             Box::new(move || {
                 std::thread::sleep(Duration::from_millis(2));

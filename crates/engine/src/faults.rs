@@ -1,4 +1,4 @@
-//! Fault injection for tests (cargo feature `fault-injection`): a [`Backend`] wrapper that
+//! Fault injection for tests (cargo feature `fault-injection`): a [`Model`] wrapper that
 //! fails, panics or stalls on purpose, so tests can prove that one item never fails its
 //! neighbours and that health follows the device rather than what callers send.
 //!
@@ -20,20 +20,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rewarddance_model::{
-    Error, Generation, ImageInput, PreparedImage, PreparedItem, RationaleOptions, Result,
-    RewardModel, Score, ScoreItem, Token,
+    Error, ImageInput, ModelInfo, PreparedImage, PreparedItem, Rationale, Result, ReuseStats,
+    ScoreItem, StopReason, Token,
 };
 
-use crate::backend::Backend;
+use crate::backend::Model;
+use crate::task::{Output, Task};
 
-/// Wraps a backend and injects the faults its items ask for.
-pub struct FaultyBackend<B: Backend> {
+/// Wraps a model whose prepared items are `PreparedItem`s (where the markers are read) and
+/// injects the faults its items ask for.
+pub struct FaultyBackend<B: Model<Prepared = PreparedItem>> {
     inner: B,
     broken: AtomicBool,
     forwards: AtomicUsize,
 }
 
-impl<B: Backend> FaultyBackend<B> {
+impl<B: Model<Prepared = PreparedItem>> FaultyBackend<B> {
     /// Wraps `inner`.
     pub fn new(inner: B) -> Self {
         FaultyBackend {
@@ -96,9 +98,12 @@ fn marker_value(text: &str, opening: &str) -> Option<u64> {
     rest[..rest.find("]]")?].parse().ok()
 }
 
-impl<B: Backend> Backend for FaultyBackend<B> {
-    fn model(&self) -> &RewardModel {
-        self.inner.model()
+impl<B: Model<Prepared = PreparedItem>> Model for FaultyBackend<B> {
+    type Prepared = PreparedItem;
+    type Sequence = B::Sequence;
+
+    fn info(&self) -> ModelInfo {
+        self.inner.info()
     }
 
     fn prepare(&self, item: &ScoreItem) -> Result<PreparedItem> {
@@ -108,37 +113,36 @@ impl<B: Backend> Backend for FaultyBackend<B> {
         self.inner.prepare(item)
     }
 
+    fn tokens(prepared: &PreparedItem) -> usize {
+        B::tokens(prepared)
+    }
+
     fn prepare_image(&self, input: &ImageInput) -> Result<Arc<PreparedImage>> {
         self.inner.prepare_image(input)
     }
 
-    fn score_prepared(&self, batch: &[&PreparedItem]) -> Result<Vec<Score>> {
+    fn forward(&self, batch: &[&PreparedItem], tasks: &[Task]) -> Result<Vec<Output<B::Sequence>>> {
         self.inject(batch)?;
-        self.inner.score_prepared(batch)
+        self.inner.forward(batch, tasks)
     }
 
-    fn prefill_for_rationales(
-        &self,
-        batch: &[&PreparedItem],
-        options: &[Option<RationaleOptions>],
-    ) -> Result<(Vec<Score>, Vec<Option<Generation>>)> {
-        self.inject(batch)?;
-        self.inner.prefill_for_rationales(batch, options)
+    fn next_token(&self, sequence: &mut B::Sequence) -> Result<Token> {
+        self.inner.next_token(sequence)
     }
 
-    fn next_token(&self, generation: &mut Generation) -> Result<Token> {
-        self.inner.next_token(generation)
-    }
-
-    fn decode_forward(&self, generations: &mut [&mut Generation]) -> Result<()> {
+    fn decode_forward(&self, sequences: &mut [&mut B::Sequence]) -> Result<()> {
         if self.broken.load(Ordering::SeqCst) {
             return Err(compute("injected device failure"));
         }
-        self.inner.decode_forward(generations)
+        self.inner.decode_forward(sequences)
     }
 
-    fn device_name(&self) -> String {
-        self.inner.device_name()
+    fn finish(&self, sequence: B::Sequence, stop: StopReason) -> Rationale {
+        self.inner.finish(sequence, stop)
+    }
+
+    fn reuse_stats(&self) -> ReuseStats {
+        self.inner.reuse_stats()
     }
 }
 

@@ -6,7 +6,7 @@
 
 use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 
-use crate::job::Timing;
+use crate::result::Timing;
 
 /// Common prefix of every metric name.
 pub const PREFIX: &str = "rewarddance_";
@@ -270,11 +270,9 @@ pub(crate) fn record_batch(device: &str, items: usize, tokens: usize, seconds: f
 }
 
 /// Publishes the model's cumulative reuse counters for `device` (absolute values).
-pub(crate) fn record_reuse(
-    device: &str,
-    cache: &rewarddance_model::CacheStats,
-    prefix_tokens_saved: u64,
-) {
+pub(crate) fn record_reuse(device: &str, reuse: &rewarddance_model::ReuseStats) {
+    let cache = &reuse.feature_cache;
+    let prefix_tokens_saved = reuse.prefix_tokens_saved;
     let d = device.to_string();
     counter!(FEATURE_CACHE_HITS_TOTAL, "device" => d.clone()).absolute(cache.hits);
     counter!(FEATURE_CACHE_MISSES_TOTAL, "device" => d.clone()).absolute(cache.misses);
@@ -332,7 +330,7 @@ pub fn set_serving(serving: bool) {
 #[cfg(test)]
 mod tests {
     use super::FAILURE_REASONS;
-    use crate::job::{FailureKind, ItemError};
+    use crate::result::{FailureKind, ItemError};
 
     #[test]
     fn every_reason_an_item_can_fail_with_is_registered() {

@@ -16,24 +16,23 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rewarddance_model::{
-    Candidate, Generation, ImageInput, PreparedItem, RationaleOptions, Score, ScoreItem,
-};
+use rewarddance_model::{Candidate, ImageInput, Mode, RationaleOptions, ScoreItem};
 use tokio::sync::mpsc;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Prepared, Sequence};
 use crate::batcher::{Batch, BatcherMsg, WorkerStatus};
 use crate::decoding::{DecodeSet, Decoding, StepOutcome};
 use crate::isolation;
-use crate::job::{FailureKind, ItemError, Job, PreparedJob};
+use crate::job::{Job, PreparedJob};
 use crate::metrics;
+use crate::result::{FailureKind, ItemError};
+use crate::task::{Output, Task};
 
 /// Starts worker `index` on its own thread.
 pub(crate) fn spawn(
     index: usize,
     device: String,
     backend: Arc<dyn Backend>,
-    warmup: ScoreItem,
     to_batcher: mpsc::UnboundedSender<BatcherMsg>,
     max_consecutive_failures: u32,
     max_decoding_sequences: usize,
@@ -53,7 +52,7 @@ pub(crate) fn spawn(
                 probe_item: None,
                 probes: 0,
             };
-            worker.run(&warmup);
+            worker.run(&probe_item());
         })?;
     Ok(())
 }
@@ -200,65 +199,44 @@ impl Worker {
                 *v = (i as u8).wrapping_mul(31).wrapping_add(shift);
             });
         }
+        let task = if rationale {
+            Task::Rationale(RationaleOptions {
+                max_tokens: 1,
+                ..RationaleOptions::default()
+            })
+        } else {
+            Task::Score
+        };
         let run = || -> rewarddance_model::Result<()> {
             let prepared = self.backend.prepare(&item)?;
-            if rationale {
-                let options = RationaleOptions {
-                    max_tokens: 1,
-                    ..RationaleOptions::default()
-                };
-                self.backend
-                    .prefill_for_rationales(&[&prepared], &[Some(options)])
-                    .map(drop)
-            } else {
-                self.backend.score_prepared(&[&prepared]).map(drop)
-            }
+            self.backend.forward(&[&prepared], &[task]).map(drop)
         };
         catch_unwind(AssertUnwindSafe(run))
             .map_err(|panic| BatchFailure::Panic(panic_message(&*panic)))?
             .map_err(|e| BatchFailure::Error(e.to_string()))
     }
 
-    /// One packed forward over `jobs`: per item its score and, when it asked for one, the
-    /// generation that decodes its rationale.
-    fn forward(&self, jobs: &[PreparedJob]) -> Result<Vec<Prefilled>, BatchFailure> {
-        let refs: Vec<&PreparedItem> = jobs.iter().map(|p| &p.prepared).collect();
-        let options: Vec<Option<RationaleOptions>> = jobs.iter().map(|p| p.job.rationale).collect();
-        let tokens: usize = refs.iter().map(|p| p.num_tokens()).sum();
+    /// One packed forward over `jobs`: per item the output of its task (its score and, for a
+    /// rationale, the sequence that decodes it).
+    fn forward(&self, jobs: &[PreparedJob]) -> Result<Vec<Output<Sequence>>, BatchFailure> {
+        let refs: Vec<&Prepared> = jobs.iter().map(|p| &p.prepared).collect();
+        let tasks: Vec<Task> = jobs.iter().map(|p| p.job.task).collect();
+        let tokens: usize = refs.iter().map(|p| p.tokens()).sum();
         let start = Instant::now();
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            if options.iter().all(Option::is_none) {
-                // The fast path: trainers want the number only.
-                let scores = self.backend.score_prepared(&refs)?;
-                Ok((scores, Vec::new()))
-            } else {
-                self.backend.prefill_for_rationales(&refs, &options)
-            }
-        }));
+        let result = catch_unwind(AssertUnwindSafe(|| self.backend.forward(&refs, &tasks)));
         metrics::record_batch(
             &self.device,
             jobs.len(),
             tokens,
             start.elapsed().as_secs_f64(),
         );
-        let model = self.backend.model();
-        metrics::record_reuse(
-            &self.device,
-            &model.feature_cache_stats(),
-            model.prefix_tokens_saved(),
-        );
+        metrics::record_reuse(&self.device, &self.backend.reuse_stats());
         let n = jobs.len();
         match result {
-            Ok(Ok((scores, generations))) if scores.len() == n => {
-                let mut generations = generations.into_iter();
-                Ok(scores
-                    .into_iter()
-                    .map(|score| (score, generations.next().flatten()))
-                    .collect())
-            }
-            Ok(Ok((scores, _))) => Err(BatchFailure::Error(format!(
+            Ok(Ok(outputs)) if outputs.len() == n => Ok(outputs),
+            Ok(Ok(outputs)) => Err(BatchFailure::Error(format!(
                 "the model returned {} scores for {n} items",
-                scores.len()
+                outputs.len()
             ))),
             Ok(Err(err)) if err.is_caller_error() => {
                 Err(BatchFailure::Caller(ItemError::from_model(&err)))
@@ -275,20 +253,20 @@ impl Worker {
     fn run_batch(&mut self, batch: Batch) -> Outcome {
         let cut = Instant::now();
         // Callers may have gone or expired while the batch waited for this thread.
-        let mut jobs = Vec::with_capacity(batch.jobs.len());
-        for mut p in batch.jobs {
-            p.job.timing.queue += cut.saturating_duration_since(p.enqueued);
-            if let Some(job) = p.job.check(cut) {
-                p.job = job;
-                jobs.push(p);
-            }
-        }
+        let jobs: Vec<PreparedJob> = batch
+            .jobs
+            .into_iter()
+            .filter_map(|mut p| {
+                p.job.timing.queue += cut.saturating_duration_since(p.enqueued);
+                p.check(cut)
+            })
+            .collect();
         if jobs.is_empty() {
             return Outcome::Ok;
         }
         let shape = BatchShape {
             items: jobs.len(),
-            tokens: jobs.iter().map(|p| p.prepared.num_tokens()).sum(),
+            tokens: jobs.iter().map(|p| p.prepared.tokens()).sum(),
             start: Instant::now(),
         };
         let span = tracing::info_span!("batch", device = %self.device, items = shape.items, tokens = shape.tokens);
@@ -315,7 +293,9 @@ impl Worker {
         }
         tracing::warn!(error = %failure.message(), "batch failed; checking the device");
         {
-            let rationale = jobs.iter().any(|p| p.job.rationale.is_some());
+            let rationale = jobs
+                .iter()
+                .any(|p| matches!(p.job.task, Task::Rationale(_)));
             if let Err(probe) = self.probe(rationale) {
                 tracing::error!(error = %probe.message(), "the device fails its probe too");
                 let message = format!("device failure: {}", failure.message());
@@ -332,12 +312,7 @@ impl Worker {
         }
         let mut retain = |half: Vec<PreparedJob>| {
             let now = Instant::now();
-            half.into_iter()
-                .filter_map(|mut p| {
-                    p.job = p.job.check(now)?;
-                    Some(p)
-                })
-                .collect()
+            half.into_iter().filter_map(|p| p.check(now)).collect()
         };
         let (results, reruns) = isolation::bisect(
             jobs,
@@ -356,10 +331,11 @@ impl Worker {
         Outcome::Ok
     }
 
-    /// Answers each job with its result; rationale items join the decode set instead.
+    /// Answers each job with its result, per its task's output: a score is answered now, a
+    /// rationale joins the decode set.
     fn answer(
         &mut self,
-        results: impl Iterator<Item = (PreparedJob, Result<Prefilled, BatchFailure>)>,
+        results: impl Iterator<Item = (PreparedJob, Result<Output<Sequence>, BatchFailure>)>,
         shape: &BatchShape,
     ) {
         let started = Instant::now();
@@ -367,21 +343,18 @@ impl Worker {
             let mut job = p.job;
             shape.stamp(&mut job);
             match result {
-                Ok((score, Some(generation))) => self.decoding.join(Decoding {
-                    generation,
+                Ok(Output::Rationale(score, sequence)) => self.decoding.join(Decoding {
+                    sequence,
                     job,
                     score,
                     started,
                 }),
-                Ok((score, None)) => job.succeed(score, None),
+                Ok(Output::Score(score)) => job.succeed(score, None),
                 Err(failure) => job.fail(failure.alone()),
             }
         }
     }
 }
-
-/// An item's prefill result: its score and, when it asked for a rationale, its generation.
-type Prefilled = (Score, Option<Generation>);
 
 /// Size and start of the batch its items were answered from (for their timings).
 struct BatchShape {
@@ -441,4 +414,19 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// The warm-up item, and the base of every probe: a tiny synthetic image.
+fn probe_item() -> ScoreItem {
+    ScoreItem {
+        prompt: "warm-up".into(),
+        candidate: Candidate::Image(ImageInput::Rgb8 {
+            width: 32,
+            height: 32,
+            data: vec![128; 32 * 32 * 3],
+        }),
+        reference: None,
+        instruction: None,
+        mode: Mode::Pointwise,
+    }
 }

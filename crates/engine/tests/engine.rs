@@ -5,10 +5,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rewarddance_engine::{Backend, Engine, EngineConfig, FailureKind, Health, SubmitError};
+use rewarddance_engine::{
+    Backend, Engine, EngineConfig, FailureKind, Health, Model, Output, SubmitError, Task,
+};
 use rewarddance_model::{
-    Candidate, Checkpoint, ImageInput, LoadOptions, Mode, PreparedItem, RewardModel, Score,
-    ScoreItem,
+    Candidate, Checkpoint, Generation, ImageInput, LoadOptions, Mode, ModelInfo, PreparedImage,
+    PreparedItem, Rationale, ReuseStats, RewardModel, ScoreItem, StopReason, Token,
 };
 use tracing::Span;
 
@@ -54,17 +56,47 @@ impl TestBackend {
     }
 }
 
-impl Backend for TestBackend {
-    fn model(&self) -> &RewardModel {
-        &self.model
+/// The bundled model's own behaviour, with the hooks on score-only forward passes.
+impl Model for TestBackend {
+    type Prepared = PreparedItem;
+    type Sequence = Generation;
+    fn info(&self) -> ModelInfo {
+        self.model.info()
     }
-    fn score_prepared(&self, batch: &[&PreparedItem]) -> rewarddance_model::Result<Vec<Score>> {
-        if batch.iter().any(|p| p.user_content.contains("PANIC")) {
-            panic!("injected panic");
+    fn prepare(&self, item: &ScoreItem) -> rewarddance_model::Result<PreparedItem> {
+        self.model.prepare(item)
+    }
+    fn tokens(prepared: &PreparedItem) -> usize {
+        prepared.num_tokens()
+    }
+    fn prepare_image(&self, input: &ImageInput) -> rewarddance_model::Result<Arc<PreparedImage>> {
+        self.model.prepare_image(input)
+    }
+    fn forward(
+        &self,
+        batch: &[&PreparedItem],
+        tasks: &[Task],
+    ) -> rewarddance_model::Result<Vec<Output<Generation>>> {
+        if tasks.iter().all(|t| *t == Task::Score) {
+            if batch.iter().any(|p| p.user_content.contains("PANIC")) {
+                panic!("injected panic");
+            }
+            std::thread::sleep(self.delay);
+            self.scored.fetch_add(batch.len(), Ordering::SeqCst);
         }
-        std::thread::sleep(self.delay);
-        self.scored.fetch_add(batch.len(), Ordering::SeqCst);
-        self.model.score_prepared(batch)
+        Model::forward(&self.model, batch, tasks)
+    }
+    fn next_token(&self, generation: &mut Generation) -> rewarddance_model::Result<Token> {
+        self.model.next_token(generation)
+    }
+    fn decode_forward(&self, generations: &mut [&mut Generation]) -> rewarddance_model::Result<()> {
+        self.model.decode_forward(generations)
+    }
+    fn finish(&self, generation: Generation, stop: StopReason) -> Rationale {
+        generation.finish(stop)
+    }
+    fn reuse_stats(&self) -> ReuseStats {
+        self.model.reuse_stats()
     }
 }
 

@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rewarddance_engine::{Backend, Engine, EngineConfig, RationaleEnd, Work};
+use rewarddance_engine::{Backend, Engine, EngineConfig, Model, Output, RationaleEnd, Task, Work};
 use rewarddance_model::{
-    Candidate, Checkpoint, Generation, ImageInput, LoadOptions, Mode, RationaleOptions,
-    RewardModel, ScoreItem,
+    Candidate, Checkpoint, Generation, ImageInput, LoadOptions, Mode, ModelInfo, PreparedImage,
+    PreparedItem, Rationale, RationaleOptions, ReuseStats, RewardModel, ScoreItem, StopReason,
+    Token,
 };
 use tracing::Span;
 
@@ -65,9 +66,37 @@ impl SlowDecoder {
     }
 }
 
-impl Backend for SlowDecoder {
-    fn model(&self) -> &RewardModel {
-        &self.model
+/// The bundled model's own behaviour, but for the decode step.
+impl Model for SlowDecoder {
+    type Prepared = PreparedItem;
+    type Sequence = Generation;
+    fn info(&self) -> ModelInfo {
+        self.model.info()
+    }
+    fn prepare(&self, item: &ScoreItem) -> rewarddance_model::Result<PreparedItem> {
+        self.model.prepare(item)
+    }
+    fn tokens(prepared: &PreparedItem) -> usize {
+        prepared.num_tokens()
+    }
+    fn prepare_image(&self, input: &ImageInput) -> rewarddance_model::Result<Arc<PreparedImage>> {
+        self.model.prepare_image(input)
+    }
+    fn forward(
+        &self,
+        batch: &[&PreparedItem],
+        tasks: &[Task],
+    ) -> rewarddance_model::Result<Vec<Output<Generation>>> {
+        Model::forward(&self.model, batch, tasks)
+    }
+    fn next_token(&self, generation: &mut Generation) -> rewarddance_model::Result<Token> {
+        self.model.next_token(generation)
+    }
+    fn finish(&self, generation: Generation, stop: StopReason) -> Rationale {
+        generation.finish(stop)
+    }
+    fn reuse_stats(&self) -> ReuseStats {
+        self.model.reuse_stats()
     }
     fn decode_forward(&self, generations: &mut [&mut Generation]) -> rewarddance_model::Result<()> {
         std::thread::sleep(self.step_delay);
@@ -91,7 +120,10 @@ async fn start(backend: Arc<SlowDecoder>, config: EngineConfig) -> Engine {
 }
 
 fn work(item: ScoreItem, rationale: Option<RationaleOptions>) -> Work {
-    Work { item, rationale }
+    Work {
+        item,
+        task: rationale.map_or(Task::Score, Task::Rationale),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,23 +3,69 @@
 
 use std::time::Duration;
 
-use rewarddance_engine::{FailureKind, ItemError, ItemResult, RationaleEnd, Timing};
+use rewarddance_engine::{FailureKind, ItemError, ItemResult, RationaleEnd, Task, Timing, Work};
 use rewarddance_model::{Candidate, ImageInput, Mode, RationaleOptions, ScoreItem};
 use rewarddance_proto::v1;
 
+use crate::limits::{ItemLimits, Limits, RationaleLimits};
 use crate::status;
 
 fn invalid(message: impl Into<String>) -> ItemError {
     ItemError::new(FailureKind::InvalidArgument, message)
 }
 
-/// What one item may carry, checked before it is queued.
-#[derive(Debug, Clone, Copy)]
-pub struct ItemLimits {
-    /// Pixel limit for raw images (the model checks encoded ones from their header).
-    pub max_image_pixels: u64,
-    /// Most bytes of `prompt` and of `instruction`, each (checked before tokenising).
-    pub max_text_bytes: usize,
+/// One request item as admission takes it: the engine's unit of work, or why there is none.
+#[derive(Debug)]
+pub struct Item {
+    /// The caller's id, echoed in the result.
+    pub id: String,
+    /// The item and its task, or its error (answered at once; it never enters the queue).
+    pub work: Result<Work, ItemError>,
+    /// The caller wants the rationale's text streamed as it is decoded.
+    pub stream_text: bool,
+}
+
+/// Converts a request's items, each on its own (a bad item is that item's error), or refuses
+/// the request as a whole (with the reason) when it has no items or too many.
+pub fn request(request: v1::ScoreRequest, limits: &Limits) -> Result<Vec<Item>, String> {
+    let n = request.items.len();
+    if n == 0 {
+        return Err("the request has no items".into());
+    }
+    if n > limits.max_items_per_request {
+        return Err(format!(
+            "{n} items exceed the limit of {} per request",
+            limits.max_items_per_request
+        ));
+    }
+    Ok(request
+        .items
+        .into_iter()
+        .map(|item| request_item(item, limits))
+        .collect())
+}
+
+/// One request item: the item's own errors first, then its rationale options'.
+fn request_item(proto: v1::ScoreItem, limits: &Limits) -> Item {
+    let id = proto.id.clone();
+    let options = rationale(proto.rationale, limits.rationale);
+    let converted = item(proto, &limits.item).and_then(|item| Ok((item, options?)));
+    let (work, stream_text) = match converted {
+        Ok((item, Some((options, stream)))) => (
+            Ok(Work {
+                item,
+                task: Task::Rationale(options),
+            }),
+            stream,
+        ),
+        Ok((item, None)) => (Ok(Work::from(item)), false),
+        Err(e) => (Err(e), false),
+    };
+    Item {
+        id,
+        work,
+        stream_text,
+    }
 }
 
 /// Checks a caller's text field against the byte limit.
@@ -84,15 +130,6 @@ pub fn item(item: v1::ScoreItem, limits: &ItemLimits) -> Result<ScoreItem, ItemE
         instruction: item.instruction,
         mode,
     })
-}
-
-/// Limits on what an item may ask of the rationale decoder.
-#[derive(Debug, Clone, Copy)]
-pub struct RationaleLimits {
-    /// Most tokens per item.
-    pub max_tokens: u32,
-    /// Tokens when the item leaves `max_tokens` at 0.
-    pub default_tokens: u32,
 }
 
 /// Converts an item's rationale options (absent: no decoding). Returns the model's options
@@ -217,12 +254,7 @@ pub fn result(id: String, index: usize, r: &ItemResult) -> v1::ItemResult {
     let rationale = r.rationale.as_ref().map(|x| v1::Rationale {
         text: x.text.clone(),
         token_ids: x.token_ids.clone(),
-        stop: match x.end {
-            RationaleEnd::EndOfTurn => v1::RationaleStop::EndOfTurn,
-            RationaleEnd::MaxTokens => v1::RationaleStop::MaxTokens,
-            RationaleEnd::Deadline => v1::RationaleStop::Deadline,
-            RationaleEnd::Failed => v1::RationaleStop::Failed,
-        } as i32,
+        stop: stop(x.end) as i32,
     });
     v1::ItemResult {
         id,
@@ -230,6 +262,16 @@ pub fn result(id: String, index: usize, r: &ItemResult) -> v1::ItemResult {
         outcome: Some(outcome),
         timing: Some(timing(&r.timing)),
         rationale,
+    }
+}
+
+/// Why a rationale ended, on the wire (the one place the engine's reasons meet the proto's).
+pub fn stop(end: RationaleEnd) -> v1::RationaleStop {
+    match end {
+        RationaleEnd::EndOfTurn => v1::RationaleStop::EndOfTurn,
+        RationaleEnd::MaxTokens => v1::RationaleStop::MaxTokens,
+        RationaleEnd::Deadline => v1::RationaleStop::Deadline,
+        RationaleEnd::Failed => v1::RationaleStop::Failed,
     }
 }
 

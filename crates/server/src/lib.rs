@@ -1,6 +1,6 @@
 //! # rewarddance-server
 //!
-//! The gRPC face of the reward model: `rewarddance.v1.RewardService` (Score, ScoreStream,
+//! The gRPC face of the reward model: `rewarddance.v1.RewardService` (Score, ScoreStream, Rank,
 //! Info) over the [`rewarddance_engine`] batcher, the standard `grpc.health.v1` service
 //! (per-service status, NOT_SERVING until the warm-up forward ran), server reflection,
 //! optional bearer-token auth and TLS, request limits, HTTP/2 connection limits (stream and
@@ -9,6 +9,21 @@
 //!
 //! [`run`] is the whole server; the CLI's `serve` subcommand loads the model, builds the
 //! engine and calls it with a shutdown signal.
+//!
+//! # Modules
+//! Each depends only on those listed before it (no cycles):
+//! - `status`, `deadline`, `transport`, `listen`, `config`, `telemetry`, `auth`, `calls`: the
+//!   status-code mapping, the deadline contract, HTTP/2 and TLS, flags, metrics and logs,
+//!   bearer auth, per-call accounting.
+//! - `limits`: what a request may ask (flags and the engine's `ModelInfo`).
+//! - `convert`: proto messages to engine [`Work`](rewarddance_engine::Work) and engine results
+//!   to proto messages, each mapping in one place.
+//! - `shared`: what every handler shares: the engine, the limits, admission of converted items
+//!   and collection of their answers.
+//! - `handlers::{score, score_stream, rank, info}`: one RPC each, over `shared`; none imports
+//!   another.
+//! - `service`: [`RewardApi`], the one `impl` of the generated service trait, routing each
+//!   RPC to its handler.
 
 #![warn(missing_docs)]
 
@@ -17,11 +32,12 @@ mod calls;
 pub mod config;
 mod convert;
 mod deadline;
+mod handlers;
+mod limits;
 pub mod listen;
-mod rank;
 mod service;
+mod shared;
 pub mod status;
-mod stream;
 pub mod telemetry;
 mod transport;
 

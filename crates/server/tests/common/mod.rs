@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rewarddance_engine::{Backend, Engine};
+use rewarddance_engine::{Backend, Engine, Model, Output, Task};
 use rewarddance_model::{
-    Candidate, Checkpoint, Generation, ImageInput, LoadOptions, PreparedImage, PreparedItem,
-    RewardModel, Score, ScoreItem,
+    Candidate, Checkpoint, Generation, ImageInput, LoadOptions, ModelInfo, PreparedImage,
+    PreparedItem, Rationale, ReuseStats, RewardModel, ScoreItem, StopReason, Token,
 };
 use rewarddance_proto::v1;
 use rewarddance_proto::v1::reward_service_client::RewardServiceClient;
@@ -65,9 +65,25 @@ impl TestBackend {
     }
 }
 
-impl Backend for TestBackend {
-    fn model(&self) -> &RewardModel {
-        &self.model
+/// The bundled model's own behaviour with the hooks above (the batch hooks on score-only
+/// forward passes, the warm-up's included).
+impl Model for TestBackend {
+    type Prepared = PreparedItem;
+    type Sequence = Generation;
+    fn info(&self) -> ModelInfo {
+        self.model.info()
+    }
+    fn tokens(prepared: &PreparedItem) -> usize {
+        prepared.num_tokens()
+    }
+    fn next_token(&self, generation: &mut Generation) -> rewarddance_model::Result<Token> {
+        self.model.next_token(generation)
+    }
+    fn finish(&self, generation: Generation, stop: StopReason) -> Rationale {
+        generation.finish(stop)
+    }
+    fn reuse_stats(&self) -> ReuseStats {
+        self.model.reuse_stats()
     }
     fn prepare_image(&self, input: &ImageInput) -> rewarddance_model::Result<Arc<PreparedImage>> {
         std::thread::sleep(Duration::from_millis(
@@ -90,16 +106,22 @@ impl Backend for TestBackend {
             .fetch_add(decoded, Ordering::SeqCst);
         self.model.prepare(item)
     }
-    fn score_prepared(&self, batch: &[&PreparedItem]) -> rewarddance_model::Result<Vec<Score>> {
-        while !self.gate_open.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(5));
+    fn forward(
+        &self,
+        batch: &[&PreparedItem],
+        tasks: &[Task],
+    ) -> rewarddance_model::Result<Vec<Output<Generation>>> {
+        if tasks.iter().all(|t| *t == Task::Score) {
+            while !self.gate_open.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if batch.iter().any(|p| p.user_content.contains("PANIC")) {
+                panic!("injected panic");
+            }
+            std::thread::sleep(self.delay);
+            self.scored.fetch_add(batch.len(), Ordering::SeqCst);
         }
-        if batch.iter().any(|p| p.user_content.contains("PANIC")) {
-            panic!("injected panic");
-        }
-        std::thread::sleep(self.delay);
-        self.scored.fetch_add(batch.len(), Ordering::SeqCst);
-        self.model.score_prepared(batch)
+        Model::forward(&self.model, batch, tasks)
     }
     fn decode_forward(&self, generations: &mut [&mut Generation]) -> rewarddance_model::Result<()> {
         std::thread::sleep(self.step_delay);

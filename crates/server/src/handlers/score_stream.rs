@@ -11,33 +11,40 @@
 use std::time::Instant;
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use rewarddance_engine::Health;
+use rewarddance_engine::{FailureKind, Health, ItemError, ItemResult, SubmitError};
 use rewarddance_proto::v1;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::calls::Call;
-use crate::convert;
-use crate::service::{collect, DeltaSink, ItemAdmitError, RewardApi};
-use crate::status;
+use crate::deadline::{self, Arrived};
+use crate::shared::{collect, Core, DeltaSink, ItemAdmitError};
+use crate::{convert, status};
 
-/// Starts the stream's pump task and returns the response stream.
-pub(crate) fn spawn(
-    api: RewardApi,
-    inbound: Streaming<v1::ScoreRequest>,
-    deadline: Option<Instant>,
-    call: Call,
-) -> ReceiverStream<Result<v1::ScoreResponse, Status>> {
+/// The response stream: one final message per request message, progress in between.
+pub(crate) type Responses = ReceiverStream<Result<v1::ScoreResponse, Status>>;
+
+/// Handles one `ScoreStream` call: refused while draining, else the pump task starts.
+pub(crate) fn handle(
+    core: &Core,
+    request: Request<Streaming<v1::ScoreRequest>>,
+) -> Result<Response<Responses>, Status> {
+    let call = Call::start("ScoreStream", &request);
+    if *core.engine.health().borrow() == Health::Draining {
+        call.finish(tonic::Code::Unavailable);
+        return Err(status::draining());
+    }
+    let deadline = deadline::deadline_of(request.metadata(), Arrived::of(request.extensions()));
     let (tx, rx) = mpsc::channel(4);
     let span = tracing::info_span!("score_stream");
-    tokio::spawn(pump(api, inbound, tx, deadline, call).instrument(span));
-    ReceiverStream::new(rx)
+    tokio::spawn(pump(core.clone(), request.into_inner(), tx, deadline, call).instrument(span));
+    Ok(Response::new(ReceiverStream::new(rx)))
 }
 
 async fn pump(
-    api: RewardApi,
+    api: Core,
     mut inbound: Streaming<v1::ScoreRequest>,
     out: mpsc::Sender<Result<v1::ScoreResponse, Status>>,
     deadline: Option<Instant>,
@@ -71,7 +78,7 @@ async fn pump(
                 return;
             }
             () = &mut expiry => {
-                let status = crate::deadline::exceeded(in_flight, items_total as usize);
+                let status = deadline::exceeded(in_flight, items_total as usize);
                 call.finish(status.code());
                 let _ = out.send(Err(status)).await;
                 return;
@@ -173,24 +180,18 @@ type Answer =
 /// Admits one request message. `Err(status)` ends the stream (draining);
 /// request-level problems become per-item errors in an immediate response.
 fn admit(
-    api: &RewardApi,
+    api: &Core,
     request: v1::ScoreRequest,
     deadline: Option<Instant>,
     sink: DeltaSink,
 ) -> Result<Answer, Status> {
     let ids: Vec<String> = request.items.iter().map(|i| i.id.clone()).collect();
     let model_id = api.model_id.clone();
-    let error_all = |e: rewarddance_engine::ItemError| -> Answer {
+    let error_all = |e: ItemError| -> Answer {
         let results: Vec<v1::ItemResult> = ids
             .iter()
             .enumerate()
-            .map(|(i, id)| {
-                convert::result(
-                    id.clone(),
-                    i,
-                    &rewarddance_engine::ItemResult::failed(e.clone()),
-                )
-            })
+            .map(|(i, id)| convert::result(id.clone(), i, &ItemResult::failed(e.clone())))
             .collect();
         let response = v1::ScoreResponse {
             timing: Some(convert::request_timing(&results)),
@@ -200,20 +201,20 @@ fn admit(
         };
         Box::pin(async move { Ok(response) })
     };
-    match api.admit(request, deadline, &tracing::Span::current()) {
+    let admitted = convert::request(request, &api.limits)
+        .map_err(ItemAdmitError::Invalid)
+        .and_then(|items| api.admit(items, deadline, &tracing::Span::current(), &[]));
+    match admitted {
         Ok(items) => {
             let model_id = api.model_id.clone();
             Ok(Box::pin(async move {
                 collect(items, deadline, &model_id, Some(&sink)).await
             }))
         }
-        Err(ItemAdmitError::Invalid(msg)) => Ok(error_all(rewarddance_engine::ItemError::new(
-            rewarddance_engine::FailureKind::InvalidArgument,
-            msg,
-        ))),
-        Err(ItemAdmitError::Refused(rewarddance_engine::SubmitError::ShuttingDown)) => {
-            Err(status::draining())
+        Err(ItemAdmitError::Invalid(msg)) => {
+            Ok(error_all(ItemError::new(FailureKind::InvalidArgument, msg)))
         }
+        Err(ItemAdmitError::Refused(SubmitError::ShuttingDown)) => Err(status::draining()),
         Err(ItemAdmitError::Refused(e)) => Ok(error_all(status::submit_item_error(&e))),
     }
 }

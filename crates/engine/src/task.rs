@@ -1,0 +1,70 @@
+//! The unit of work: an item and the task to run on it. Admission takes [`Work`], the job
+//! carries its [`Task`] through the queue, the backend runs a batch of tasks in one forward
+//! pass and answers each with an [`Output`], and the worker dispatches on that output (answer
+//! now, or keep decoding).
+
+use rewarddance_model::{RationaleOptions, Score, ScoreItem};
+
+/// What the engine computes for one item.
+///
+/// Both tasks share one prefill, so a batch may mix them (the batcher cuts batches by tokens
+/// and items only). The next task, a score's gradient with respect to its inputs, goes here
+/// as a variant of its own, with an [`Output`] variant for its result; since it needs a
+/// backward pass, it is also where the batcher starts keeping tasks of different passes out of
+/// one batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Task {
+    /// The score only: one forward pass, no decoding (what trainers ask for).
+    Score,
+    /// The score, then a rationale decoded after it on the same device (continuous batching:
+    /// see the crate docs, *Decoding*).
+    Rationale(RationaleOptions),
+}
+
+impl Task {
+    /// The rationale options of a [`Task::Rationale`].
+    pub fn rationale(&self) -> Option<RationaleOptions> {
+        match self {
+            Task::Rationale(options) => Some(*options),
+            Task::Score => None,
+        }
+    }
+}
+
+/// One unit of work: an item and what to compute for it.
+#[derive(Debug, Clone)]
+pub struct Work {
+    /// The item.
+    pub item: ScoreItem,
+    /// What to compute.
+    pub task: Task,
+}
+
+impl From<ScoreItem> for Work {
+    /// A plain score.
+    fn from(item: ScoreItem) -> Self {
+        Work {
+            item,
+            task: Task::Score,
+        }
+    }
+}
+
+/// What one forward pass gives one item, per its task. `S` is the backend's decoding state.
+#[derive(Debug)]
+pub enum Output<S> {
+    /// The item is answered: its score.
+    Score(Score),
+    /// The item's score, and the sequence that decodes its rationale (a [`Task::Rationale`]).
+    Rationale(Score, S),
+}
+
+impl<S> Output<S> {
+    /// The same output with its decoding state converted.
+    pub fn map_sequence<T>(self, f: impl FnOnce(S) -> T) -> Output<T> {
+        match self {
+            Output::Score(score) => Output::Score(score),
+            Output::Rationale(score, s) => Output::Rationale(score, f(s)),
+        }
+    }
+}
