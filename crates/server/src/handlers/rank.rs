@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rewarddance_engine::{FailureKind, ImageTicket, ItemError, Work};
-use rewarddance_ranking::{rank_pairwise, rank_pointwise, schedule_pairs, Schedule};
 use rewarddance_model::{Candidate, ImageInput, Mode, PreparedImage, ScoreItem};
 use rewarddance_proto::v1;
+use rewarddance_ranking::{rank_pairwise, rank_pointwise, schedule_pairs, Schedule};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
