@@ -4,7 +4,7 @@ use crate::notes::{note, warn_note};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use rewarddance_model::image::DecodeLimits;
-use rewarddance_model::pipeline::memory::{check_fits, BatchBudget};
+use rewarddance_model::pipeline::memory::{check_fits, check_gradient_fits, BatchBudget};
 use rewarddance_model::{
     AnswerTokens, Checkpoint, DType, Device, FamilyConfig, LoadOptions, RewardModel,
     BUNDLED_MODEL_ID,
@@ -119,7 +119,7 @@ impl ModelArgs {
 impl ModelArgs {
     /// Refuses, before loading anything, a model + batch budget that cannot fit in the memory
     /// of the device these flags name (see `rewarddance_model::pipeline::memory`).
-    pub fn check_memory(&self, tokens: usize, items: usize) -> Result<()> {
+    pub fn check_memory(&self, tokens: usize, items: usize, gradient_tiles: usize) -> Result<()> {
         let checkpoint = match &self.model {
             Some(spec) => Checkpoint::resolve(spec)?,
             None => Checkpoint::bundled(),
@@ -149,6 +149,11 @@ impl ModelArgs {
             sequences: items,
         };
         let estimate = check_fits(&config, dtype, &budget, available)
+            .with_context(|| format!("{} on {}", checkpoint.id, self.device))?;
+        // A ScoreGrad batch holds one item's activations at a time, with its whole prompt.
+        let gradient_tokens =
+            (gradient_tiles * per_tile + 512).min(config.text().max_position_embeddings);
+        check_gradient_fits(&config, dtype, gradient_tiles, gradient_tokens, available)
             .with_context(|| format!("{} on {}", checkpoint.id, self.device))?;
         let available_gib = format!("{:.1}", available as f64 / (1u64 << 30) as f64);
         note!(

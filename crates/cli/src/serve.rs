@@ -67,7 +67,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
     for device in &devices {
         let mut per_device = args.model.clone();
         per_device.device = device.clone();
-        per_device.check_memory(args.server.max_batch_tokens, args.server.max_batch_items)?;
+        per_device.check_memory(
+            args.server.max_batch_tokens,
+            args.server.max_batch_items,
+            args.server.max_gradient_tiles,
+        )?;
         let model = tokio::task::spawn_blocking(move || per_device.load())
             .await
             .context("model loading task")??;

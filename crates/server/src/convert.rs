@@ -199,17 +199,7 @@ pub fn image(img: v1::Image, what: &str, max_image_pixels: u64) -> Result<ImageI
             if w == 0 || h == 0 {
                 return Err(invalid(format!("{what}: raw image has zero size {w}x{h}")));
             }
-            if w * h > max_image_pixels {
-                return Err(ItemError {
-                    kind: FailureKind::InvalidArgument,
-                    reason: "image_too_large",
-                    message: format!(
-                        "{what}: image too large: {w}x{h} = {} pixels exceeds the limit of \
-                         {max_image_pixels} pixels",
-                        w * h
-                    ),
-                });
-            }
+            check_pixels(w, h, max_image_pixels, what)?;
             if raw.data.len() as u64 != w * h * 3 {
                 return Err(invalid(format!(
                     "{what}: raw RGB8 image {w}x{h} needs {} bytes, got {}",
@@ -225,17 +215,7 @@ pub fn image(img: v1::Image, what: &str, max_image_pixels: u64) -> Result<ImageI
         }
         Some(v1::image::Source::Float(f)) => {
             let (w, h) = (u64::from(f.width), u64::from(f.height));
-            if w * h > max_image_pixels {
-                return Err(ItemError {
-                    kind: FailureKind::InvalidArgument,
-                    reason: "image_too_large",
-                    message: format!(
-                        "{what}: image too large: {w}x{h} = {} pixels exceeds the limit of \
-                         {max_image_pixels} pixels",
-                        w * h
-                    ),
-                });
-            }
+            check_pixels(w, h, max_image_pixels, what)?;
             let format = float_format(&f, what)?;
             let img = format
                 .decode(f.width, f.height, &f.data)
@@ -246,6 +226,22 @@ pub fn image(img: v1::Image, what: &str, max_image_pixels: u64) -> Result<ImageI
             "{what}: no image data: set `encoded`, `rgb8` or `float`"
         ))),
     }
+}
+
+/// Refuses a raw image over `max_image_pixels` before its pixels are read.
+fn check_pixels(w: u64, h: u64, max_image_pixels: u64, what: &str) -> Result<(), ItemError> {
+    if w * h > max_image_pixels {
+        return Err(ItemError {
+            kind: FailureKind::InvalidArgument,
+            reason: "image_too_large",
+            message: format!(
+                "{what}: image too large: {w}x{h} = {} pixels exceeds the limit of \
+                 {max_image_pixels} pixels",
+                w * h
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The layout, dtype and range of a float image on the wire (the layout must be set: a

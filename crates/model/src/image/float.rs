@@ -322,6 +322,18 @@ impl FloatResize {
     }
 }
 
+/// A seeded stream of values in [-0.5, 0.5) for tests (a 64-bit LCG's high bits).
+#[cfg(test)]
+pub(crate) fn noise(seed: u64) -> impl FnMut() -> f32 {
+    let mut state = seed;
+    move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,13 +379,7 @@ mod tests {
     #[test]
     fn the_backward_is_the_transpose() {
         // <R x, g> == <x, R^T g> for random x and g.
-        let mut seed = 7u64;
-        let mut next = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        let mut next = noise(7);
         for (w, h, ow, oh) in [(37, 23, 64, 48), (100, 60, 48, 96), (5, 300, 5, 17)] {
             let x: Vec<f32> = (0..w * h * 3).map(|_| next()).collect();
             let g: Vec<f32> = (0..ow * oh * 3).map(|_| next()).collect();

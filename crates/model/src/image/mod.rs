@@ -26,6 +26,8 @@ mod resample;
 pub use ::image::RgbImage;
 pub(crate) use decode::check_dimensions;
 pub use decode::decode;
+#[cfg(test)]
+pub(crate) use float::noise as float_noise;
 pub use float::{FloatFormat, FloatImage, FloatResize};
 pub use key::ImageKey;
 pub use prepared::{ImageLayout, PreparedImage, TileBackward};

@@ -186,6 +186,33 @@ pub fn gradient_item_bytes(
     config.image_gradient_bytes(tiles, bytes) + saved + layer + attention + features + logits
 }
 
+/// Refuses a gradient budget that cannot fit next to the weights: one gradient item of
+/// `tiles` tiles and `tokens` tokens at `dtype` (`--max-gradient-tiles`). Returns the item's
+/// bytes when it fits.
+pub fn check_gradient_fits(
+    config: &FamilyConfig,
+    dtype: DType,
+    tiles: usize,
+    tokens: usize,
+    device_memory_bytes: u64,
+) -> Result<u64> {
+    let weights = parameter_count(config) * dtype.size_in_bytes() as u64;
+    let item = gradient_item_bytes(config, dtype, tiles, tokens);
+    let needed = weights + RUNTIME_OVERHEAD_BYTES + item;
+    if needed <= device_memory_bytes {
+        return Ok(item);
+    }
+    Err(Error::Checkpoint(format!(
+        "a gradient batch does not fit on the device: the weights ({:.1} GiB in {dtype:?}) and \
+         one ScoreGrad item of {tiles} tiles / {tokens} tokens ({:.1} GiB) need {:.1} GiB, the \
+         device has {:.1} GiB; lower --max-gradient-tiles",
+        weights as f64 / GIB,
+        item as f64 / GIB,
+        needed as f64 / GIB,
+        device_memory_bytes as f64 / GIB
+    )))
+}
+
 /// Refuses a configuration whose estimate exceeds `device_memory_bytes`, with a message that
 /// says what does not fit and what to change. Returns the estimate when it fits.
 pub fn check_fits(

@@ -130,3 +130,16 @@ fn check_fits_refuses_with_a_clear_message() {
         .to_string();
     assert!(err.contains("lower the batch budget"), "{err}");
 }
+
+#[test]
+fn a_gradient_budget_that_cannot_fit_is_refused_with_the_flag_to_change() {
+    let c: FamilyConfig = config(&SIZES[0]).into();
+    let tokens = 16 * c.tokens_per_tile() + 512;
+    let item = check_gradient_fits(&c, DType::BF16, 16, tokens, 141 << 30).expect("fits an H200");
+    assert!(item > 1 << 30, "16 tiles of the 1B hold over a GiB: {item}");
+    let err = check_gradient_fits(&c, DType::BF16, 16, tokens, 3 << 30)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--max-gradient-tiles"), "{err}");
+    assert!(check_gradient_fits(&c, DType::BF16, 1, 768, 4 << 30).is_ok());
+}

@@ -225,13 +225,7 @@ mod tests {
     #[test]
     fn the_tiling_backward_is_the_transpose_of_the_tiling() {
         // Tiling minus its constant (the mean) is linear: <T x, g> == <x, T^T g>.
-        let mut seed = 11u64;
-        let mut next = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        let mut next = crate::image::float_noise(11);
         for (w, h, frame) in [(100, 60, false), (41, 97, false), (70, 50, true)] {
             let c = cfg(32, 6);
             let x: Vec<f32> = (0..w * h * 3).map(|_| next()).collect();

@@ -51,14 +51,7 @@ pub fn image_parameters(config: &ModelConfig) -> u64 {
 /// [`CUDA_MAX_HEAD_DIM`] unless `REWARDDANCE_FUSED_ATTENTION=0`); plus the f32 pixels and the
 /// projected features.
 pub fn image_activation_bytes(config: &ModelConfig, tiles: usize, bytes: u64) -> u64 {
-    let v = &config.vision;
-    let grid = (config.tiling.image_size as usize / v.patch_size) as u64;
-    let n = grid * grid + 1;
-    let (c, i, vh) = (
-        v.hidden_size as u64,
-        v.intermediate_size as u64,
-        v.num_heads as u64,
-    );
+    let Vit { n, c, i, heads: vh } = Vit::of(config);
     let tiles = tiles as u64;
     let fused = fused_attention::enabled() && (c / vh) as usize <= CUDA_MAX_HEAD_DIM;
     let scores = if fused { 0 } else { 2 * vh * n * n };
@@ -91,15 +84,31 @@ pub fn image_flops_per_tile(config: &ModelConfig) -> f64 {
 /// pixels of every tile with their gradients in f32.
 pub fn image_gradient_bytes(config: &ModelConfig, tiles: usize, bytes: u64) -> u64 {
     let v = &config.vision;
-    let grid = (config.tiling.image_size as usize / v.patch_size) as u64;
-    let n = grid * grid + 1;
-    let (c, i, heads) = (
-        v.hidden_size as u64,
-        v.intermediate_size as u64,
-        v.num_heads as u64,
-    );
+    let Vit { n, c, i, heads } = Vit::of(config);
     let saved = v.num_layers as u64 * n * c * bytes;
     let block = 2 * n * (8 * c + 2 * i) * 4 + 4 * heads * n * n * 4;
     let pixels = 2 * tiles as u64 * 3 * u64::from(config.tiling.image_size).pow(2) * 4;
     image_activation_bytes(config, tiles, bytes) + saved + block + pixels
+}
+
+/// InternViT's shape as the estimates count it: tokens per tile (patches + class token),
+/// width, MLP width and heads.
+struct Vit {
+    n: u64,
+    c: u64,
+    i: u64,
+    heads: u64,
+}
+
+impl Vit {
+    fn of(config: &ModelConfig) -> Self {
+        let v = &config.vision;
+        let grid = (config.tiling.image_size as usize / v.patch_size) as u64;
+        Vit {
+            n: grid * grid + 1,
+            c: v.hidden_size as u64,
+            i: v.intermediate_size as u64,
+            heads: v.num_heads as u64,
+        }
+    }
 }
