@@ -8,7 +8,8 @@
 # others; the exit code is 1 if any step failed, timed out or was skipped for lack of budget):
 #   1. nvidia-smi
 #   2. rewarddance parity on the device, per dtype (f32, bf16)
-#   3. rewarddance bench-model --preset P --random-weights, pointwise + pairwise, batch 1/16/64
+#   3. rewarddance bench-model --preset P --random-weights, pointwise + pairwise, batch 1/16/64,
+#      then --grad (ScoreGrad against Score) at GPU_CHECK_GRAD_PRESETS
 #   4. rewarddance serve in the background + rewarddance bench --target (many concurrent clients)
 #   5. optional: tools/gpu/baseline.py, transformers at the same shapes on the same card
 #   6. a summary table, printed last (also summary.md)
@@ -23,6 +24,8 @@
 #   GPU_CHECK_PARITY_DTYPES   "f32 bf16"
 #   GPU_CHECK_PRESETS         "1b 2b 8b"              bench-model presets (mini: CPU dry run)
 #   GPU_CHECK_BATCHES         1,16,64
+#   GPU_CHECK_GRAD_PRESETS    "1b 8b"                 bench-model --grad presets (ScoreGrad)
+#   GPU_CHECK_GRAD_BATCHES    1,8
 #   GPU_CHECK_MODES           pointwise,pairwise
 #   GPU_CHECK_ITERS           2                       timed runs per bench-model row
 #   GPU_CHECK_BENCH_DTYPE     (binary's default: bf16 on CUDA, f32 on CPU)
@@ -40,6 +43,8 @@ DEVICE=${GPU_CHECK_DEVICE:-cuda:0}
 PARITY_DTYPES=${GPU_CHECK_PARITY_DTYPES:-f32 bf16}
 PRESETS=${GPU_CHECK_PRESETS:-1b 2b 8b}
 BATCHES=${GPU_CHECK_BATCHES:-1,16,64}
+GRAD_PRESETS=${GPU_CHECK_GRAD_PRESETS:-1b 8b}
+GRAD_BATCHES=${GPU_CHECK_GRAD_BATCHES:-1,8}
 MODES=${GPU_CHECK_MODES:-pointwise,pairwise}
 ITERS=${GPU_CHECK_ITERS:-2}
 BENCH_DTYPE=${GPU_CHECK_BENCH_DTYPE:-}
@@ -146,6 +151,13 @@ for preset in $PRESETS; do
   step "bench-model $preset" "$limit" --tee "$OUTDIR/bench-model.md" \
     "$BIN" bench-model --preset "$preset" --random-weights --device "$DEVICE" "${bench_dtype[@]}" \
     --batch "$BATCHES" --mode "$MODES" --iters "$ITERS"
+done
+# 3b. ScoreGrad against Score at the same shapes (the gradient of p_yes w.r.t. the pixels).
+for preset in $GRAD_PRESETS; do
+  echo "### bench-model --grad --preset $preset" >> "$OUTDIR/bench-model.md"
+  step "bench-model --grad $preset" 120 --tee "$OUTDIR/bench-model.md" \
+    "$BIN" bench-model --preset "$preset" --random-weights --grad --device "$DEVICE" \
+    "${bench_dtype[@]}" --batch "$GRAD_BATCHES" --mode "$MODES" --iters "$ITERS"
 done
 
 # 4. Server: `serve` in the background on free ports, then many concurrent clients.
