@@ -32,8 +32,8 @@ macro_rules! decode_failure {
     )+};
 }
 
-decode_failure!(InvalidArgument: ScoreRequest, RankRequest, InfoRequest);
-decode_failure!(Internal: ScoreResponse, RankResponse, InfoResponse);
+decode_failure!(InvalidArgument: ScoreRequest, RankRequest, InfoRequest, ScoreGradRequest);
+decode_failure!(Internal: ScoreResponse, RankResponse, InfoResponse, ScoreGradResponse);
 
 /// tonic [`Codec`](tonic::codec::Codec) over prost: encodes `T`, decodes `U`.
 #[derive(Debug, Clone, Copy)]
