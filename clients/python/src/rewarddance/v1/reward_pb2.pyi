@@ -12,6 +12,31 @@ class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODE_POINTWISE: _ClassVar[Mode]
     MODE_PAIRWISE: _ClassVar[Mode]
 
+class PixelLayout(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PIXEL_LAYOUT_UNSPECIFIED: _ClassVar[PixelLayout]
+    PIXEL_LAYOUT_CHW: _ClassVar[PixelLayout]
+    PIXEL_LAYOUT_HWC: _ClassVar[PixelLayout]
+
+class PixelDtype(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PIXEL_DTYPE_UNSPECIFIED: _ClassVar[PixelDtype]
+    PIXEL_DTYPE_F32: _ClassVar[PixelDtype]
+    PIXEL_DTYPE_BF16: _ClassVar[PixelDtype]
+
+class PixelRange(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PIXEL_RANGE_UNSPECIFIED: _ClassVar[PixelRange]
+    PIXEL_RANGE_UNIT: _ClassVar[PixelRange]
+    PIXEL_RANGE_SIGNED: _ClassVar[PixelRange]
+
+class Objective(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OBJECTIVE_UNSPECIFIED: _ClassVar[Objective]
+    OBJECTIVE_P_YES: _ClassVar[Objective]
+    OBJECTIVE_LOG_P_YES: _ClassVar[Objective]
+    OBJECTIVE_LOGIT_MARGIN: _ClassVar[Objective]
+
 class RationaleStop(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RATIONALE_STOP_UNSPECIFIED: _ClassVar[RationaleStop]
@@ -28,6 +53,19 @@ class RankMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 MODE_UNSPECIFIED: Mode
 MODE_POINTWISE: Mode
 MODE_PAIRWISE: Mode
+PIXEL_LAYOUT_UNSPECIFIED: PixelLayout
+PIXEL_LAYOUT_CHW: PixelLayout
+PIXEL_LAYOUT_HWC: PixelLayout
+PIXEL_DTYPE_UNSPECIFIED: PixelDtype
+PIXEL_DTYPE_F32: PixelDtype
+PIXEL_DTYPE_BF16: PixelDtype
+PIXEL_RANGE_UNSPECIFIED: PixelRange
+PIXEL_RANGE_UNIT: PixelRange
+PIXEL_RANGE_SIGNED: PixelRange
+OBJECTIVE_UNSPECIFIED: Objective
+OBJECTIVE_P_YES: Objective
+OBJECTIVE_LOG_P_YES: Objective
+OBJECTIVE_LOGIT_MARGIN: Objective
 RATIONALE_STOP_UNSPECIFIED: RationaleStop
 RATIONALE_STOP_END_OF_TURN: RationaleStop
 RATIONALE_STOP_MAX_TOKENS: RationaleStop
@@ -78,12 +116,30 @@ class RationaleOptions(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stream: bool = ...) -> None: ...
 
 class Image(_message.Message):
-    __slots__ = ("encoded", "rgb8")
+    __slots__ = ("encoded", "rgb8", "float")
     ENCODED_FIELD_NUMBER: _ClassVar[int]
     RGB8_FIELD_NUMBER: _ClassVar[int]
+    FLOAT_FIELD_NUMBER: _ClassVar[int]
     encoded: bytes
     rgb8: RawImage
-    def __init__(self, encoded: _Optional[bytes] = ..., rgb8: _Optional[_Union[RawImage, _Mapping]] = ...) -> None: ...
+    float: FloatImage
+    def __init__(self, encoded: _Optional[bytes] = ..., rgb8: _Optional[_Union[RawImage, _Mapping]] = ..., float: _Optional[_Union[FloatImage, _Mapping]] = ...) -> None: ...
+
+class FloatImage(_message.Message):
+    __slots__ = ("width", "height", "layout", "dtype", "range", "data")
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    width: int
+    height: int
+    layout: PixelLayout
+    dtype: PixelDtype
+    range: PixelRange
+    data: bytes
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., layout: _Optional[_Union[PixelLayout, str]] = ..., dtype: _Optional[_Union[PixelDtype, str]] = ..., range: _Optional[_Union[PixelRange, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class RawImage(_message.Message):
     __slots__ = ("width", "height", "data")
@@ -100,6 +156,44 @@ class Video(_message.Message):
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     frames: _containers.RepeatedCompositeFieldContainer[Image]
     def __init__(self, frames: _Optional[_Iterable[_Union[Image, _Mapping]]] = ...) -> None: ...
+
+class ScoreGradRequest(_message.Message):
+    __slots__ = ("items", "objective", "f32_gradients")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    F32_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ScoreItem]
+    objective: Objective
+    f32_gradients: bool
+    def __init__(self, items: _Optional[_Iterable[_Union[ScoreItem, _Mapping]]] = ..., objective: _Optional[_Union[Objective, str]] = ..., f32_gradients: bool = ...) -> None: ...
+
+class ScoreGradResponse(_message.Message):
+    __slots__ = ("results", "model_id", "timing")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[GradResult]
+    model_id: str
+    timing: Timing
+    def __init__(self, results: _Optional[_Iterable[_Union[GradResult, _Mapping]]] = ..., model_id: _Optional[str] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
+
+class GradResult(_message.Message):
+    __slots__ = ("id", "index", "score", "error", "objective", "gradients", "timing")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    index: int
+    score: Score
+    error: ItemError
+    objective: float
+    gradients: _containers.RepeatedCompositeFieldContainer[FloatImage]
+    timing: Timing
+    def __init__(self, id: _Optional[str] = ..., index: _Optional[int] = ..., score: _Optional[_Union[Score, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., objective: _Optional[float] = ..., gradients: _Optional[_Iterable[_Union[FloatImage, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("results", "model_id", "timing", "rationale_deltas")

@@ -59,6 +59,11 @@ class RewardServiceStub(object):
                 request_serializer=rewarddance_dot_v1_dot_reward__pb2.RankRequest.SerializeToString,
                 response_deserializer=rewarddance_dot_v1_dot_reward__pb2.RankResponse.FromString,
                 _registered_method=True)
+        self.ScoreGrad = channel.unary_unary(
+                '/rewarddance.v1.RewardService/ScoreGrad',
+                request_serializer=rewarddance_dot_v1_dot_reward__pb2.ScoreGradRequest.SerializeToString,
+                response_deserializer=rewarddance_dot_v1_dot_reward__pb2.ScoreGradResponse.FromString,
+                _registered_method=True)
 
 
 class RewardServiceServicer(object):
@@ -135,6 +140,22 @@ class RewardServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScoreGrad(self, request, context):
+        """The reward of each item and its gradient with respect to the candidate's pixels, for
+        training a generator through the reward (ReFL, DRaFT, AlignProp). Items are `ScoreItem`s
+        whose candidate is a float image (`Image.float`, or video frames given as floats); the
+        result carries the score, the objective's value and, per float candidate image, the
+        gradient of the objective with respect to its values (same shape and layout, dtype as the
+        input unless `f32_gradients`). The reference image of a pairwise item is a constant (any
+        `Image` source; no gradient). Because each reward is a scalar, this vector-Jacobian
+        product is exact and stateless: multiply by dL/dr on the client. Per-item errors and
+        call-level errors (including the deadline contract) are as for Score; an item without a
+        float candidate, or asking for a rationale, gets INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RewardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +178,11 @@ def add_RewardServiceServicer_to_server(servicer, server):
                     servicer.Rank,
                     request_deserializer=rewarddance_dot_v1_dot_reward__pb2.RankRequest.FromString,
                     response_serializer=rewarddance_dot_v1_dot_reward__pb2.RankResponse.SerializeToString,
+            ),
+            'ScoreGrad': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScoreGrad,
+                    request_deserializer=rewarddance_dot_v1_dot_reward__pb2.ScoreGradRequest.FromString,
+                    response_serializer=rewarddance_dot_v1_dot_reward__pb2.ScoreGradResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -272,6 +298,33 @@ class RewardService(object):
             '/rewarddance.v1.RewardService/Rank',
             rewarddance_dot_v1_dot_reward__pb2.RankRequest.SerializeToString,
             rewarddance_dot_v1_dot_reward__pb2.RankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScoreGrad(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rewarddance.v1.RewardService/ScoreGrad',
+            rewarddance_dot_v1_dot_reward__pb2.ScoreGradRequest.SerializeToString,
+            rewarddance_dot_v1_dot_reward__pb2.ScoreGradResponse.FromString,
             options,
             channel_credentials,
             insecure,
