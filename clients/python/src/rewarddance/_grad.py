@@ -7,7 +7,7 @@ Conventions (docs/python-client.md, "Gradients of the reward (ScoreGrad, ReFL)")
   (what a VAE decoder gives), or a numpy array, by default (B, H, W, 3) in [0, 1]; `layout=`
   ("chw" / "hwc") and `value_range=` ("-1,1" / "0,1") override the defaults, which depend on
   the input's kind only, never on its values;
-- torch bf16 (and numpy `ml_dtypes.bfloat16`) is sent as bf16; every other float dtype as f32;
+- torch bf16 is sent as bf16; every other float dtype (numpy has no bf16) as f32;
 - the gradient is d objective / d (the values sent): same shape and layout as the input, in the
   input's dtype (float32 with `f32_gradients=True`), zeros where the item failed.
 """
@@ -78,10 +78,6 @@ def parse_layout(layout: Any, kind: str) -> Tuple[str, int]:
     return key, LAYOUTS[key]
 
 
-def _is_numpy_bf16(dtype: Any) -> bool:
-    return getattr(dtype, "name", "") == "bfloat16"
-
-
 class FloatBatch:
     """One 4-D float batch as ScoreGrad sends it: per item a `FloatImage` (or why it cannot be
     one), and the way back: gradients stacked into the input's kind, device, dtype and layout."""
@@ -133,12 +129,6 @@ class FloatBatch:
 
     def _init_numpy(self, images: np.ndarray) -> None:
         self.dtype, self.device = images.dtype, None
-        if _is_numpy_bf16(images.dtype):
-            self.wire = pb.PIXEL_DTYPE_BF16
-            self._data = np.ascontiguousarray(images).view(np.uint16).astype("<u2", copy=False)
-            values = self._data.astype(np.uint32) << 16
-            self.finite = list(np.isfinite(values.view(np.float32)).reshape(self.n, -1).all(axis=1))
-            return
         if not np.issubdtype(images.dtype, np.floating):
             raise ValueError(f"images has dtype {images.dtype}: ScoreGrad takes float pixels")
         self.wire = pb.PIXEL_DTYPE_F32
