@@ -38,6 +38,7 @@ pub fn run(
         .images
         .last()
         .and_then(Option::as_ref)
+        .map(|g| &g.values)
         .context("the candidate has no gradient")?;
     write_npy(out, &[height as usize, width as usize, 3], grad)
         .with_context(|| format!("writing {}", out.display()))?;

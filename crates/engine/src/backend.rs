@@ -41,6 +41,11 @@ pub trait Model: Send + Sync + 'static {
     /// Tokens `prepared` adds to a batch (the unit of the batcher's token budget).
     fn tokens(prepared: &Self::Prepared) -> usize;
 
+    /// Image tiles `prepared` holds (the unit of a gradient batch's budget).
+    fn tiles(_prepared: &Self::Prepared) -> usize {
+        1
+    }
+
     /// CPU half for one still image shared by several items (a `Rank`'s candidates): decoded
     /// and tiled once. Called concurrently.
     fn prepare_image(&self, input: &ImageInput) -> Result<Arc<PreparedImage>>;
@@ -71,6 +76,7 @@ pub trait Model: Send + Sync + 'static {
 /// its size.
 pub struct Prepared {
     tokens: usize,
+    tiles: usize,
     item: Box<dyn Any + Send>,
 }
 
@@ -78,6 +84,11 @@ impl Prepared {
     /// Tokens it adds to a batch.
     pub fn tokens(&self) -> usize {
         self.tokens
+    }
+
+    /// Image tiles it holds.
+    pub fn tiles(&self) -> usize {
+        self.tiles
     }
 }
 
@@ -125,6 +136,7 @@ impl<M: Model> Backend for M {
         let prepared = Model::prepare(self, item)?;
         Ok(Prepared {
             tokens: M::tokens(&prepared),
+            tiles: M::tiles(&prepared),
             item: Box::new(prepared),
         })
     }
@@ -198,7 +210,25 @@ impl Model for RewardModel {
         RewardModel::prepare_image(self, input)
     }
 
+    fn tiles(prepared: &PreparedItem) -> usize {
+        prepared.num_tiles()
+    }
+
     fn forward(&self, batch: &[&PreparedItem], tasks: &[Task]) -> Result<Vec<Output<Generation>>> {
+        if tasks.iter().any(Task::is_gradient) {
+            // Gradient batches are their own kind (the batcher keeps them apart); each item
+            // is one forward and one backward, alone.
+            return batch
+                .iter()
+                .zip(tasks)
+                .map(|(item, task)| match task {
+                    Task::Gradient(objective) => Ok(Output::Gradient(Box::new(
+                        self.score_grad(item, *objective)?,
+                    ))),
+                    _ => Ok(Output::Score(self.score_prepared(&[item])?[0])),
+                })
+                .collect();
+        }
         if tasks.iter().all(|t| *t == Task::Score) {
             // The fast path: trainers want the number only.
             let scores = self.score_prepared(batch)?;

@@ -1,6 +1,12 @@
-//! The batcher: one task that owns the queue of prepared items and the list of idle workers,
+//! The batcher: one task that owns the queues of prepared items and the list of idle workers,
 //! and cuts a batch whenever both are non-empty (waiting up to `max_batch_delay` for a batch to
 //! fill). It also folds the workers' status reports into the engine's [`Health`].
+//!
+//! Gradient items (`ScoreGrad`) need a backward pass and queue apart: a gradient batch holds
+//! gradient items only, up to `max_gradient_tiles` tiles (one item at least), and is cut at
+//! once (batching them saves nothing). When items of both kinds wait, the batches alternate:
+//! a score waits behind at most one gradient batch per device, and gradients behind at most
+//! one score batch, so neither kind starves the other.
 
 use std::collections::VecDeque;
 use std::sync::mpsc as std_mpsc;
@@ -52,6 +58,8 @@ pub(crate) async fn run(
 ) {
     let mut state = State {
         queue: VecDeque::new(),
+        gradients: VecDeque::new(),
+        last_was_gradient: false,
         idle: VecDeque::new(),
         statuses: vec![WorkerStatus::Starting; devices.len()],
         health,
@@ -64,7 +72,7 @@ pub(crate) async fn run(
                 tokio::select! {
                     msg = rx.recv() => msg,
                     _ = tokio::time::sleep_until(at.into()) => {
-                        wake = dispatch(&mut state.queue, &mut state.idle, &config);
+                        wake = dispatch(&mut state, &config);
                         continue;
                     }
                 }
@@ -78,13 +86,14 @@ pub(crate) async fn run(
         while let Ok(msg) = rx.try_recv() {
             state.take(msg);
         }
-        if state.queue.len() > config.max_batch_items {
+        if state.queue.len() + state.gradients.len() > config.max_batch_items {
             // Backed up behind busy devices: items whose callers left must not pile up.
             purge(&mut state.queue, Instant::now());
+            purge(&mut state.gradients, Instant::now());
         }
-        wake = dispatch(&mut state.queue, &mut state.idle, &config);
+        wake = dispatch(&mut state, &config);
     }
-    for p in state.queue {
+    for p in state.queue.into_iter().chain(state.gradients) {
         p.job
             .fail(ItemError::new(FailureKind::Internal, "the batcher stopped"));
     }
@@ -94,6 +103,10 @@ pub(crate) async fn run(
 /// status with the health they add up to.
 struct State {
     queue: VecDeque<PreparedJob>,
+    /// Gradient items, in arrival order.
+    gradients: VecDeque<PreparedJob>,
+    /// Whether the last batch handed out was a gradient batch (whose turn is next).
+    last_was_gradient: bool,
     idle: VecDeque<(usize, std_mpsc::Sender<Batch>)>,
     statuses: Vec<WorkerStatus>,
     health: watch::Sender<Health>,
@@ -104,6 +117,7 @@ impl State {
     /// Folds one message in.
     fn take(&mut self, msg: BatcherMsg) {
         match msg {
+            BatcherMsg::Job(job) if job.job.task.is_gradient() => self.gradients.push_back(*job),
             BatcherMsg::Job(job) => self.queue.push_back(*job),
             BatcherMsg::Ready { worker, tx } => self.idle.push_back((worker, tx)),
             BatcherMsg::Status { worker, status } => {
@@ -141,28 +155,40 @@ fn update_health(health: &watch::Sender<Health>, statuses: &[WorkerStatus], devi
 }
 
 /// Hands batches to idle workers while both exist. Returns when to look again if the front
-/// batch is waiting for its delay window to fill.
-fn dispatch(
-    queue: &mut VecDeque<PreparedJob>,
-    idle: &mut VecDeque<(usize, std_mpsc::Sender<Batch>)>,
-    config: &EngineConfig,
-) -> Option<Instant> {
+/// score batch is waiting for its delay window to fill.
+fn dispatch(state: &mut State, config: &EngineConfig) -> Option<Instant> {
     let result = loop {
-        if idle.is_empty() || queue.is_empty() {
+        if state.idle.is_empty() {
             break None;
         }
         let now = Instant::now();
-        purge(queue, now);
-        let Some(front) = queue.front() else {
-            break None;
+        purge(&mut state.queue, now);
+        purge(&mut state.gradients, now);
+        let gradient_turn = gradients_next(
+            !state.queue.is_empty(),
+            !state.gradients.is_empty(),
+            state.last_was_gradient,
+        );
+        let jobs = if gradient_turn {
+            take_gradient_batch(&mut state.gradients, config)
+        } else {
+            let Some(front) = state.queue.front() else {
+                break None;
+            };
+            let open_until = front.enqueued + config.max_batch_delay;
+            let full = fills_batch(state.queue.iter(), |p| p.prepared.tokens(), config);
+            if !full && now < open_until {
+                if state.gradients.is_empty() {
+                    break Some(open_until);
+                }
+                // Gradients wait too: their batch goes first while this one fills.
+                state.last_was_gradient = false;
+                continue;
+            }
+            take_batch(&mut state.queue, |p| p.prepared.tokens(), config)
         };
-        let open_until = front.enqueued + config.max_batch_delay;
-        let full = fills_batch(queue.iter(), |p| p.prepared.tokens(), config);
-        if !full && now < open_until {
-            break Some(open_until);
-        }
-        let jobs = take_batch(queue, |p| p.prepared.tokens(), config);
-        let Some((worker, tx)) = idle.pop_front() else {
+        state.last_was_gradient = gradient_turn;
+        let Some((worker, tx)) = state.idle.pop_front() else {
             break None;
         };
         if let Err(std_mpsc::SendError(batch)) = tx.send(Batch { jobs }) {
@@ -175,8 +201,31 @@ fn dispatch(
             }
         }
     };
-    metrics::set_queue_depth(queue.len());
+    metrics::set_queue_depth(state.queue.len() + state.gradients.len());
     result
+}
+
+/// Whether the next batch is a gradient batch: when only gradients wait, or when both kinds
+/// wait and the last batch was not one (the kinds take turns).
+fn gradients_next(scores_wait: bool, gradients_wait: bool, last_was_gradient: bool) -> bool {
+    gradients_wait && (!scores_wait || !last_was_gradient)
+}
+
+/// The front gradient items within `max_gradient_tiles` tiles (at least one item).
+fn take_gradient_batch(
+    queue: &mut VecDeque<PreparedJob>,
+    config: &EngineConfig,
+) -> Vec<PreparedJob> {
+    let (mut count, mut tiles) = (0usize, 0usize);
+    for p in queue.iter() {
+        let n = p.prepared.tiles();
+        if count > 0 && (tiles + n > config.max_gradient_tiles || count >= config.max_batch_items) {
+            break;
+        }
+        count += 1;
+        tiles += n;
+    }
+    queue.drain(..count).collect()
 }
 
 /// Drops abandoned items and answers expired ones, keeping the order of the rest.
@@ -241,6 +290,30 @@ mod tests {
             max_batch_tokens: tokens,
             ..EngineConfig::default()
         }
+    }
+
+    #[test]
+    fn gradient_and_score_batches_take_turns_when_both_wait() {
+        // Both waiting: the kinds alternate, whichever went last.
+        assert!(gradients_next(true, true, false));
+        assert!(!gradients_next(true, true, true));
+        // One kind waiting: it goes, whatever went last.
+        assert!(gradients_next(false, true, true));
+        assert!(!gradients_next(true, false, false));
+        assert!(!gradients_next(false, false, false));
+        // So with 8 gradient batches and 1 score batch waiting, the score runs second.
+        let (mut gradients, mut scores, mut last, mut order) = (8, 1, false, String::new());
+        while gradients + scores > 0 {
+            last = gradients_next(scores > 0, gradients > 0, last);
+            if last {
+                gradients -= 1;
+                order.push('G');
+            } else {
+                scores -= 1;
+                order.push('S');
+            }
+        }
+        assert_eq!(order, "GSGGGGGGG");
     }
 
     #[test]

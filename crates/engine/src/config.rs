@@ -26,6 +26,8 @@ pub struct EngineConfig {
     /// Most rationales one device decodes at once; at the limit it takes no new batch until
     /// one finishes (bounds key/value-cache memory).
     pub max_decoding_sequences: usize,
+    /// Most image tiles in one gradient batch (`ScoreGrad` items; an item over it runs alone).
+    pub max_gradient_tiles: usize,
 }
 
 impl EngineConfig {
@@ -39,6 +41,8 @@ impl EngineConfig {
     pub const DEFAULT_MAX_QUEUE_ITEMS: usize = 4096;
     /// Default [`Self::max_consecutive_failures`].
     pub const DEFAULT_MAX_CONSECUTIVE_FAILURES: u32 = 3;
+    /// Default [`Self::max_gradient_tiles`].
+    pub const DEFAULT_MAX_GRADIENT_TILES: usize = 16;
     /// Default [`Self::max_decoding_sequences`].
     pub const DEFAULT_MAX_DECODING_SEQUENCES: usize = 64;
 }
@@ -53,6 +57,7 @@ impl Default for EngineConfig {
             preprocess_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             max_consecutive_failures: Self::DEFAULT_MAX_CONSECUTIVE_FAILURES,
             max_decoding_sequences: Self::DEFAULT_MAX_DECODING_SEQUENCES,
+            max_gradient_tiles: Self::DEFAULT_MAX_GRADIENT_TILES,
         }
     }
 }

@@ -180,7 +180,7 @@ impl Engine {
                     let (tx, rx) = mpsc::unbounded_channel();
                     (Some(tx), Some(rx))
                 }
-                Task::Score => (None, None),
+                Task::Score | Task::Gradient(_) => (None, None),
             };
             let (ticket_slot, job_slot) = Slot::pair(&inner.slots, Some(item));
             tickets.push(Ticket {

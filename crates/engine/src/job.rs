@@ -12,6 +12,7 @@ use crate::backend::Prepared;
 use crate::metrics;
 use crate::result::{FailureKind, ItemError, ItemResult, RationaleOutput, Timing};
 use crate::task::Task;
+use rewarddance_model::pipeline::gradient::ScoreGradient;
 
 /// An admitted item on its way through the engine. Dropping it unanswered frees its queue
 /// slot; the ticket then reports an internal error (or nobody is listening any more).
@@ -54,6 +55,19 @@ impl Job {
         let _ = self.reply.send(ItemResult {
             outcome: Ok(score),
             rationale,
+            gradient: None,
+            timing: self.timing,
+        });
+    }
+
+    /// Answers with a score and its gradients (a gradient task).
+    pub fn succeed_with_gradient(mut self, gradient: Box<ScoreGradient>) {
+        self.timing.total = self.admitted.elapsed();
+        metrics::record_item_ok(&self.timing);
+        let _ = self.reply.send(ItemResult {
+            outcome: Ok(gradient.score),
+            rationale: None,
+            gradient: Some(std::sync::Arc::from(gradient)),
             timing: self.timing,
         });
     }
@@ -72,6 +86,7 @@ impl Job {
         let _ = self.reply.send(ItemResult {
             outcome: Err(error),
             rationale: None,
+            gradient: None,
             timing: self.timing,
         });
     }

@@ -149,14 +149,16 @@ pub struct RationaleOutput {
 }
 
 /// The answer for one item. Every task yields a score; a task's own outputs sit next to it
-/// (the rationale of [`Task::Rationale`](crate::Task::Rationale); a gradient task's gradient
-/// will be a field of its own here).
+/// (the rationale of [`Task::Rationale`](crate::Task::Rationale), the gradients of
+/// [`Task::Gradient`](crate::Task::Gradient)).
 #[derive(Debug, Clone)]
 pub struct ItemResult {
     /// The score, or why there is none.
     pub outcome: Result<Score, ItemError>,
     /// The rationale, when the item asked for one and was scored.
     pub rationale: Option<RationaleOutput>,
+    /// The objective's value and gradients, when the item asked for them and was scored.
+    pub gradient: Option<std::sync::Arc<rewarddance_model::pipeline::gradient::ScoreGradient>>,
     /// Timings.
     pub timing: Timing,
 }
@@ -167,6 +169,7 @@ impl ItemResult {
         ItemResult {
             outcome: Err(error),
             rationale: None,
+            gradient: None,
             timing: Timing::default(),
         }
     }

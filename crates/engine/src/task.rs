@@ -3,15 +3,15 @@
 //! pass and answers each with an [`Output`], and the worker dispatches on that output (answer
 //! now, or keep decoding).
 
+use rewarddance_model::pipeline::gradient::{Objective, ScoreGradient};
 use rewarddance_model::{RationaleOptions, Score, ScoreItem};
 
 /// What the engine computes for one item.
 ///
-/// Both tasks share one prefill, so a batch may mix them (the batcher cuts batches by tokens
-/// and items only). The next task, a score's gradient with respect to its inputs, goes here
-/// as a variant of its own, with an [`Output`] variant for its result; since it needs a
-/// backward pass, it is also where the batcher starts keeping tasks of different passes out of
-/// one batch.
+/// Score and rationale share one prefill, so a batch may mix them (cut by tokens and items).
+/// A gradient needs a backward pass: gradient items queue apart and run in batches of their
+/// own, cut by tiles ([`crate::EngineConfig::max_gradient_tiles`]); when both kinds wait, a
+/// device takes them in turn (see the batcher), so neither starves the other.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Task {
     /// The score only: one forward pass, no decoding (what trainers ask for).
@@ -19,6 +19,9 @@ pub enum Task {
     /// The score, then a rationale decoded after it on the same device (continuous batching:
     /// see the crate docs, *Decoding*).
     Rationale(RationaleOptions),
+    /// The score and the gradient of `Objective` with respect to the item's float images
+    /// (`ScoreGrad`): a forward and a backward pass.
+    Gradient(Objective),
 }
 
 impl Task {
@@ -26,8 +29,13 @@ impl Task {
     pub fn rationale(&self) -> Option<RationaleOptions> {
         match self {
             Task::Rationale(options) => Some(*options),
-            Task::Score => None,
+            Task::Score | Task::Gradient(_) => None,
         }
+    }
+
+    /// Whether the task needs a backward pass (and so a batch of its own kind).
+    pub fn is_gradient(&self) -> bool {
+        matches!(self, Task::Gradient(_))
     }
 }
 
@@ -57,6 +65,8 @@ pub enum Output<S> {
     Score(Score),
     /// The item's score, and the sequence that decodes its rationale (a [`Task::Rationale`]).
     Rationale(Score, S),
+    /// The item's score with the gradients of a [`Task::Gradient`].
+    Gradient(Box<ScoreGradient>),
 }
 
 impl<S> Output<S> {
@@ -65,6 +75,7 @@ impl<S> Output<S> {
         match self {
             Output::Score(score) => Output::Score(score),
             Output::Rationale(score, s) => Output::Rationale(score, f(s)),
+            Output::Gradient(g) => Output::Gradient(g),
         }
     }
 }

@@ -350,6 +350,7 @@ impl Worker {
                     started,
                 }),
                 Ok(Output::Score(score)) => job.succeed(score, None),
+                Ok(Output::Gradient(gradient)) => job.succeed_with_gradient(gradient),
                 Err(failure) => job.fail(failure.alone()),
             }
         }

@@ -11,6 +11,7 @@ use rewarddance_engine::{
     Backend, Engine, EngineConfig, FailureKind, ItemResult, Model, Output, RationaleEnd, Task,
     Ticket, Work,
 };
+use rewarddance_model::pipeline::gradient::{Objective, ScoreGradient};
 use rewarddance_model::{
     AnswerTokens, Candidate, DType, Device, Error, ImageInput, ItemLimits, Mode, ModelInfo,
     PreparedImage, Rationale, RationaleOptions, Result, ReuseStats, Score, ScoreItem, StopReason,
@@ -33,6 +34,8 @@ struct Countdown {
 struct Fixed<const KIND: u8> {
     /// Items per forward pass, in order (the warm-up's included).
     batches: Mutex<Vec<usize>>,
+    /// Per forward pass: `G` for a gradient batch, `S` otherwise.
+    kinds: Mutex<String>,
     decode_steps: AtomicUsize,
 }
 
@@ -91,11 +94,25 @@ impl<const KIND: u8> Model for Fixed<KIND> {
 
     fn forward(&self, batch: &[&Tokens], tasks: &[Task]) -> Result<Vec<Output<Countdown>>> {
         self.batches.lock().unwrap().push(batch.len());
+        let gradient = tasks.iter().any(Task::is_gradient);
+        self.kinds
+            .lock()
+            .unwrap()
+            .push(if gradient { 'G' } else { 'S' });
+        if batch.iter().any(|t| t.0 == 42) {
+            // The blocker of the scheduling test: keeps the device busy while work queues.
+            std::thread::sleep(Duration::from_millis(300));
+        }
         Ok(batch
             .iter()
             .zip(tasks)
             .map(|(t, task)| match task {
                 Task::Score => Output::Score(score(t.0)),
+                Task::Gradient(_) => Output::Gradient(Box::new(ScoreGradient {
+                    score: score(t.0),
+                    objective: score(t.0).p_yes,
+                    images: Vec::new(),
+                })),
                 Task::Rationale(o) => Output::Rationale(
                     score(t.0),
                     Countdown {
@@ -235,4 +252,44 @@ fn an_engine_refuses_backends_of_different_kinds() {
         .err()
         .expect("refused");
     assert!(err.to_string().contains("same kind of model"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gradient_batches_and_score_batches_take_turns() {
+    // One device, busy with a slow batch while 8 gradient items and then 1 score item queue.
+    // First come first served would run the score after all 8 gradient batches; taking turns,
+    // it runs after at most one.
+    let backend = Arc::new(Fixed::<0>::default());
+    let config = EngineConfig {
+        max_batch_delay: Duration::ZERO,
+        max_gradient_tiles: 1,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(vec![backend.clone() as Arc<dyn Backend>], config).expect("start");
+    engine.ready().await.expect("warm-up");
+    let warm_up = backend.kinds.lock().unwrap().len();
+    let blocker = engine
+        .submit(vec![Work::from(item(&"b".repeat(42)))], None, &Span::none())
+        .expect("admitted");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut work: Vec<Work> = (0..8)
+        .map(|i| Work {
+            item: item(&"g".repeat(10 + i)),
+            task: Task::Gradient(Objective::PYes),
+        })
+        .collect();
+    work.push(Work::from(item("score me")));
+    let tickets = engine.submit(work, None, &Span::none()).expect("admitted");
+    let results = wait_all(tickets).await;
+    wait_all(blocker).await;
+    assert!(
+        results[..8].iter().all(|r| r.gradient.is_some()),
+        "gradients answered"
+    );
+    assert!(results[8].gradient.is_none() && results[8].outcome.is_ok());
+    let kinds: String = backend.kinds.lock().unwrap()[warm_up..].to_string();
+    // The blocker, then at most one gradient batch before the score.
+    let score_at = kinds[1..].find('S').expect("the score ran");
+    assert!(score_at <= 1, "batches after the blocker: {kinds}");
+    assert_eq!(kinds.matches('G').count(), 8, "{kinds}");
 }

@@ -82,6 +82,8 @@ fn gradients_agree_with_central_differences_on_every_fixture() {
                 .unwrap()
                 .as_ref()
                 .expect("candidate gradient");
+            assert_eq!((g.width, g.height), (x.width(), x.height()));
+            let g = &g.values;
             assert_eq!(g.len(), x.data().len());
             if reference.is_some() {
                 assert!(grad.images[0].is_none(), "the reference is a constant");
@@ -124,14 +126,15 @@ fn the_reported_score_is_the_items_score_and_objectives_scale_one_gradient() {
         let margin = model.score_grad(&prepared, Objective::LogitMargin).unwrap();
         assert!((margin.score.p_yes - scored.p_yes).abs() < 1e-5, "{name}");
         let p = margin.score.p_yes;
-        let gm = margin.images[0].clone().unwrap();
+        let gm = margin.images[0].clone().unwrap().values;
         for (objective, scale) in [
             (Objective::PYes, p * (1.0 - p)),
             (Objective::LogPYes, 1.0 - p),
         ] {
             let g = model.score_grad(&prepared, objective).unwrap().images[0]
                 .clone()
-                .unwrap();
+                .unwrap()
+                .values;
             let worst = g
                 .iter()
                 .zip(&gm)

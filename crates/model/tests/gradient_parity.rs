@@ -142,6 +142,7 @@ fn gradients_match_pytorch_autograd_on_every_fixture() {
                 for (image, got) in images.iter().zip(&ours.images) {
                     match (image["grad_key"].as_str(), got) {
                         (Some(key), Some(got)) => {
+                            let got = &got.values;
                             let want: Vec<f32> = get(key)
                                 .iter()
                                 .map(|g| (f64::from(*g) * scale) as f32)

@@ -90,6 +90,14 @@ pub struct ServerArgs {
     /// Largest request message in bytes.
     #[arg(long, env = "REWARDDANCE_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     pub max_message_bytes: usize,
+    /// Largest ScoreGrad request or response message in bytes (float images and their
+    /// gradients: a 1024x1024 RGB f32 image is 12.6 MB each way).
+    #[arg(long, env = "REWARDDANCE_MAX_GRAD_MESSAGE_BYTES", default_value_t = 256 << 20)]
+    pub max_grad_message_bytes: usize,
+    /// Most image tiles in one gradient batch (ScoreGrad items run in batches of their own,
+    /// taking turns with score batches; an item over it runs alone).
+    #[arg(long, env = "REWARDDANCE_MAX_GRADIENT_TILES", default_value_t = EngineConfig::DEFAULT_MAX_GRADIENT_TILES)]
+    pub max_gradient_tiles: usize,
     /// Unanswered items one ScoreStream may have before the server stops reading it.
     #[arg(long, env = "REWARDDANCE_MAX_STREAM_IN_FLIGHT", default_value_t = 256)]
     pub max_stream_in_flight: usize,
@@ -193,6 +201,7 @@ impl ServerArgs {
                 .unwrap_or(defaults.preprocess_threads),
             max_consecutive_failures: self.max_worker_failures,
             max_decoding_sequences: self.max_decoding_sequences,
+            max_gradient_tiles: self.max_gradient_tiles,
         }
     }
 
@@ -318,6 +327,7 @@ mod tests {
             from_flags.max_decoding_sequences,
             engine.max_decoding_sequences
         );
+        assert_eq!(from_flags.max_gradient_tiles, engine.max_gradient_tiles);
         assert_eq!(
             flags.default_rationale_tokens as usize,
             RationaleOptions::default().max_tokens

@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use rewarddance_engine::{FailureKind, ItemError, ItemResult, RationaleEnd, Task, Timing, Work};
+use rewarddance_model::image::FloatFormat;
 use rewarddance_model::{Candidate, ImageInput, Mode, RationaleOptions, ScoreItem};
 use rewarddance_proto::v1;
 
 use crate::limits::{ItemLimits, Limits, RationaleLimits};
 use crate::status;
 
-fn invalid(message: impl Into<String>) -> ItemError {
+pub fn invalid(message: impl Into<String>) -> ItemError {
     ItemError::new(FailureKind::InvalidArgument, message)
 }
 
@@ -28,7 +29,16 @@ pub struct Item {
 /// Converts a request's items, each on its own (a bad item is that item's error), or refuses
 /// the request as a whole (with the reason) when it has no items or too many.
 pub fn request(request: v1::ScoreRequest, limits: &Limits) -> Result<Vec<Item>, String> {
-    let n = request.items.len();
+    check_count(request.items.len(), limits)?;
+    Ok(request
+        .items
+        .into_iter()
+        .map(|item| request_item(item, limits))
+        .collect())
+}
+
+/// Refuses a request with no items or more than `max_items_per_request` (the reason).
+pub fn check_count(n: usize, limits: &Limits) -> Result<(), String> {
     if n == 0 {
         return Err("the request has no items".into());
     }
@@ -38,11 +48,7 @@ pub fn request(request: v1::ScoreRequest, limits: &Limits) -> Result<Vec<Item>, 
             limits.max_items_per_request
         ));
     }
-    Ok(request
-        .items
-        .into_iter()
-        .map(|item| request_item(item, limits))
-        .collect())
+    Ok(())
 }
 
 /// One request item: the item's own errors first, then its rationale options'.
@@ -217,10 +223,64 @@ pub fn image(img: v1::Image, what: &str, max_image_pixels: u64) -> Result<ImageI
                 data: raw.data,
             })
         }
+        Some(v1::image::Source::Float(f)) => {
+            let (w, h) = (u64::from(f.width), u64::from(f.height));
+            if w * h > max_image_pixels {
+                return Err(ItemError {
+                    kind: FailureKind::InvalidArgument,
+                    reason: "image_too_large",
+                    message: format!(
+                        "{what}: image too large: {w}x{h} = {} pixels exceeds the limit of \
+                         {max_image_pixels} pixels",
+                        w * h
+                    ),
+                });
+            }
+            let format = float_format(&f, what)?;
+            let img = format
+                .decode(f.width, f.height, &f.data)
+                .map_err(|e| invalid(format!("{what}: {e}")))?;
+            Ok(ImageInput::Float(img.into()))
+        }
         None => Err(invalid(format!(
-            "{what}: no image data: set `encoded` or `rgb8`"
+            "{what}: no image data: set `encoded`, `rgb8` or `float`"
         ))),
     }
+}
+
+/// The layout, dtype and range of a float image on the wire (the layout must be set: a
+/// square image's layout cannot be guessed).
+pub fn float_format(f: &v1::FloatImage, what: &str) -> Result<FloatFormat, ItemError> {
+    let planar = match v1::PixelLayout::try_from(f.layout) {
+        Ok(v1::PixelLayout::Chw) => true,
+        Ok(v1::PixelLayout::Hwc) => false,
+        Ok(v1::PixelLayout::Unspecified) => {
+            return Err(invalid(format!(
+                "{what}: float image layout is not set (CHW or HWC)"
+            )))
+        }
+        Err(_) => {
+            return Err(invalid(format!(
+                "{what}: unknown pixel layout {}",
+                f.layout
+            )))
+        }
+    };
+    let bf16 = match v1::PixelDtype::try_from(f.dtype) {
+        Ok(v1::PixelDtype::Unspecified | v1::PixelDtype::F32) => false,
+        Ok(v1::PixelDtype::Bf16) => true,
+        Err(_) => return Err(invalid(format!("{what}: unknown pixel dtype {}", f.dtype))),
+    };
+    let signed = match v1::PixelRange::try_from(f.range) {
+        Ok(v1::PixelRange::Unspecified | v1::PixelRange::Unit) => false,
+        Ok(v1::PixelRange::Signed) => true,
+        Err(_) => return Err(invalid(format!("{what}: unknown pixel range {}", f.range))),
+    };
+    Ok(FloatFormat {
+        planar,
+        bf16,
+        signed,
+    })
 }
 
 fn ms(d: Duration) -> f64 {
@@ -277,8 +337,13 @@ pub fn stop(end: RationaleEnd) -> v1::RationaleStop {
 
 /// Request-level timing: per phase, the slowest item's.
 pub fn request_timing(items: &[v1::ItemResult]) -> v1::Timing {
+    request_timing_of(items.iter().map(|r| r.timing.as_ref()))
+}
+
+/// Request-level timing from its items' timings: each phase is the slowest item's.
+pub fn request_timing_of<'a>(items: impl Iterator<Item = Option<&'a v1::Timing>>) -> v1::Timing {
     let mut t = v1::Timing::default();
-    for it in items.iter().filter_map(|r| r.timing.as_ref()) {
+    for it in items.flatten() {
         t.queue_ms = t.queue_ms.max(it.queue_ms);
         t.preprocess_ms = t.preprocess_ms.max(it.preprocess_ms);
         t.inference_ms = t.inference_ms.max(it.inference_ms);

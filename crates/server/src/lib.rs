@@ -80,11 +80,19 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let auth = BearerAuth::new(args.token()?);
     let api = RewardApi::new(engine.clone(), args);
-    let reward = RewardServiceServer::new(api)
-        .max_decoding_message_size(args.max_message_bytes)
-        .max_encoding_message_size(args.max_message_bytes);
-    let checker = auth.clone();
-    let reward = InterceptedService::new(reward, move |r| checker.check(r));
+    let server = |limit: usize| {
+        let checker = auth.clone();
+        InterceptedService::new(
+            RewardServiceServer::new(api.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+            move |r| checker.check(r),
+        )
+    };
+    let reward = transport::PerMethodLimits {
+        rest: server(args.max_message_bytes),
+        grad: server(args.max_grad_message_bytes),
+    };
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     // The reporter starts with "" = SERVING: correct it before the first connection.

@@ -10,7 +10,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::ServerArgs;
-use crate::handlers::{info, rank, score, score_stream};
+use crate::handlers::{info, rank, score, score_grad, score_stream};
 use crate::shared::Core;
 
 /// The service implementation (cheap to clone).
@@ -39,6 +39,13 @@ impl v1::reward_service_server::RewardService for RewardApi {
         request: Request<v1::ScoreRequest>,
     ) -> Result<Response<v1::ScoreResponse>, Status> {
         score::handle(&self.core, request).await
+    }
+
+    async fn score_grad(
+        &self,
+        request: Request<v1::ScoreGradRequest>,
+    ) -> Result<Response<v1::ScoreGradResponse>, Status> {
+        score_grad::handle(&self.core, request).await
     }
 
     type ScoreStreamStream =

@@ -167,6 +167,33 @@ pub(crate) async fn collect(
     model_id: &str,
     sink: Option<&DeltaSink>,
 ) -> Result<v1::ScoreResponse, Status> {
+    let results: Vec<v1::ItemResult> = collect_with(items, until, sink)
+        .await?
+        .into_iter()
+        .map(|(index, id, r)| convert::result(id, index, &r))
+        .collect();
+    Ok(v1::ScoreResponse {
+        timing: Some(convert::request_timing(&results)),
+        results,
+        model_id: model_id.to_string(),
+        rationale_deltas: Vec::new(),
+    })
+}
+
+/// Every item's engine result with its position and id, in request order, under the same
+/// deadline contract as [`collect`] (for handlers with their own answer message).
+pub(crate) async fn collect_results(
+    items: Vec<(String, Pending)>,
+    until: Option<Instant>,
+) -> Result<Vec<(usize, String, ItemResult)>, Status> {
+    collect_with(items, until, None).await
+}
+
+async fn collect_with(
+    items: Vec<(String, Pending)>,
+    until: Option<Instant>,
+    sink: Option<&DeltaSink>,
+) -> Result<Vec<(usize, String, ItemResult)>, Status> {
     let total = items.len();
     let answered = std::sync::atomic::AtomicUsize::new(0);
     let all = async {
@@ -178,12 +205,13 @@ pub(crate) async fn collect(
                 (index, id, r)
             })
             .collect();
-        let mut results: Vec<Option<v1::ItemResult>> = (0..total).map(|_| None).collect();
+        let mut results: Vec<Option<(usize, String, ItemResult)>> =
+            (0..total).map(|_| None).collect();
         while let Some((index, id, r)) = pending.next().await {
             if matches!(&r.outcome, Err(e) if e.kind == FailureKind::DeadlineExceeded) {
                 return Err(());
             }
-            results[index] = Some(convert::result(id, index, &r));
+            results[index] = Some((index, id, r));
             answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(results.into_iter().flatten().collect::<Vec<_>>())
@@ -195,10 +223,5 @@ pub(crate) async fn collect(
             .unwrap_or(Err(())),
     }
     .map_err(|()| deadline::exceeded(total - answered.into_inner(), total))?;
-    Ok(v1::ScoreResponse {
-        timing: Some(convert::request_timing(&results)),
-        results,
-        model_id: model_id.to_string(),
-        rationale_deltas: Vec::new(),
-    })
+    Ok(results)
 }

@@ -94,3 +94,47 @@ mod tests {
         assert!(!check(None));
     }
 }
+
+/// The path of the one RPC with its own message limits.
+pub(crate) const SCORE_GRAD_PATH: &str = "/rewarddance.v1.RewardService/ScoreGrad";
+
+/// One gRPC service served by two instances that differ in their message limits: `ScoreGrad`
+/// (float images and their gradients) goes to `grad`, every other method to `rest`, so the
+/// larger limit never applies to Score, ScoreStream or Rank.
+#[derive(Debug, Clone)]
+pub(crate) struct PerMethodLimits<A, G> {
+    /// Every method but ScoreGrad.
+    pub rest: A,
+    /// ScoreGrad.
+    pub grad: G,
+}
+
+impl<A, G, B> Service<http::Request<B>> for PerMethodLimits<A, G>
+where
+    A: Service<http::Request<B>>,
+    G: Service<http::Request<B>, Response = A::Response, Error = A::Error>,
+{
+    type Response = A::Response;
+    type Error = A::Error;
+    type Future = Either<A::Future, G::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match (self.rest.poll_ready(cx), self.grad.poll_ready(cx)) {
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
+            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
+            _ => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() == SCORE_GRAD_PATH {
+            Either::Right(self.grad.call(request))
+        } else {
+            Either::Left(self.rest.call(request))
+        }
+    }
+}
+
+impl<A: tonic::server::NamedService, G> tonic::server::NamedService for PerMethodLimits<A, G> {
+    const NAME: &'static str = A::NAME;
+}

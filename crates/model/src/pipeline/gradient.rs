@@ -71,6 +71,17 @@ impl Objective {
     }
 }
 
+/// The gradient of the objective with respect to one float image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageGradient {
+    /// Width of the image, in pixels.
+    pub width: u32,
+    /// Height of the image, in pixels.
+    pub height: u32,
+    /// `(H, W, 3)` values: d objective / d pixel value (the `[0, 1]` image).
+    pub values: Vec<f32>,
+}
+
 /// One item's reward and gradients.
 #[derive(Debug, Clone)]
 pub struct ScoreGradient {
@@ -78,9 +89,9 @@ pub struct ScoreGradient {
     pub score: Score,
     /// The objective's value.
     pub objective: f64,
-    /// For each image of the item, in prompt order: its gradient `(H, W, 3)` when it was given
-    /// as floats, `None` for a constant image.
-    pub images: Vec<Option<Vec<f32>>>,
+    /// For each image of the item, in prompt order: its gradient when it was given as floats,
+    /// `None` for a constant image.
+    pub images: Vec<Option<ImageGradient>>,
 }
 
 impl RewardModel {
@@ -138,7 +149,12 @@ impl RewardModel {
                         .to_dtype(candle_core::DType::F32)?
                         .flatten_all()?
                         .to_vec1::<f32>()?;
-                    Some(backward.backward(&d_pixels)?)
+                    let (width, height) = tile.layout().size;
+                    Some(ImageGradient {
+                        width,
+                        height,
+                        values: backward.backward(&d_pixels)?,
+                    })
                 }
                 _ => None,
             });

@@ -46,6 +46,8 @@ pub(crate) fn response(engine: &Engine, args: &ServerArgs) -> v1::InfoResponse {
             max_batch_items: args.max_batch_items as u32,
             max_items_per_request: args.max_items_per_request as u32,
             max_message_bytes: args.max_message_bytes as u64,
+            max_grad_message_bytes: args.max_grad_message_bytes as u64,
+            max_gradient_tiles: args.max_gradient_tiles as u32,
             max_image_pixels: model.limits.max_image_pixels,
             max_tiles_per_item: model.limits.max_tiles_per_item as u32,
             max_tokens_per_item: model.limits.max_tokens_per_item as u32,

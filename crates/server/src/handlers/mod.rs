@@ -5,4 +5,5 @@
 pub(crate) mod info;
 pub(crate) mod rank;
 pub(crate) mod score;
+pub(crate) mod score_grad;
 pub(crate) mod score_stream;

@@ -278,5 +278,6 @@ pub fn to_model_image(img: &v1::Image) -> rewarddance_model::ImageInput {
             height: r.height,
             data: r.data.clone(),
         },
+        v1::image::Source::Float(_) => panic!("float images have their own tests"),
     }
 }

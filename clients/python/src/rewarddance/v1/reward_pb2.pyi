@@ -366,7 +366,7 @@ class InfoResponse(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., layout: _Optional[str] = ..., dtype: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., answer_tokens: _Optional[_Union[AnswerTokens, _Mapping]] = ..., default_instructions: _Optional[_Iterable[_Union[DefaultInstruction, _Mapping]]] = ..., server_version: _Optional[str] = ..., tile_size: _Optional[int] = ..., tokens_per_tile: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_batch_tokens", "max_batch_items", "max_items_per_request", "max_message_bytes", "max_image_pixels", "max_tiles_per_item", "max_tokens_per_item", "max_queue_items", "max_stream_in_flight", "max_rationale_tokens", "default_rationale_tokens", "max_decoding_sequences")
+    __slots__ = ("max_batch_tokens", "max_batch_items", "max_items_per_request", "max_message_bytes", "max_image_pixels", "max_tiles_per_item", "max_tokens_per_item", "max_queue_items", "max_stream_in_flight", "max_rationale_tokens", "default_rationale_tokens", "max_decoding_sequences", "max_grad_message_bytes", "max_gradient_tiles")
     MAX_BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_ITEMS_FIELD_NUMBER: _ClassVar[int]
     MAX_ITEMS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -379,6 +379,8 @@ class Limits(_message.Message):
     MAX_RATIONALE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_RATIONALE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_DECODING_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    MAX_GRAD_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_GRADIENT_TILES_FIELD_NUMBER: _ClassVar[int]
     max_batch_tokens: int
     max_batch_items: int
     max_items_per_request: int
@@ -391,7 +393,9 @@ class Limits(_message.Message):
     max_rationale_tokens: int
     default_rationale_tokens: int
     max_decoding_sequences: int
-    def __init__(self, max_batch_tokens: _Optional[int] = ..., max_batch_items: _Optional[int] = ..., max_items_per_request: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_tiles_per_item: _Optional[int] = ..., max_tokens_per_item: _Optional[int] = ..., max_queue_items: _Optional[int] = ..., max_stream_in_flight: _Optional[int] = ..., max_rationale_tokens: _Optional[int] = ..., default_rationale_tokens: _Optional[int] = ..., max_decoding_sequences: _Optional[int] = ...) -> None: ...
+    max_grad_message_bytes: int
+    max_gradient_tiles: int
+    def __init__(self, max_batch_tokens: _Optional[int] = ..., max_batch_items: _Optional[int] = ..., max_items_per_request: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_tiles_per_item: _Optional[int] = ..., max_tokens_per_item: _Optional[int] = ..., max_queue_items: _Optional[int] = ..., max_stream_in_flight: _Optional[int] = ..., max_rationale_tokens: _Optional[int] = ..., default_rationale_tokens: _Optional[int] = ..., max_decoding_sequences: _Optional[int] = ..., max_grad_message_bytes: _Optional[int] = ..., max_gradient_tiles: _Optional[int] = ...) -> None: ...
 
 class AnswerTokens(_message.Message):
     __slots__ = ("yes", "no", "yes_id", "no_id")
