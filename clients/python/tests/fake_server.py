@@ -60,7 +60,8 @@ class _BadRationale(ValueError):
 class FakeRewardService(pb_grpc.RewardServiceServicer):
     def __init__(self, max_items_per_request: int = 16):
         self.max_items = max_items_per_request
-        self.max_message_bytes = 64 << 20  # what Info reports (not enforced)
+        self.max_message_bytes = 64 << 20  # what Info reports (neither is enforced)
+        self.max_grad_message_bytes = 256 << 20
         self.lock = threading.Lock()
         self.calls: List[int] = []  # items per Score / ScoreGrad call, in arrival order (failed ones too)
         self.grad_requests: List[pb.ScoreGradRequest] = []  # every ScoreGrad request, as received
@@ -174,7 +175,9 @@ class FakeRewardService(pb_grpc.RewardServiceServicer):
     def Info(self, request, context):
         return pb.InfoResponse(model_id="fake", server_version="0",
                                limits=pb.Limits(max_items_per_request=self.max_items,
-                                                max_message_bytes=self.max_message_bytes, max_rationale_tokens=64,
+                                                max_message_bytes=self.max_message_bytes,
+                                                max_grad_message_bytes=self.max_grad_message_bytes,
+                                                max_rationale_tokens=64,
                                                 default_rationale_tokens=4))
 
 

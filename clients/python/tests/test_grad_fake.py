@@ -133,8 +133,10 @@ def test_batches_by_items_and_bytes_in_input_order(fake, client):
     r = client.score_grad("p", x)
     assert sorted(fake.service.calls) == [2, 3, 3]
     np.testing.assert_allclose(r.scores, expected(x, "hwc", "0,1")[0], rtol=1e-12)
-    # 16 x 16 x 3 f32 = 3 KiB of pixels an item: 8000 bytes allow 2 per request.
-    fake.service.max_message_bytes = 8000
+    # 16 x 16 x 3 f32 = 3 KiB of pixels an item: ScoreGrad's own limit of 8000 bytes allows 2 per
+    # request; Score's (max_message_bytes) does not apply to it.
+    fake.service.max_grad_message_bytes = 8000
+    fake.service.max_message_bytes = 1000
     fake.service.calls.clear()
     with RewardClient(fake.target) as fresh:
         r2 = fresh.score_grad("p", x)

@@ -52,10 +52,21 @@ def test_bf16_goes_as_bf16_and_comes_back_as_bf16(fake, client):
     r32 = client.score_grad("p", x, objective="logit_margin", f32_gradients=True)
     assert fake.service.grad_requests[1].f32_gradients and r32.gradients.dtype == torch.float32
     np.testing.assert_allclose(r32.gradients.numpy(), g, rtol=1e-6, atol=1e-12)
-    # bf16 in, f32 out: answers are twice their request, so requests get half the receive cap.
-    batch = _grad.FloatBatch(x, f32_gradients=True)
-    assert batch.response_factor == 2 and _grad.FloatBatch(x).response_factor == 1
-    assert _grad.request_budget(1 << 40, batch.response_factor) == _core.CHANNEL_MAX_RECEIVE // 2
+
+
+def test_requests_leave_room_for_f32_answers_to_bf16(fake):
+    """bf16 in, f32 gradients out: answers are twice their request, and both must fit the
+    server's max_grad_message_bytes, so requests get half of it."""
+    fake.service.max_grad_message_bytes = 8000  # 16 x 16 x 3 bf16 = 1536 bytes an item
+    x = images(8, 16, 16, dtype=torch.bfloat16)
+    with RewardClient(fake.target) as c:
+        same = c.score_grad("p", x)
+        assert fake.service.calls == [4, 4]
+        fake.service.calls.clear()
+        f32 = c.score_grad("p", x, f32_gradients=True)
+    assert fake.service.calls == [2, 2, 2, 2] and same.ok_mask.all() and f32.ok_mask.all()
+    # Without Info (an explicit chunk size never costs a call): the default message limit.
+    assert _grad.request_budget(None, _core.DEFAULT_MAX_MESSAGE_BYTES, 2) == _core.DEFAULT_MAX_MESSAGE_BYTES // 2
 
 
 def test_hwc_views_f64_and_grad_requiring_tensors(client):

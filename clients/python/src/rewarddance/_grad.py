@@ -32,13 +32,17 @@ DEFAULT_RANGE = {"torch": "-1,1", "numpy": "0,1"}
 _DTYPE_BYTES = {pb.PIXEL_DTYPE_F32: 4, pb.PIXEL_DTYPE_BF16: 2}
 
 
-def request_budget(max_bytes: int, response_factor: Optional[int]) -> int:
-    """Bytes one request may have: the server's `max_message_bytes`, and, when answers are about
-    `response_factor` times their request's size (gradients), small enough that an answer fits
-    the client's receive cap. None: the answers are small (Score)."""
+def request_budget(info: Optional[pb.InfoResponse], max_bytes: int, response_factor: Optional[int]) -> int:
+    """Bytes one request may have. None: the answers are small (Score): the server's
+    `max_message_bytes` (`max_bytes`). Otherwise (ScoreGrad) answers are about `response_factor`
+    times their request's size, and requests and answers must both fit the server's
+    `max_grad_message_bytes` (`max_bytes` when it reports none, or without Info) and the answers
+    the client's receive cap."""
     if response_factor is None:
         return max_bytes
-    return min(max_bytes, _core.CHANNEL_MAX_RECEIVE // max(1, response_factor))
+    limit = (info.limits.max_grad_message_bytes if info is not None else 0) or max_bytes
+    factor = max(1, response_factor)
+    return min(limit // factor, _core.CHANNEL_MAX_RECEIVE // factor)
 
 
 def parse_objective(objective: Any) -> Tuple[str, int]:

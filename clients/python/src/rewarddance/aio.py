@@ -208,7 +208,7 @@ class AsyncRewardClient:
         size, max_bytes = await self._limits(chunk_size, total)
         if not chunk_size:
             size = _core.spread(prep, size, len(self.targets))
-        chunks = _core.make_chunks(prep.items, size, _grad.request_budget(max_bytes, response_factor))
+        chunks = _core.make_chunks(prep.items, size, _grad.request_budget(self._info, max_bytes, response_factor))
 
         async def run(indices: List[int]):
             req = request([prep.items[i] for i in indices])

@@ -300,7 +300,7 @@ class RewardClient:
         size, max_bytes = self._limits(chunk_size, total)
         if not explicit:
             size = _core.spread(prep, size, len(self.targets))
-        chunks = _core.make_chunks(prep.items, size, _grad.request_budget(max_bytes, response_factor))
+        chunks = _core.make_chunks(prep.items, size, _grad.request_budget(self._info, max_bytes, response_factor))
 
         def run(indices: List[int]) -> Any:
             req = request([prep.items[i] for i in indices])
