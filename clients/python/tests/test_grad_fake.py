@@ -113,6 +113,9 @@ def test_item_errors_fail_alone(fake, client):
     np.testing.assert_allclose(r.gradients[[0, 2]], g, rtol=1e-6, atol=1e-12)
     # The client's own failure is never sent; ids stay the input positions.
     assert [it.id for it in fake.service.grad_requests[0].items] == ["0", "2", "3", "4"]
+    # Nothing to send at all: no ScoreGrad call, every item failed.
+    r = client.score_grad("p", np.full((2, 4, 4, 3), np.inf, np.float32))
+    assert not r.ok_mask.any() and len(fake.service.grad_requests) == 1 and not r.gradients.any()
 
 
 def test_pairwise_reference_is_a_constant(client):
