@@ -9,6 +9,12 @@ of its turn): the answer ("yes" when p_yes >= 0.5, else "no"), then " t1", " t2"
 id 100 + k. Options are checked like the real server's (temperature >= 0, top_p in [0, 1],
 max_tokens <= 64). On ScoreStream, items with `rationale.stream` send one delta per token,
 `token_delay` seconds apart, stopping when the call is cancelled.
+
+ScoreGrad: a known analytic reward over the candidate's pixels u mapped to [0, 1] (CHW, float64),
+z = sum(w * u) + b (`grad_logit`), p_yes = sigmoid(z); its gradient is exact for each objective
+and scaled by 1/2 for [-1, 1] values (u = (x + 1) / 2). Only float candidates are accepted (else
+INVALID_ARGUMENT, as is a rationale); the answer has the input's size, layout and range, and its
+dtype unless `f32_gradients`.
 """
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ import numpy as np
 
 from rewarddance.v1 import reward_pb2 as pb
 from rewarddance.v1 import reward_pb2_grpc as pb_grpc
+
+from fake_grad import score_grad_response
 
 
 def decode(img: pb.Image) -> np.ndarray:
@@ -52,8 +60,11 @@ class _BadRationale(ValueError):
 class FakeRewardService(pb_grpc.RewardServiceServicer):
     def __init__(self, max_items_per_request: int = 16):
         self.max_items = max_items_per_request
+        self.max_message_bytes = 64 << 20  # what Info reports (neither is enforced)
+        self.max_grad_message_bytes = 256 << 20
         self.lock = threading.Lock()
-        self.calls: List[int] = []  # items per Score call, in arrival order (failed ones too)
+        self.calls: List[int] = []  # items per Score / ScoreGrad call, in arrival order (failed ones too)
+        self.grad_requests: List[pb.ScoreGradRequest] = []  # every ScoreGrad request, as received
         self.metadata: List[dict] = []
         # fail_next: list of grpc.StatusCode to answer the next calls with, in order.
         self.fail_next: List[grpc.StatusCode] = []
@@ -80,6 +91,16 @@ class FakeRewardService(pb_grpc.RewardServiceServicer):
         if self.delay is not None:
             time.sleep(self.delay(request))
         return self._answer(request)[0]
+
+    def ScoreGrad(self, request, context):
+        with self.lock:
+            self.grad_requests.append(request)
+        self._start(request, context)
+        if not request.items or len(request.items) > self.max_items:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{len(request.items)} items")
+        if self.delay is not None:
+            time.sleep(self.delay(request))
+        return score_grad_response(request, decode)
 
     def ScoreStream(self, request_iterator, context):
         with self.lock:
@@ -154,7 +175,9 @@ class FakeRewardService(pb_grpc.RewardServiceServicer):
     def Info(self, request, context):
         return pb.InfoResponse(model_id="fake", server_version="0",
                                limits=pb.Limits(max_items_per_request=self.max_items,
-                                                max_message_bytes=64 << 20, max_rationale_tokens=64,
+                                                max_message_bytes=self.max_message_bytes,
+                                                max_grad_message_bytes=self.max_grad_message_bytes,
+                                                max_rationale_tokens=64,
                                                 default_rationale_tokens=4))
 
 

@@ -1,9 +1,11 @@
-"""The GRPO example's advantage math, and the example end to end against the fake server."""
+"""The GRPO example's advantage math, and the examples end to end against the fake server."""
 import importlib.util
+import re
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import CLIENT_ROOT, SUBPROCESS_KW
 
 _spec = importlib.util.spec_from_file_location("grpo_rewards", CLIENT_ROOT / "examples" / "grpo_rewards.py")
@@ -37,3 +39,19 @@ def test_example_runs_against_fake(fake):
                        **SUBPROCESS_KW)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "scored 7/8" in p.stdout and "item 1 masked" in p.stdout and "advantages" in p.stdout
+
+
+def test_refl_example_runs_against_fake(fake):
+    pytest.importorskip("torch")
+    p = subprocess.run([sys.executable, str(CLIENT_ROOT / "examples" / "refl_step.py"), "--server", fake.target,
+                        "--steps", "3", "--size", "16"], capture_output=True, text=True, timeout=120, **SUBPROCESS_KW)
+    assert p.returncode == 0, p.stdout + p.stderr
+    before, after = refl_means(p.stdout)
+    assert after > before, p.stdout  # the fake's reward is smooth: three Adam steps raise it
+
+
+def refl_means(stdout: str):
+    """(before, after) from the example's last line."""
+    m = re.search(r"mean \w+: ([0-9.e-]+) before, ([0-9.e-]+) after", stdout)
+    assert m, stdout
+    return float(m.group(1)), float(m.group(2))

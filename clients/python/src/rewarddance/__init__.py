@@ -5,13 +5,15 @@
     scores, ok, errors = client.score("a red fox in the snow", images)
 
 See `RewardClient`, `AsyncRewardClient` and `ScoreResult`; rationales: `score(..., rationale=True)`
-and `stream_rationales()`. The generated protobuf messages are in
+and `stream_rationales()`; gradients of the reward w.r.t. the pixels (ReFL): `score_grad()` and,
+for torch autograd, `rewarddance.torch.remote_reward` (import it explicitly: importing
+`rewarddance` never imports torch). The generated protobuf messages are in
 `rewarddance.v1.reward_pb2`.
 """
 from ._retry import NO_RETRY, RetryPolicy
 from ._images import DEFAULT_RAW_MAX_BYTES, ImageConversionError, to_image_message
 from ._types import (ItemErrorInfo, RankResult, RationaleDelta, RationaleOptions, RationaleResult, RewardError,
-                     ScoreResult)
+                     ScoreGradResult, ScoreResult)
 from .aio import AsyncRationaleStream, AsyncRewardClient
 from .client import RationaleStream, RewardClient
 
@@ -32,6 +34,7 @@ __all__ = [
     "RetryPolicy",
     "RewardClient",
     "RewardError",
+    "ScoreGradResult",
     "ScoreResult",
     "to_image_message",
 ]

@@ -217,40 +217,13 @@ def prepare(
     n = len(cands)
     if n == 0:
         raise ValueError("nothing to score: no images or videos")
-    prompt_list = [prompts] * n if isinstance(prompts, str) else _per_item(prompts, n, "prompts")
-    ref_list = _per_item(references, n, "references", image=True)
-    instr_list = _per_item(instructions, n, "instructions")
-    modes = _per_item(mode, n, "mode") if isinstance(mode, (list, tuple)) else [mode] * n
-    modes = [parse_mode(m) for m in modes]
+    fields = ItemFields(prompts, references, instructions, mode, n)
     rationales = rationale_list(rationale, n)
-
-    cache: Dict[int, Any] = {}  # id(obj) -> Image or exception (same reference for a whole group)
-
-    def convert(x: Any, vrange: Any = value_range) -> pb.Image:
-        key = id(x)
-        if key in cache:
-            hit = cache[key]
-            if isinstance(hit, Exception):
-                raise hit
-            return hit
-        try:
-            msg = _images.to_image_message(x, raw_max_bytes=raw_max_bytes, value_range=vrange)
-        except _images.ImageConversionError as e:
-            cache[key] = e
-            raise
-        cache[key] = msg
-        return msg
-
-    keep_alive = [cands, ref_list]  # ids in `cache` stay valid while the objects live  # noqa: F841
+    convert = ImageCache(raw_max_bytes, value_range)
     items: List[Optional[pb.ScoreItem]] = []
     errors: List[Optional[ItemErrorInfo]] = []
     for i in range(n):
-        prompt = prompt_list[i]
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompts[{i}] is {type(prompt).__name__}, expected str")
-        item = pb.ScoreItem(id=str(i), prompt=prompt, mode=modes[i])
-        if instr_list[i] is not None:
-            item.instruction = instr_list[i]
+        item = fields.item(i)
         if rationales[i] is not None:
             item.rationale.CopyFrom(rationale_message(rationales[i], stream_rationale))
         try:
@@ -262,15 +235,75 @@ def prepare(
                 item.video.SetInParent()
                 for f in frames:
                     item.video.frames.add().CopyFrom(convert(f))
-            if ref_list[i] is not None:
-                item.reference.CopyFrom(convert(ref_list[i]))
+            fields.add_reference(item, i, convert)
         except _images.ImageConversionError as e:
             items.append(None)
-            errors.append(ItemErrorInfo(INVALID_ARGUMENT, "client_invalid_input", str(e)))
+            errors.append(client_error(e))
             continue
         items.append(item)
         errors.append(None)
     return Prepared(n, items, errors)
+
+
+def client_error(e: Exception) -> ItemErrorInfo:
+    """The item error of an input the client could not turn into an item."""
+    return ItemErrorInfo(INVALID_ARGUMENT, "client_invalid_input", str(e))
+
+
+class ItemFields:
+    """The per-item arguments every scoring call shares (prompts, references, instructions,
+    modes), spread over n items, and the `ScoreItem` they make (id = input position)."""
+
+    def __init__(self, prompts: Any, references: Any, instructions: Any, mode: Any, n: int):
+        self.prompts = [prompts] * n if isinstance(prompts, str) else _per_item(prompts, n, "prompts")
+        self.references = _per_item(references, n, "references", image=True)
+        self.instructions = _per_item(instructions, n, "instructions")
+        modes = _per_item(mode, n, "mode") if isinstance(mode, (list, tuple)) else [mode] * n
+        self.modes = [parse_mode(m) for m in modes]
+
+    def item(self, i: int) -> pb.ScoreItem:
+        prompt = self.prompts[i]
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompts[{i}] is {type(prompt).__name__}, expected str")
+        item = pb.ScoreItem(id=str(i), prompt=prompt, mode=self.modes[i])
+        if self.instructions[i] is not None:
+            item.instruction = self.instructions[i]
+        return item
+
+    def add_reference(self, item: pb.ScoreItem, i: int, convert: "ImageCache") -> None:
+        """Sets item i's reference image, if it has one (ImageConversionError if it is bad)."""
+        if self.references[i] is not None:
+            item.reference.CopyFrom(convert(self.references[i]))
+
+
+_SAME_RANGE = object()  # ImageCache's default: the cache's own value range
+
+
+class ImageCache:
+    """`to_image_message` with a cache by object identity, so that one reference shared by a
+    whole group is converted once (a bad one fails every item that uses it, with one error).
+    The cache holds the objects too, so that their ids stay theirs while it lives."""
+
+    def __init__(self, raw_max_bytes: int, value_range: Any):
+        self.raw_max_bytes = raw_max_bytes
+        self.value_range = value_range
+        self._cache: Dict[int, Any] = {}  # id(obj) -> (obj, Image or exception)
+
+    def __call__(self, x: Any, vrange: Any = _SAME_RANGE) -> pb.Image:
+        key = id(x)
+        if key in self._cache:
+            hit = self._cache[key][1]
+            if isinstance(hit, Exception):
+                raise hit
+            return hit
+        vr = self.value_range if vrange is _SAME_RANGE else vrange
+        try:
+            msg = _images.to_image_message(x, raw_max_bytes=self.raw_max_bytes, value_range=vr)
+        except _images.ImageConversionError as e:
+            self._cache[key] = (x, e)
+            raise
+        self._cache[key] = (x, msg)
+        return msg
 
 
 def parse_rank_method(method: Any) -> int:
@@ -303,7 +336,7 @@ def rank_request(prompt: str, candidates: Any, *, instruction: Optional[str] = N
             img = _images.to_image_message(c, raw_max_bytes=raw_max_bytes, value_range=value_range)
         except _images.ImageConversionError as e:
             req.candidates.add()
-            errors.append(ItemErrorInfo(INVALID_ARGUMENT, "client_invalid_input", str(e)))
+            errors.append(client_error(e))
             continue
         req.candidates.add().CopyFrom(img)
         errors.append(None)
@@ -384,8 +417,14 @@ def spread(prep: "Prepared", limit: int, n_targets: int) -> int:
     return max(1, min(limit, -(-n // n_targets)))
 
 
+def bad_response(message: str) -> ItemErrorInfo:
+    """The item error of a result the server answered in a way the contract rules out."""
+    return ItemErrorInfo(grpc.StatusCode.INTERNAL.value[0], "bad_response", message)
+
+
 class Assembler:
-    """Collects chunk responses into a ScoreResult in input order."""
+    """Collects chunk responses (`ScoreResponse`s; `GradAssembler`: `ScoreGradResponse`s) into
+    a result in input order."""
 
     def __init__(self, prepared: Prepared):
         n = prepared.n
@@ -404,8 +443,7 @@ class Assembler:
         if resp.model_id:
             self.model_id = resp.model_id
         if len(resp.results) != len(indices):
-            err = ItemErrorInfo(grpc.StatusCode.INTERNAL.value[0], "bad_response",
-                                f"server answered {len(resp.results)} results for {len(indices)} items")
+            err = bad_response(f"server answered {len(resp.results)} results for {len(indices)} items")
             for i in indices:
                 self.errors[i] = err
             return
@@ -414,8 +452,6 @@ class Assembler:
             i = indices[j]
             if r.HasField("timing"):
                 self.timings[i] = r.timing
-            if r.HasField("rationale"):
-                self.rationales[i] = rationale_result(r.rationale)
             outcome = r.WhichOneof("outcome")
             if outcome == "score":
                 self.scores[i] = r.score.p_yes
@@ -427,8 +463,14 @@ class Assembler:
             elif outcome == "error":
                 self.errors[i] = ItemErrorInfo(r.error.code, r.error.reason, r.error.message)
             else:
-                self.errors[i] = ItemErrorInfo(grpc.StatusCode.INTERNAL.value[0], "bad_response",
-                                               "result has neither score nor error")
+                self.errors[i] = bad_response("result has neither score nor error")
+            self.extra(i, r, outcome == "score")
+
+    def extra(self, i: int, r: Any, scored: bool) -> None:
+        """What item i's result carries besides its outcome: here its rationale (which a
+        result may carry with an error too); `GradAssembler` overrides it."""
+        if r.HasField("rationale"):
+            self.rationales[i] = rationale_result(r.rationale)
 
     def fail(self, indices: Sequence[int], code: grpc.StatusCode, details: str) -> None:
         err = ItemErrorInfo(code.value[0], "call_failed", details)

@@ -4,8 +4,8 @@ between tries, when to stop (the call's deadline), and the log lines that an out
 The contract (README.md of the package, and docs/python-client.md):
 
 * Only `UNAVAILABLE` (server draining, restarting or unreachable) and `RESOURCE_EXHAUSTED` (its
-  queue is full) are retried. `Score`, `Rank` and `Info` are reads without side effects, so a
-  repeated call cannot double anything.
+  queue is full) are retried. `Score`, `ScoreGrad`, `Rank` and `Info` are reads without side
+  effects, so a repeated call cannot double anything.
 * The budget is the call's deadline (`timeout=`, default the client's, itself 120 s by default;
   there is no infinite timeout), not a number of tries: tries go on while the next backoff ends
   before the deadline, so a call gives up at most one backoff (`max_backoff`) early.

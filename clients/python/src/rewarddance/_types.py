@@ -162,6 +162,38 @@ class ScoreResult(_ScoreResultBase):
 
 
 @dataclass(frozen=True)
+class ScoreGradResult:
+    """The rewards of a batch and their gradients w.r.t. the candidates' pixels
+    (`RewardClient.score_grad`), indexed like the input.
+
+    - `scores`: float64 `p_yes` per item (as `score()` gives it); NaN where the item failed;
+    - `objectives`: float64 value of the differentiated objective (`objective`: "p_yes",
+      "log_p_yes" or "logit_margin") per item; NaN where the item failed;
+    - `gradients`: d objective / d (the values sent), one batch shaped like the input (same
+      layout; a torch tensor on the input's device and in its dtype, or a numpy array in its
+      dtype; float32 with `f32_gradients=True`); all zeros for a failed item;
+    - `ok_mask`: bool, True where the item was scored; `errors`: `ItemErrorInfo` where it failed;
+    - `logit_yes`, `logit_no` (float64, NaN where failed), `model_id`, `timings` (per item
+      `rewarddance.v1.Timing` or None).
+    """
+
+    scores: np.ndarray
+    objectives: np.ndarray
+    gradients: Any
+    ok_mask: np.ndarray
+    errors: List[Optional[ItemErrorInfo]]
+    objective: str
+    logit_yes: np.ndarray
+    logit_no: np.ndarray
+    model_id: str
+    timings: List[Any]
+
+    @property
+    def num_failed(self) -> int:
+        return int((~self.ok_mask).sum())
+
+
+@dataclass(frozen=True)
 class RankResult:
     """The ranking of N candidates for one prompt (`RewardClient.rank`), indexed like the input.
 

@@ -9,10 +9,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable, List, Optional, Sequ
 import grpc
 import grpc.aio
 
-from . import _core, _images, _retry
+from . import _core, _grad, _images, _retry
 from ._core import Targets
 from ._retry import RetryPolicy
-from ._types import RankResult, RationaleDelta, RewardError, ScoreResult
+from ._types import RankResult, RationaleDelta, RewardError, ScoreGradResult, ScoreResult
 from .v1 import reward_pb2 as pb
 from .v1 import reward_pb2_grpc as pb_grpc
 
@@ -169,17 +169,51 @@ class AsyncRewardClient:
         prep = await loop.run_in_executor(None, lambda: _core.prepare(
             prompts, images, references, videos=videos, instructions=instructions, mode=mode,
             raw_max_bytes=self.raw_max_bytes, value_range=value_range, rationale=rationale))
+        return await self._batched(prep, _core.Assembler(prep), lambda items: pb.ScoreRequest(items=items), "Score",
+                                   total, deadline, chunk_size, mask_call_errors)
+
+    async def score_grad(
+        self,
+        prompts: Any,
+        images: Any,
+        references: Any = None,
+        objective: str = "p_yes",
+        *,
+        value_range: Any = None,
+        layout: Optional[str] = None,
+        instructions: Any = None,
+        mode: Any = None,
+        f32_gradients: bool = False,
+        timeout: Optional[float] = None,
+        chunk_size: Optional[int] = None,
+        mask_call_errors: bool = False,
+    ) -> ScoreGradResult:
+        """See `RewardClient.score_grad`. Packing runs in the loop's default executor."""
+        self._ensure()
+        total = _retry.call_timeout(self.timeout, timeout)
+        deadline = time.monotonic() + total
+        loop = asyncio.get_running_loop()
+        prep = await loop.run_in_executor(None, lambda: _grad.prepare_grad(
+            prompts, images, references, objective=objective, instructions=instructions, mode=mode,
+            value_range=value_range, layout=layout, f32_gradients=f32_gradients, raw_max_bytes=self.raw_max_bytes))
+        asm = _grad.GradAssembler(prep)
+        return await self._batched(prep, asm, prep.request, "ScoreGrad", total, deadline, chunk_size,
+                                   mask_call_errors, prep.batch.response_factor)
+
+    async def _batched(self, prep: _core.Prepared, asm: Any, request: Callable[[List[pb.ScoreItem]], Any],
+                       method: str, total: float, deadline: float, chunk_size: Optional[int],
+                       mask_call_errors: bool, response_factor: Optional[int] = None) -> Any:
+        """`RewardClient._batched` with `await`: chunks sent concurrently with `asyncio.gather`."""
         chunk_size = chunk_size or self.chunk_size
         size, max_bytes = await self._limits(chunk_size, total)
         if not chunk_size:
             size = _core.spread(prep, size, len(self.targets))
-        chunks = _core.make_chunks(prep.items, size, max_bytes)
-        asm = _core.Assembler(prep)
+        chunks = _core.make_chunks(prep.items, size, _grad.request_budget(self._info, max_bytes, response_factor))
 
         async def run(indices: List[int]):
-            req = pb.ScoreRequest(items=[prep.items[i] for i in indices])
+            req = request([prep.items[i] for i in indices])
             try:
-                return await self._call(lambda stub, kw: stub.Score(req, **kw), total, deadline), None
+                return await self._call(lambda stub, kw: getattr(stub, method)(req, **kw), total, deadline), None
             except RewardError as e:
                 return None, e
 

@@ -9,10 +9,10 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Typ
 
 import grpc
 
-from . import _core, _images, _retry
+from . import _core, _grad, _images, _retry
 from ._core import Targets
 from ._retry import RetryPolicy
-from ._types import RankResult, RationaleDelta, RewardError, ScoreResult
+from ._types import RankResult, RationaleDelta, RewardError, ScoreGradResult, ScoreResult
 from .v1 import reward_pb2 as pb
 from .v1 import reward_pb2_grpc as pb_grpc
 
@@ -236,16 +236,75 @@ class RewardClient:
         deadline = time.monotonic() + total
         prep = _core.prepare(prompts, images, references, videos=videos, instructions=instructions, mode=mode,
                              raw_max_bytes=self.raw_max_bytes, value_range=value_range, rationale=rationale)
+        return self._batched(prep, _core.Assembler(prep), lambda items: pb.ScoreRequest(items=items), "Score",
+                             total, deadline, chunk_size, mask_call_errors)
+
+    def score_grad(
+        self,
+        prompts: Any,
+        images: Any,
+        references: Any = None,
+        objective: str = "p_yes",
+        *,
+        value_range: Any = None,
+        layout: Optional[str] = None,
+        instructions: Any = None,
+        mode: Any = None,
+        f32_gradients: bool = False,
+        timeout: Optional[float] = None,
+        chunk_size: Optional[int] = None,
+        mask_call_errors: bool = False,
+    ) -> ScoreGradResult:
+        """The reward of each image and its gradient w.r.t. the image's pixels (ScoreGrad RPC).
+
+        Args:
+            prompts: one prompt for every item, or one per item.
+            images: one 4-D float batch, sent as raw little-endian floats (never re-encoded): a
+                torch tensor (B, 3, H, W), what a VAE decoder gives (bf16 is sent as bf16, other
+                dtypes as f32), or a numpy array (B, H, W, 3) (f32 on the wire).
+            references: reference images for pairwise items (constants, no gradient), any kind
+                `score()` takes: one per item, or one for all.
+            objective: what is differentiated: "p_yes" (the reward), "log_p_yes" or
+                "logit_margin" (logit_yes - logit_no).
+            value_range: "-1,1" or "0,1" (or a pair); default "-1,1" for torch tensors, "0,1"
+                for numpy arrays. Never guessed from the values. The gradient is w.r.t. the
+                values as sent, so a [-1, 1] image's gradient is half its [0, 1] one.
+            layout: "chw" or "hwc"; default "chw" for torch tensors, "hwc" for numpy arrays.
+            instructions, mode: as in `score()`.
+            f32_gradients: return the gradients as float32 (from the server's f32) whatever the
+                input's dtype; default: the input's dtype.
+            timeout, chunk_size, mask_call_errors: as in `score()` (retries included).
+
+        Returns a `ScoreGradResult`: `scores` (p_yes), `objectives`, `gradients` (shaped like
+        `images`, on its device, zeros for failed items), `ok_mask`, `errors`. Items that cannot
+        be scored (NaN/inf pixels, too large, ...) do not raise: they fail alone, as in
+        `score()`. Each direction carries width * height * 3 elements per image (12.6 MB for a
+        1024 x 1024 f32 image; bf16 halves it).
+        """
+        self._ensure()
+        total = _retry.call_timeout(self.timeout, timeout)
+        deadline = time.monotonic() + total
+        prep = _grad.prepare_grad(prompts, images, references, objective=objective, instructions=instructions,
+                                  mode=mode, value_range=value_range, layout=layout, f32_gradients=f32_gradients,
+                                  raw_max_bytes=self.raw_max_bytes)
+        return self._batched(prep, _grad.GradAssembler(prep), prep.request, "ScoreGrad", total, deadline,
+                             chunk_size, mask_call_errors, prep.batch.response_factor)
+
+    def _batched(self, prep: _core.Prepared, asm: Any, request: Callable[[List[pb.ScoreItem]], Any], method: str,
+                 total: float, deadline: float, chunk_size: Optional[int], mask_call_errors: bool,
+                 response_factor: Optional[int] = None) -> Any:
+        """Sends the prepared items in chunks (concurrently), each with retries until the
+        deadline, and returns the assembled result in input order. `response_factor`: answers
+        are about that many times their request's size (ScoreGrad), None: small (Score)."""
         explicit = chunk_size or self.chunk_size
         size, max_bytes = self._limits(chunk_size, total)
         if not explicit:
             size = _core.spread(prep, size, len(self.targets))
-        chunks = _core.make_chunks(prep.items, size, max_bytes)
-        asm = _core.Assembler(prep)
+        chunks = _core.make_chunks(prep.items, size, _grad.request_budget(self._info, max_bytes, response_factor))
 
-        def run(indices: List[int]) -> pb.ScoreResponse:
-            req = pb.ScoreRequest(items=[prep.items[i] for i in indices])
-            return self._call(lambda stub, kw: stub.Score(req, **kw), total, deadline)
+        def run(indices: List[int]) -> Any:
+            req = request([prep.items[i] for i in indices])
+            return self._call(lambda stub, kw: getattr(stub, method)(req, **kw), total, deadline)
 
         if len(chunks) == 1:
             outcomes = [_outcome(run, chunks[0])]
@@ -467,7 +526,7 @@ class RationaleStream:
             pass
 
 
-def _outcome(run: Callable[[List[int]], pb.ScoreResponse], indices: List[int]):
+def _outcome(run: Callable[[List[int]], Any], indices: List[int]):
     try:
         return run(indices), None
     except RewardError as e:
