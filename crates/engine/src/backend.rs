@@ -41,10 +41,9 @@ pub trait Model: Send + Sync + 'static {
     /// Tokens `prepared` adds to a batch (the unit of the batcher's token budget).
     fn tokens(prepared: &Self::Prepared) -> usize;
 
-    /// Image tiles `prepared` holds (the unit of a gradient batch's budget).
-    fn tiles(_prepared: &Self::Prepared) -> usize {
-        1
-    }
+    /// Image tiles `prepared` holds (the unit of a gradient batch's budget). No default: a
+    /// wrapper that reported a constant would let any gradient item past the budget.
+    fn tiles(prepared: &Self::Prepared) -> usize;
 
     /// CPU half for one still image shared by several items (a `Rank`'s candidates): decoded
     /// and tiled once. Called concurrently.

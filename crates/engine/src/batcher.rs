@@ -211,7 +211,8 @@ fn gradients_next(scores_wait: bool, gradients_wait: bool, last_was_gradient: bo
     gradients_wait && (!scores_wait || !last_was_gradient)
 }
 
-/// The front gradient items within `max_gradient_tiles` tiles (at least one item).
+/// The front gradient items within `max_gradient_tiles` tiles (at least one item; preprocessing
+/// refuses a gradient item with more).
 fn take_gradient_batch(
     queue: &mut VecDeque<PreparedJob>,
     config: &EngineConfig,

@@ -26,7 +26,8 @@ pub struct EngineConfig {
     /// Most rationales one device decodes at once; at the limit it takes no new batch until
     /// one finishes (bounds key/value-cache memory).
     pub max_decoding_sequences: usize,
-    /// Most image tiles in one gradient batch (`ScoreGrad` items; an item over it runs alone).
+    /// Most image tiles in one gradient batch (`ScoreGrad` items); a gradient item with more is
+    /// refused (`too_many_tiles`), since the start-up memory check sized gradients for it.
     pub max_gradient_tiles: usize,
 }
 

@@ -117,6 +117,10 @@ impl<B: Model<Prepared = PreparedItem>> Model for FaultyBackend<B> {
         B::tokens(prepared)
     }
 
+    fn tiles(prepared: &PreparedItem) -> usize {
+        B::tiles(prepared)
+    }
+
     fn prepare_image(&self, input: &ImageInput) -> Result<Arc<PreparedImage>> {
         self.inner.prepare_image(input)
     }

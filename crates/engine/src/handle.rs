@@ -200,7 +200,12 @@ impl Engine {
             };
             let engine = inner.clone();
             tasks.push(Box::new(move || {
-                preprocess::item(engine.preprocessor.as_ref(), &engine.to_batcher, job)
+                preprocess::item(
+                    engine.preprocessor.as_ref(),
+                    &engine.to_batcher,
+                    job,
+                    engine.config.max_gradient_tiles,
+                )
             }));
         }
         inner.pool.spawn_group(tasks);

@@ -22,6 +22,7 @@ pub(crate) fn item(
     backend: &dyn Backend,
     to_batcher: &mpsc::UnboundedSender<BatcherMsg>,
     mut job: Job,
+    max_gradient_tiles: usize,
 ) {
     let start = Instant::now();
     job.timing.queue = start - job.admitted;
@@ -37,6 +38,16 @@ pub(crate) fn item(
     job.timing.preprocess = start.elapsed();
     metrics::record_preprocess(job.timing.preprocess.as_secs_f64());
     match prepared {
+        // A gradient item's activations grow with its tiles, and the memory check at start-up
+        // sized a gradient batch for `max_gradient_tiles`: a larger one is refused, not run.
+        Ok(Ok(prepared)) if job.task.is_gradient() && prepared.tiles() > max_gradient_tiles => {
+            job.fail(ItemError::from_model(
+                &rewarddance_model::Error::TooManyTiles {
+                    tiles: prepared.tiles(),
+                    limit: max_gradient_tiles,
+                },
+            ));
+        }
         Ok(Ok(prepared)) => {
             let msg = BatcherMsg::Job(Box::new(PreparedJob {
                 job,

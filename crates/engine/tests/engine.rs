@@ -69,6 +69,9 @@ impl Model for TestBackend {
     fn tokens(prepared: &PreparedItem) -> usize {
         prepared.num_tokens()
     }
+    fn tiles(prepared: &PreparedItem) -> usize {
+        prepared.num_tiles()
+    }
     fn prepare_image(&self, input: &ImageInput) -> rewarddance_model::Result<Arc<PreparedImage>> {
         self.model.prepare_image(input)
     }

@@ -88,6 +88,10 @@ impl<const KIND: u8> Model for Fixed<KIND> {
         prepared.0
     }
 
+    fn tiles(_: &Tokens) -> usize {
+        1
+    }
+
     fn prepare_image(&self, _: &ImageInput) -> Result<Arc<PreparedImage>> {
         Err(Error::InvalidImage("this backend has no images".into()))
     }

@@ -95,7 +95,7 @@ pub struct ServerArgs {
     #[arg(long, env = "REWARDDANCE_MAX_GRAD_MESSAGE_BYTES", default_value_t = 256 << 20)]
     pub max_grad_message_bytes: usize,
     /// Most image tiles in one gradient batch (ScoreGrad items run in batches of their own,
-    /// taking turns with score batches; an item over it runs alone).
+    /// taking turns with score batches); a ScoreGrad item with more tiles is refused.
     #[arg(long, env = "REWARDDANCE_MAX_GRADIENT_TILES", default_value_t = EngineConfig::DEFAULT_MAX_GRADIENT_TILES)]
     pub max_gradient_tiles: usize,
     /// Unanswered items one ScoreStream may have before the server stops reading it.

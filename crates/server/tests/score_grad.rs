@@ -331,3 +331,50 @@ async fn scoregrad_has_its_own_message_limit_and_score_keeps_its_own() {
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gradient_item_with_more_tiles_than_the_gradient_budget_is_refused_alone() {
+    // The start-up memory check sizes gradients for --max-gradient-tiles: an item that needs
+    // more tiles would not fit what was checked, so it is refused, and its neighbour runs.
+    let limits = rewarddance_server::ServerArgs {
+        max_gradient_tiles: 2,
+        ..args()
+    };
+    let server = TestServer::start(TestBackend::new(Default::default()), limits).await;
+    let mut client = server.client().await;
+    let wide: Vec<f32> = pixels(200, 50, 1)
+        .iter()
+        .map(|&v| f32::from(v) / 255.0)
+        .collect();
+    let small: Vec<f32> = pixels(20, 20, 2)
+        .iter()
+        .map(|&v| f32::from(v) / 255.0)
+        .collect();
+    let out = client
+        .score_grad(grad_request(vec![
+            grad_item("wide", float_image(200, 50, &wide)),
+            grad_item("small", float_image(20, 20, &small)),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    match out.results[0].outcome.as_ref() {
+        Some(v1::grad_result::Outcome::Error(e)) => {
+            assert_eq!(e.code, Code::InvalidArgument as i32);
+            assert_eq!(e.reason, "too_many_tiles", "{}", e.message);
+        }
+        other => panic!("the wide item was not refused: {other:?}"),
+    }
+    assert!(p_yes(&out.results[1]) > 0.0);
+    // Score takes the same wide image: the limit is the gradient budget's only.
+    let scored = client
+        .score(request(vec![grad_item(
+            "wide",
+            float_image(200, 50, &wide),
+        )]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(score_of(&scored.results[0]).p_yes > 0.0);
+    server.shutdown().await;
+}

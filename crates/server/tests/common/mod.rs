@@ -76,6 +76,9 @@ impl Model for TestBackend {
     fn tokens(prepared: &PreparedItem) -> usize {
         prepared.num_tokens()
     }
+    fn tiles(prepared: &PreparedItem) -> usize {
+        prepared.num_tiles()
+    }
     fn next_token(&self, generation: &mut Generation) -> rewarddance_model::Result<Token> {
         self.model.next_token(generation)
     }
