@@ -136,9 +136,14 @@ pub fn run(args: BenchModelArgs) -> Result<std::process::ExitCode> {
 /// ScoreGrad against Score on the same float-candidate items.
 fn grad_table(model: &RewardModel, args: &BenchModelArgs) -> Result<std::process::ExitCode> {
     println!(
-        "model {}  device {}  ScoreGrad (p_yes) vs Score, one-tile float candidates",
+        "model {}  device {}  ScoreGrad (p_yes) vs Score, one-tile float candidates (pairwise: one shared encoded reference), prefix reuse {}",
         model.id(),
-        args.device
+        args.device,
+        if model.options().prefix_reuse_min_tokens == usize::MAX {
+            "off"
+        } else {
+            "on"
+        }
     );
     println!("| mode | batch | score ms/item | grad ms/item | grad / score | grad peak RSS MiB |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -150,6 +155,11 @@ fn grad_table(model: &RewardModel, args: &BenchModelArgs) -> Result<std::process
                 .map(|i| {
                     let mut item = synthetic_item(model, mode, i);
                     item.candidate = Candidate::Image(noise_float(side, 2 * i as u64)?);
+                    // One reference for the whole batch, as in best-of-N against a reference:
+                    // its prefix is computed once per batch when prefix reuse is on.
+                    if mode == Mode::Pairwise {
+                        item.reference = Some(noise_image(side, 1));
+                    }
                     Ok(model.prepare(&item)?)
                 })
                 .collect::<Result<_>>()?;
@@ -163,10 +173,9 @@ fn grad_table(model: &RewardModel, args: &BenchModelArgs) -> Result<std::process
             let score_ms = t.elapsed().as_secs_f64() * 1e3 / (iters * batch) as f64;
             reset_peak_rss();
             let t = Instant::now();
+            let objectives = vec![Objective::PYes; batch];
             for _ in 0..iters {
-                for item in &items {
-                    model.score_grad(item, Objective::PYes)?;
-                }
+                model.score_grad_batch(&refs, &objectives)?;
             }
             let grad_ms = t.elapsed().as_secs_f64() * 1e3 / (iters * batch) as f64;
             let rss = peak_rss_mib().map_or_else(|| "n/a".to_string(), |m| format!("{m:.0}"));

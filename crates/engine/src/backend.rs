@@ -215,15 +215,27 @@ impl Model for RewardModel {
 
     fn forward(&self, batch: &[&PreparedItem], tasks: &[Task]) -> Result<Vec<Output<Generation>>> {
         if tasks.iter().any(Task::is_gradient) {
-            // Gradient batches are their own kind (the batcher keeps them apart); each item
-            // is one forward and one backward, alone.
+            // Gradient batches are their own kind (the batcher keeps them apart): each item is
+            // one forward and one backward, sharing only constant prefixes. Anything else in
+            // such a batch is scored alone.
+            let gradient: Vec<(&PreparedItem, _)> = batch
+                .iter()
+                .zip(tasks)
+                .filter_map(|(item, task)| match task {
+                    Task::Gradient(objective) => Some((*item, *objective)),
+                    _ => None,
+                })
+                .collect();
+            let (items, objectives): (Vec<_>, Vec<_>) = gradient.into_iter().unzip();
+            let mut gradients = self.score_grad_batch(&items, &objectives)?.into_iter();
             return batch
                 .iter()
                 .zip(tasks)
                 .map(|(item, task)| match task {
-                    Task::Gradient(objective) => Ok(Output::Gradient(Box::new(
-                        self.score_grad(item, *objective)?,
-                    ))),
+                    Task::Gradient(_) => gradients
+                        .next()
+                        .map(|g| Output::Gradient(Box::new(g)))
+                        .ok_or_else(|| Error::InvalidInput("a gradient went missing".into())),
                     _ => Ok(Output::Score(self.score_prepared(&[item])?[0])),
                 })
                 .collect();

@@ -10,12 +10,16 @@
 //! The backward recomputes each layer from its saved input (see [`crate::nn::grad`]) and reads
 //! the output head's two answer rows only.
 
+use std::sync::atomic::Ordering;
+
 use candle_core::Tensor;
 
 use super::{PreparedItem, RewardModel};
 use crate::error::{Error, Result};
+use crate::image::ImageKey;
 use crate::image::PreparedImage;
 use crate::item::Score;
+use crate::nn::language::KvCache;
 
 /// What the gradient is of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -94,18 +98,144 @@ pub struct ScoreGradient {
     pub images: Vec<Option<ImageGradient>>,
 }
 
+/// The constant prefix of a gradient item: its tokens before its first float image and the
+/// images among them. Two items with equal prefixes share its keys and values.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ConstantPrefix {
+    ids: Vec<u32>,
+    images: Vec<ImageKey>,
+}
+
+impl ConstantPrefix {
+    /// Tokens in the prefix.
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether there is nothing to share (prefix reuse is off for the item).
+    fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
 impl RewardModel {
     /// The reward of `item` and the gradient of `objective` with respect to each of its float
     /// images. An item without float images is refused (there is nothing to differentiate).
     pub fn score_grad(&self, item: &PreparedItem, objective: Objective) -> Result<ScoreGradient> {
-        if item.tiles.iter().all(|t| t.tile_backward().is_none()) {
-            return Err(Error::InvalidInput(
-                "the item has no float image to differentiate".into(),
-            ));
+        let mut out = self.score_grad_batch(&[item], &[objective])?;
+        out.pop()
+            .ok_or_else(|| Error::InvalidInput("no gradient for the item".into()))
+    }
+
+    /// [`Self::score_grad`] for each item of a batch, with `objectives[i]` for `items[i]`.
+    /// Each item is its own forward and backward (the result is the item's alone), except that
+    /// with prefix reuse on, what precedes an item's first float image (the system prompt, a
+    /// constant reference image) is computed once for every item of the batch that starts the
+    /// same way, and the backward never runs over it.
+    pub fn score_grad_batch(
+        &self,
+        items: &[&PreparedItem],
+        objectives: &[Objective],
+    ) -> Result<Vec<ScoreGradient>> {
+        if items.len() != objectives.len() {
+            return Err(Error::InvalidInput(format!(
+                "{} objectives for {} items",
+                objectives.len(),
+                items.len()
+            )));
         }
-        let side = self.config.tile_size() as usize;
-        let pixels: Vec<Option<Tensor>> = item
+        let prefixes = items
+            .iter()
+            .map(|item| self.constant_prefix(item))
+            .collect::<Result<Vec<_>>>()?;
+        // Items that share a prefix run one after the other, so one prefix is alive at a time.
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by_key(|&i| prefixes.iter().position(|p| *p == prefixes[i]));
+        let mut results: Vec<Option<ScoreGradient>> = (0..items.len()).map(|_| None).collect();
+        let mut current: Option<(&ConstantPrefix, KvCache)> = None;
+        for i in order {
+            let prefix = &prefixes[i];
+            if prefix.is_empty() {
+                results[i] = Some(self.item_gradient(items[i], objectives[i], None)?);
+                continue;
+            }
+            if matches!(&current, Some((p, _)) if *p == prefix) {
+                self.prefix_tokens_saved
+                    .fetch_add(prefix.len() as u64, Ordering::Relaxed);
+            } else {
+                current = Some((prefix, self.prefix_cache(items[i], prefix)?));
+            }
+            let with = current.as_ref().map(|(p, c)| (*p, c));
+            results[i] = Some(self.item_gradient(items[i], objectives[i], with)?);
+        }
+        results
+            .into_iter()
+            .map(|r| r.ok_or_else(|| Error::InvalidInput("an item got no gradient".into())))
+            .collect()
+    }
+
+    /// What of `item` is a constant of its gradient and can be computed once: its tokens up
+    /// to its first float image, with the content keys of the images among them. Empty when
+    /// prefix reuse is off or the rotary angles depend on the item's length.
+    fn constant_prefix(&self, item: &PreparedItem) -> Result<ConstantPrefix> {
+        let first_float = item
             .tiles
+            .iter()
+            .position(|t| t.tile_backward().is_some())
+            .ok_or_else(|| {
+                Error::InvalidInput("the item has no float image to differentiate".into())
+            })?;
+        let len = item.input_ids.len();
+        if !self.shares_prefixes_at(len) {
+            return Ok(ConstantPrefix::default());
+        }
+        let per_tile = self.config.tokens_per_tile();
+        let rows_before: usize = item.tiles[..first_float]
+            .iter()
+            .map(|t| t.layout().num_tiles * per_tile)
+            .sum();
+        let ctx_id = self.prompt.image_context_id();
+        let end = item
+            .input_ids
+            .iter()
+            .enumerate()
+            .filter(|(_, &id)| id == ctx_id)
+            .nth(rows_before)
+            .map(|(k, _)| k)
+            .ok_or_else(|| {
+                Error::InvalidInput("fewer image-context tokens than image features".into())
+            })?;
+        Ok(ConstantPrefix {
+            ids: item.input_ids[..end].to_vec(),
+            images: item.tiles[..first_float].iter().map(|t| t.key()).collect(),
+        })
+    }
+
+    /// The keys and values of `item`'s constant `prefix`.
+    fn prefix_cache(&self, item: &PreparedItem, prefix: &ConstantPrefix) -> Result<KvCache> {
+        let side = self.config.tile_size() as usize;
+        let rows = item
+            .tiles
+            .iter()
+            .take(prefix.images.len())
+            .map(|t| self.constant_features(t, side))
+            .collect::<Result<Vec<_>>>()?;
+        let (embeds, _) = self.embed_tokens(&prefix.ids, &rows)?;
+        Ok(self.language.prefix_cache(&embeds)?)
+    }
+
+    /// One item's forward and backward, continuing the keys and values of its constant prefix
+    /// when given (then only the tokens and images after it are embedded and run).
+    fn item_gradient(
+        &self,
+        item: &PreparedItem,
+        objective: Objective,
+        prefix: Option<(&ConstantPrefix, &KvCache)>,
+    ) -> Result<ScoreGradient> {
+        let side = self.config.tile_size() as usize;
+        let (skip, skip_images) = prefix.map_or((0, 0), |(p, _)| (p.len(), p.images.len()));
+        let tiles = &item.tiles[skip_images..];
+        let pixels: Vec<Option<Tensor>> = tiles
             .iter()
             .map(|t| {
                 t.tile_backward()
@@ -113,9 +243,9 @@ impl RewardModel {
                     .transpose()
             })
             .collect::<Result<_>>()?;
-        // Features of every image, in prompt order.
-        let mut rows = Vec::with_capacity(item.tiles.len());
-        for (tile, px) in item.tiles.iter().zip(&pixels) {
+        // Features of every image after the prefix, in prompt order.
+        let mut rows = Vec::with_capacity(tiles.len());
+        for (tile, px) in tiles.iter().zip(&pixels) {
             rows.push(match px {
                 Some(px) => self
                     .images
@@ -123,27 +253,29 @@ impl RewardModel {
                 None => self.constant_features(tile, side)?,
             });
         }
-        let (embeds, image_positions) = self.embed_one(item, &rows)?;
-        let (hidden, tape) = self.language.forward_for_grad(&embeds)?;
+        let (suffix, image_positions) = self.embed_tokens(&item.input_ids[skip..], &rows)?;
+        let (hidden, tape) = self
+            .language
+            .forward_for_grad(&suffix, prefix.map(|(_, c)| c))?;
         let score = self.scores_from_logits(&self.language.logits(&hidden)?)?[0];
         let (yes, no) = self.prompt.answer_ids();
         let margin = f64::from(score.logit_yes) - f64::from(score.logit_no);
         let (value, d_margin) = objective.of_margin(margin);
-        let d_embeds = self.language.backward_from_logits(
+        let d_suffix = self.language.backward_from_logits(
             &tape,
             &[yes, no],
             &[d_margin as f32, -d_margin as f32],
         )?;
-        // The gradient of each image's feature rows, then through its encoder and tiling.
-        let d_rows_all =
-            d_embeds.index_select(&Tensor::new(image_positions.as_slice(), &self.device)?, 0)?;
-        let mut images = Vec::with_capacity(item.tiles.len());
+        // The gradient of each float image's feature rows, then through its encoder and
+        // tiling; the prefix's images are constants.
+        let mut images: Vec<Option<ImageGradient>> = vec![None; skip_images];
         let mut start = 0;
-        for ((tile, px), r) in item.tiles.iter().zip(&pixels).zip(&rows) {
+        for ((tile, px), r) in tiles.iter().zip(&pixels).zip(&rows) {
             let n = r.dim(0)?;
             images.push(match (tile.tile_backward(), px) {
                 (Some(backward), Some(px)) => {
-                    let d_rows = d_rows_all.narrow(0, start, n)?;
+                    let at = Tensor::new(&image_positions[start..start + n], &self.device)?;
+                    let d_rows = d_suffix.index_select(&at, 0)?;
                     let d_pixels = self.images.encode_tiles_backward(px, &d_rows)?;
                     let d_pixels = d_pixels
                         .to_dtype(candle_core::DType::F32)?
@@ -195,30 +327,34 @@ impl RewardModel {
         Ok(rows)
     }
 
-    /// The input embeddings of one item with `rows` (each image's feature rows, in prompt
-    /// order) spliced in, and the positions of the image-context tokens, in order.
-    fn embed_one(&self, item: &PreparedItem, rows: &[Tensor]) -> Result<(Tensor, Vec<u32>)> {
+    /// The input embeddings of the tokens `ids` with `rows` (each image's feature rows, in
+    /// prompt order) spliced in, and the positions of the image-context tokens, in order.
+    fn embed_tokens(&self, ids: &[u32], rows: &[Tensor]) -> Result<(Tensor, Vec<u32>)> {
         let ctx_id = self.prompt.image_context_id();
-        let positions: Vec<u32> = item
-            .input_ids
+        let positions: Vec<u32> = ids
             .iter()
             .enumerate()
             .filter(|(_, &id)| id == ctx_id)
             .map(|(i, _)| i as u32)
             .collect();
-        let features = Tensor::cat(rows, 0)?;
-        if features.dim(0)? != positions.len() {
+        let rows_total = rows
+            .iter()
+            .map(|r| r.dim(0))
+            .sum::<candle_core::Result<usize>>()?;
+        if rows_total != positions.len() {
             return Err(Error::InvalidInput(format!(
-                "{} image-context tokens for {} image features",
+                "{} image-context tokens for {rows_total} image features",
                 positions.len(),
-                features.dim(0)?
             )));
         }
+        let text = self.language.embed(&Tensor::new(ids, &self.device)?)?;
+        if rows.is_empty() {
+            return Ok((text, positions));
+        }
         // Row k of the table is text token k, or image row r at `len + r`.
-        let len = item.input_ids.len();
+        let len = ids.len();
         let mut next = 0u32;
-        let gather: Vec<u32> = item
-            .input_ids
+        let gather: Vec<u32> = ids
             .iter()
             .enumerate()
             .map(|(k, &id)| {
@@ -230,10 +366,8 @@ impl RewardModel {
                 }
             })
             .collect();
-        let text = self
-            .language
-            .embed(&Tensor::new(item.input_ids.as_slice(), &self.device)?)?;
-        let table = Tensor::cat(&[&text, &features.to_dtype(text.dtype())?], 0)?;
+        let features = Tensor::cat(rows, 0)?.to_dtype(text.dtype())?;
+        let table = Tensor::cat(&[&text, &features], 0)?;
         let embeds = table.index_select(&Tensor::new(gather, &self.device)?, 0)?;
         Ok((embeds, positions))
     }

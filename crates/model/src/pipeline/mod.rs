@@ -264,9 +264,7 @@ impl RewardModel {
         }
         // Length-dependent rotary scaling (dynamic NTK past the trained length) makes a prefix's
         // keys depend on the whole sequence: no sharing then.
-        let shareable = signatures
-            .iter()
-            .all(|s| !self.language.rope_depends_on_length(s.len()));
+        let shareable = signatures.iter().all(|s| self.shares_prefixes_at(s.len()));
         let min_shared = if shareable {
             self.options.prefix_reuse_min_tokens
         } else {
@@ -351,6 +349,14 @@ impl RewardModel {
     }
 
     /// Language-model tokens not computed since start-up thanks to shared prefixes.
+    /// Whether an item of `tokens` tokens may share a prefix with others: prefix reuse is on
+    /// and the rotary angles do not depend on the sequence's length (dynamic NTK past the
+    /// trained length).
+    pub fn shares_prefixes_at(&self, tokens: usize) -> bool {
+        self.options.prefix_reuse_min_tokens != usize::MAX
+            && !self.language.rope_depends_on_length(tokens)
+    }
+
     pub fn prefix_tokens_saved(&self) -> u64 {
         self.prefix_tokens_saved.load(Ordering::Relaxed)
     }

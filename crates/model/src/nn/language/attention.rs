@@ -23,22 +23,18 @@ impl Masks {
         for seg in segments {
             let keys = seg.len + seg.context.map_or(0, |c| segments[c].len);
             if let std::collections::hash_map::Entry::Vacant(e) = masks.entry((seg.len, keys)) {
-                let prefix = keys - seg.len;
-                let data: Vec<f32> = (0..seg.len)
-                    .flat_map(|i| {
-                        (0..keys).map(move |j| {
-                            if j > prefix + i {
-                                f32::NEG_INFINITY
-                            } else {
-                                0.0
-                            }
-                        })
-                    })
-                    .collect();
-                e.insert(Tensor::from_vec(data, (seg.len, keys), device)?.to_dtype(dtype)?);
+                e.insert(causal_after_prefix(seg.len, keys - seg.len, dtype, device)?);
             }
         }
         Ok(Masks { masks })
+    }
+
+    /// The one mask of a single sequence of `len` queries continuing a `prefix` of keys.
+    pub fn continuing(len: usize, prefix: usize, dtype: DType, device: &Device) -> Result<Self> {
+        let mask = causal_after_prefix(len, prefix, dtype, device)?;
+        Ok(Masks {
+            masks: HashMap::from([((len, len + prefix), mask)]),
+        })
     }
 
     pub(super) fn get(&self, queries: usize, keys: usize) -> Result<&Tensor> {
@@ -46,6 +42,24 @@ impl Masks {
             candle_core::Error::Msg(format!("no attention mask for {queries}x{keys}"))
         })
     }
+}
+
+/// The additive `(len, prefix + len)` mask: the `prefix` keys visible to every query, the
+/// rest causal.
+fn causal_after_prefix(len: usize, prefix: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let keys = prefix + len;
+    let data: Vec<f32> = (0..len)
+        .flat_map(|i| {
+            (0..keys).map(move |j| {
+                if j > prefix + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(data, (len, keys), device)?.to_dtype(dtype)
 }
 
 /// `q` (heads, T, d), `k`/`v` (kv_heads, T, d) over the packed tokens -> (heads, T, d).
@@ -56,18 +70,10 @@ pub fn packed_attention(
     segments: &[Segment],
     masks: &Masks,
 ) -> Result<Tensor> {
-    let (heads, _, d) = q.dims3()?;
-    let kv_heads = k.dim(0)?;
-    let group = heads / kv_heads;
-    let scale = (d as f64).powf(-0.5);
     let starts = Segment::starts(segments);
     let mut outputs = Vec::with_capacity(segments.len());
     for (seg, &start) in segments.iter().zip(&starts) {
         let len = seg.len;
-        let qs = q
-            .narrow(1, start, len)?
-            .contiguous()?
-            .reshape((kv_heads, group * len, d))?;
         let (ks, vs) = match seg.context {
             Some(c) => {
                 let (cs, cl) = (starts[c], segments[c].len);
@@ -81,15 +87,24 @@ pub fn packed_attention(
                 v.narrow(1, start, len)?.contiguous()?,
             ),
         };
-        let keys = ks.dim(1)?;
-        let scores = (qs.matmul(&ks.t()?)? * scale)?.reshape((kv_heads, group, len, keys))?;
-        let probs =
-            crate::nn::layers::softmax_last_dim(&scores.broadcast_add(masks.get(len, keys)?)?)?;
-        let out = probs
-            .reshape((kv_heads, group * len, keys))?
-            .matmul(&vs)?
-            .reshape((heads, len, d))?;
-        outputs.push(out);
+        let mask = masks.get(len, ks.dim(1)?)?;
+        outputs.push(attend(&q.narrow(1, start, len)?, &ks, &vs, mask)?);
     }
     Tensor::cat(&outputs, 1)
+}
+
+/// Softmax attention of one run of queries `q` (heads, len, d) over `k`/`v` (kv_heads, keys,
+/// d) with the additive `mask` (len, keys) -> (heads, len, d).
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (heads, len, d) = q.dims3()?;
+    let (kv_heads, keys, _) = k.dims3()?;
+    let group = heads / kv_heads;
+    let scale = (d as f64).powf(-0.5);
+    let qs = q.contiguous()?.reshape((kv_heads, group * len, d))?;
+    let scores = (qs.matmul(&k.t()?)? * scale)?.reshape((kv_heads, group, len, keys))?;
+    let probs = crate::nn::layers::softmax_last_dim(&scores.broadcast_add(mask)?)?;
+    probs
+        .reshape((kv_heads, group * len, keys))?
+        .matmul(v)?
+        .reshape((heads, len, d))
 }

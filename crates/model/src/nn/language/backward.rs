@@ -7,30 +7,54 @@
 //! plus every layer's `(tokens, hidden)` input. The output head is applied to the last row
 //! only and its backward reads just the two answer rows of the head: no vocabulary-sized
 //! gradient, no weight gradient.
+//!
+//! A sequence may continue a constant prefix given as its keys and values ([`KvCache`], e.g.
+//! the system prompt and a pairwise reference image, computed once for every item that
+//! shares it): the forward and the backward then run over the suffix only, its queries
+//! attending to the prefix's keys, and the gradient reaching the prefix's keys and values is
+//! dropped (the prefix is a constant of the objective).
 
 use candle_core::{Module, Result, Tensor};
 
-use super::{BatchContext, LanguageModel, Layer, Packing};
+use super::attention::attend;
+use super::{BatchContext, KvCache, LanguageModel, Layer};
 use crate::nn::grad;
 
 /// What the backward of one sequence needs from its forward.
-pub struct GradTape {
-    packing: Packing,
+pub struct GradTape<'a> {
+    /// The constant prefix the sequence continues, if any.
+    prefix: Option<&'a KvCache>,
     ctx: BatchContext,
     /// The input of each layer, then the output of the last one.
     inputs: Vec<Tensor>,
 }
 
 impl LanguageModel {
-    /// The forward of one sequence `(tokens, hidden)` keeping each layer's input; returns the
-    /// final-normed hidden state of its last token, `(1, hidden)`, and the tape.
-    pub fn forward_for_grad(&self, embeds: &Tensor) -> Result<(Tensor, GradTape)> {
-        let packing = Packing::sequences(&[embeds.dim(0)?]);
-        let ctx = self.batch_context(&packing)?;
+    /// The keys and values of a constant prefix `(tokens, hidden)` that sequences given to
+    /// [`Self::forward_for_grad`] continue.
+    pub fn prefix_cache(&self, embeds: &Tensor) -> Result<KvCache> {
+        let packing = super::Packing::sequences(&[embeds.dim(0)?]);
+        let (_, mut caches) = self.prefill_with_cache(embeds, &packing)?;
+        caches
+            .pop()
+            .ok_or_else(|| candle_core::Error::Msg("the prefill returned no cache".into()))
+    }
+
+    /// The forward of one sequence `(tokens, hidden)`, continuing `prefix` when given, keeping
+    /// each layer's input; returns the final-normed hidden state of its last token,
+    /// `(1, hidden)`, and the tape.
+    pub fn forward_for_grad<'a>(
+        &self,
+        embeds: &Tensor,
+        prefix: Option<&'a KvCache>,
+    ) -> Result<(Tensor, GradTape<'a>)> {
+        let offset = prefix.map_or(0, KvCache::len);
+        let ctx = self.continuation_context(offset, embeds.dim(0)?)?;
         let mut inputs = Vec::with_capacity(self.layers.len() + 1);
         let mut xs = embeds.clone();
-        for layer in &self.layers {
-            let next = layer.forward(&xs, &packing, &ctx, None)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let before = prefix.map(|p| p.filled(l)).transpose()?;
+            let next = layer.forward_continuing(&xs, &ctx, before.as_ref())?;
             inputs.push(xs);
             xs = next;
         }
@@ -40,7 +64,7 @@ impl LanguageModel {
         Ok((
             hidden,
             GradTape {
-                packing,
+                prefix,
                 ctx,
                 inputs,
             },
@@ -53,7 +77,7 @@ impl LanguageModel {
     /// `ids[i]`).
     pub fn backward_from_logits(
         &self,
-        tape: &GradTape,
+        tape: &GradTape<'_>,
         ids: &[u32],
         d_logits: &[f32],
     ) -> Result<Tensor> {
@@ -78,26 +102,33 @@ impl LanguageModel {
             ],
             0,
         )?;
-        for (layer, x) in self.layers.iter().zip(&tape.inputs).rev() {
-            dy = layer.backward(x, &dy, &tape.packing, &tape.ctx)?;
+        for (l, (layer, x)) in self.layers.iter().zip(&tape.inputs).enumerate().rev() {
+            let before = tape.prefix.map(|p| p.filled(l)).transpose()?;
+            dy = layer.backward(x, &dy, &tape.ctx, before.as_ref())?;
         }
         Ok(dy)
     }
 }
 
+/// One layer's attention operands for a sequence, recomputed from its input.
+struct AttentionOperands {
+    /// Rotated queries, (heads, t, d).
+    q: Tensor,
+    /// Rotated keys and values, (kv_heads, prefix + t, d): the prefix's first.
+    k: Tensor,
+    v: Tensor,
+}
+
 impl Layer {
-    /// `dx` for `dy`, recomputing this layer's forward from `x` (one sequence, no shared
-    /// prefix).
-    fn backward(
+    /// The attention operands of input `x` (t, hidden) continuing `prefix`'s keys and values.
+    fn attention_operands(
         &self,
         x: &Tensor,
-        dy: &Tensor,
-        packing: &Packing,
         ctx: &BatchContext,
-    ) -> Result<Tensor> {
+        prefix: Option<&(Tensor, Tensor)>,
+    ) -> Result<AttentionOperands> {
         let attn = &self.attn;
         let (t, d) = (x.dim(0)?, attn.head_dim);
-        // Attention half: recompute its input and output.
         let n1 = self.attn_norm.forward(x)?;
         let to_heads = |y: Tensor, n: usize| -> Result<Tensor> {
             y.reshape((t, n, d))?
@@ -111,12 +142,55 @@ impl Layer {
         let q = candle_nn::rotary_emb::rope(&q, &ctx.cos, &ctx.sin)?.squeeze(0)?;
         let k = candle_nn::rotary_emb::rope(&k, &ctx.cos, &ctx.sin)?.squeeze(0)?;
         let v = v.squeeze(0)?;
-        let heads_out =
-            super::attention::packed_attention(&q, &k, &v, &packing.segments, &ctx.masks)?;
-        let a = attn
-            .o
-            .forward(&heads_out.transpose(0, 1)?.reshape((t, attn.heads * d))?)?;
-        let h1 = (x + a)?;
+        let (k, v) = match prefix {
+            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 1)?, Tensor::cat(&[pv, &v], 1)?),
+            None => (k, v),
+        };
+        Ok(AttentionOperands { q, k, v })
+    }
+
+    /// `x + attn(norm(x))` for a sequence continuing `prefix` (the attention half), and the
+    /// operands it used.
+    fn attention_residual(
+        &self,
+        x: &Tensor,
+        ctx: &BatchContext,
+        prefix: Option<&(Tensor, Tensor)>,
+    ) -> Result<(Tensor, AttentionOperands)> {
+        let ops = self.attention_operands(x, ctx, prefix)?;
+        let (t, keys) = (x.dim(0)?, ops.k.dim(1)?);
+        let heads_out = attend(&ops.q, &ops.k, &ops.v, ctx.masks.get(t, keys)?)?;
+        let attn = &self.attn;
+        let a = attn.o.forward(
+            &heads_out
+                .transpose(0, 1)?
+                .reshape((t, attn.heads * attn.head_dim))?,
+        )?;
+        Ok(((x + a)?, ops))
+    }
+
+    /// The layer's forward for one sequence continuing `prefix`.
+    fn forward_continuing(
+        &self,
+        x: &Tensor,
+        ctx: &BatchContext,
+        prefix: Option<&(Tensor, Tensor)>,
+    ) -> Result<Tensor> {
+        self.mlp_residual(&self.attention_residual(x, ctx, prefix)?.0)
+    }
+
+    /// `dx` for `dy`, recomputing this layer's forward from `x` (one sequence continuing
+    /// `prefix`; the gradient of the prefix's keys and values is dropped).
+    fn backward(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        ctx: &BatchContext,
+        prefix: Option<&(Tensor, Tensor)>,
+    ) -> Result<Tensor> {
+        let attn = &self.attn;
+        let (t, d) = (x.dim(0)?, attn.head_dim);
+        let (h1, AttentionOperands { q, k, v }) = self.attention_residual(x, ctx, prefix)?;
 
         // MLP half.
         let n2 = self.mlp_norm.forward(&h1)?;
@@ -133,9 +207,12 @@ impl Layer {
             .reshape((t, attn.heads, d))?
             .transpose(0, 1)?
             .contiguous()?;
-        let mask = ctx.masks.get(t, t)?;
+        let keys = k.dim(1)?;
+        let mask = ctx.masks.get(t, keys)?;
         let scale = (d as f64).powf(-0.5);
         let (dq, dk, dv) = grad::attention(&q, &k, &v, Some(mask), scale, &d_heads_out)?;
+        // The sequence's own keys and values are the last `t`.
+        let (dk, dv) = (dk.narrow(1, keys - t, t)?, dv.narrow(1, keys - t, t)?);
         let unrope = |g: Tensor| -> Result<Tensor> {
             grad::rope(&g.unsqueeze(0)?, &ctx.cos, &ctx.sin)?.squeeze(0)
         };

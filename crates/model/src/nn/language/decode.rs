@@ -56,6 +56,15 @@ impl KvCache {
         Ok(())
     }
 
+    /// Layer `layer`'s filled keys and values, each (kv_heads, len, head_dim).
+    pub(super) fn filled(&self, layer: usize) -> Result<(Tensor, Tensor)> {
+        let (k, v) = self
+            .layers
+            .get(layer)
+            .ok_or_else(|| candle_core::Error::Msg(format!("the cache holds no layer {layer}")))?;
+        Ok((k.narrow(1, 0, self.len)?, v.narrow(1, 0, self.len)?))
+    }
+
     /// Tokens the cache holds (the position of the next token).
     pub fn len(&self) -> usize {
         self.len

@@ -264,18 +264,37 @@ impl LanguageModel {
     }
 
     fn batch_context(&self, packing: &Packing) -> Result<BatchContext> {
+        let (cos, sin) = self.rope_tables(&packing.segments)?;
+        let masks = Masks::for_segments(&packing.segments, self.dtype, &self.device)?;
+        Ok(BatchContext { cos, sin, masks })
+    }
+
+    /// The context of one sequence of `len` tokens continuing a `prefix` of tokens whose keys
+    /// and values are given (positions `prefix..prefix + len`, every prefix key visible).
+    fn continuation_context(&self, prefix: usize, len: usize) -> Result<BatchContext> {
+        let (cos, sin) = self.rope_tables(&[Segment {
+            len,
+            position_offset: prefix,
+            context: None,
+        }])?;
+        let masks = Masks::continuing(len, prefix, self.dtype, &self.device)?;
+        Ok(BatchContext { cos, sin, masks })
+    }
+
+    /// Rotary `(cos, sin)` tables, `(tokens, head_dim / 2)`, of every token of `segments`.
+    fn rope_tables(&self, segments: &[Segment]) -> Result<(Tensor, Tensor)> {
         let half = self.rope.half();
-        let total = packing.total();
+        let total: usize = segments.iter().map(|s| s.len).sum();
         let mut freqs = Vec::with_capacity(total * half);
-        for seg in &packing.segments {
+        for seg in segments {
             self.rope
                 .push_freqs(seg.position_offset, seg.len, &mut freqs);
         }
         let freqs = Tensor::from_vec(freqs, (total, half), &self.device)?;
-        let cos = freqs.cos()?.to_dtype(self.dtype)?;
-        let sin = freqs.sin()?.to_dtype(self.dtype)?;
-        let masks = Masks::for_segments(&packing.segments, self.dtype, &self.device)?;
-        Ok(BatchContext { cos, sin, masks })
+        Ok((
+            freqs.cos()?.to_dtype(self.dtype)?,
+            freqs.sin()?.to_dtype(self.dtype)?,
+        ))
     }
 }
 
