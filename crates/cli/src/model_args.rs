@@ -56,6 +56,11 @@ pub struct ModelArgs {
     /// (`internvl2_5`, `internlm2-chat`, `Hermes-2`, `phi3-chat`).
     #[arg(long, env = "REWARDDANCE_TEMPLATE", default_value = "auto")]
     pub template: String,
+    /// A LoRA adapter directory (peft's `adapter_config.json` + `adapter_model.safetensors`,
+    /// as peft and ms-swift save it), merged into the weights at load. Loading fails, naming
+    /// the tensor or option, when any part of it would not apply.
+    #[arg(long, env = "REWARDDANCE_ADAPTER")]
+    pub adapter: Option<std::path::PathBuf>,
     /// Memory of each device in GiB for the start-up fit check. Default: what the GPU reports,
     /// or the machine's available memory on CPU.
     #[arg(long, env = "REWARDDANCE_DEVICE_MEMORY_GIB")]
@@ -90,6 +95,7 @@ impl ModelArgs {
             feature_cache_bytes: self.feature_cache_mib << 20,
             prefix_reuse_min_tokens: self.prefix_reuse_min_tokens,
             template: self.template.parse()?,
+            adapter: self.adapter.clone(),
             ..LoadOptions::default()
         })
     }

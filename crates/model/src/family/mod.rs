@@ -47,6 +47,9 @@ pub trait ImageEncoder: Send + Sync {
     fn encode_tiles_backward(&self, pixels: &Tensor, d_rows: &Tensor) -> Result<Tensor>;
 }
 
+/// A check run once a model has loaded from [`FamilyConfig::weights`].
+pub type WeightCheck = Box<dyn FnOnce() -> Result<()>>;
+
 /// A checkpoint's configuration, by family.
 #[derive(Debug, Clone)]
 pub enum FamilyConfig {
@@ -163,6 +166,29 @@ impl FamilyConfig {
     pub fn image_flops_per_tile(&self) -> f64 {
         match self {
             FamilyConfig::InternVl(c) => internvl::memory::image_flops_per_tile(c),
+        }
+    }
+
+    /// The checkpoint's weights as the family's loader reads them: `vb` itself, or a view
+    /// that merges what the checkpoint holds in another form (InternVL's wrapped LoRA), with a
+    /// check to run once the model has loaded.
+    pub fn weights(&self, vb: VarBuilder<'static>) -> (VarBuilder<'static>, Option<WeightCheck>) {
+        match self {
+            FamilyConfig::InternVl(c) if c.wrapped_lora != Default::default() => {
+                let (dtype, device) = (vb.dtype(), vb.device().clone());
+                let (weights, check) = internvl::wrapped_lora::merged(vb, c.wrapped_lora);
+                let vb = VarBuilder::from_backend(Box::new(weights), dtype, device);
+                (vb, Some(Box::new(move || check.check())))
+            }
+            FamilyConfig::InternVl(_) => (vb, None),
+        }
+    }
+
+    /// The checkpoint's name of the tensor a LoRA adapter calls `name` (module path and
+    /// parameter, in the trained model's naming), if `has` says the checkpoint holds it.
+    pub fn adapter_tensor_name(&self, name: &str, has: &dyn Fn(&str) -> bool) -> Option<String> {
+        match self {
+            FamilyConfig::InternVl(_) => internvl::adapter_tensor_name(name, has),
         }
     }
 

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 
 pub mod feature_cache;
 mod features;
@@ -31,6 +32,7 @@ use crate::info::{ItemLimits, ModelInfo, ReuseStats};
 use crate::item::{Candidate, Score, ScoreItem};
 use crate::nn::language::{LanguageModel, Packing};
 use crate::nn::layers::logsumexp_last;
+use crate::runtime::adapter::{Adapter, AdapterSummary};
 use crate::runtime::checkpoint::Checkpoint;
 use crate::text::prompt::PromptBuilder;
 use feature_cache::{CacheStats, FeatureCache};
@@ -47,6 +49,8 @@ pub struct RewardModel {
     dtype: DType,
     feature_cache: FeatureCache,
     prefix_tokens_saved: AtomicU64,
+    /// The LoRA adapter merged into the weights, if any.
+    adapter: Option<AdapterSummary>,
     options: LoadOptions,
 }
 
@@ -61,13 +65,39 @@ impl RewardModel {
         let dtype = options
             .dtype
             .unwrap_or_else(|| LoadOptions::default_dtype(&options.device));
-        let vb = checkpoint.var_builder(dtype, &options.device)?;
+        let (vb, family_check) = config.weights(checkpoint.var_builder(dtype, &options.device)?);
+        let (vb, adapter) = match &options.adapter {
+            None => (vb, None),
+            Some(dir) => {
+                let has = |name: &str| vb.contains_tensor(name);
+                let adapter =
+                    Adapter::read(dir, &|name: &str| config.adapter_tensor_name(name, &has))?;
+                let summary = adapter.summary.clone();
+                let (weights, all_read) = adapter.merge_into(vb);
+                let vb = VarBuilder::from_backend(Box::new(weights), dtype, options.device.clone());
+                (vb, Some((summary, all_read)))
+            }
+        };
         let named = |e: candle_core::Error| {
             Error::Checkpoint(format!("{}: {}", checkpoint.id, candle_message(&e)))
         };
         let parts = config.load(vb).map_err(named)?;
         let language = LanguageModel::load(config.text(), parts.text_weights, parts.head_weights)
             .map_err(named)?;
+        if let Some(check) = family_check {
+            check()?;
+        }
+        let adapter = adapter.map(|(mut summary, all_read)| {
+            summary.unread = all_read.unread();
+            if !summary.unread.is_empty() {
+                tracing::warn!(
+                    adapter = %summary.source,
+                    unread = ?summary.unread,
+                    "the model never reads these adapted tensors (the checkpoint's own are unused there too)"
+                );
+            }
+            summary
+        });
         Ok(RewardModel {
             id: checkpoint.id.clone(),
             device: options.device.clone(),
@@ -78,6 +108,7 @@ impl RewardModel {
             dtype,
             feature_cache: FeatureCache::new(options.feature_cache_bytes),
             prefix_tokens_saved: AtomicU64::new(0),
+            adapter,
             options,
         })
     }
@@ -126,6 +157,11 @@ impl RewardModel {
     /// Prompt construction for this checkpoint.
     pub fn prompt_builder(&self) -> &PromptBuilder {
         &self.prompt
+    }
+
+    /// The LoRA adapter merged into the weights at load, if any.
+    pub fn adapter(&self) -> Option<&AdapterSummary> {
+        self.adapter.as_ref()
     }
 
     /// Options the model was loaded with.

@@ -1,5 +1,7 @@
 //! How a model is loaded and which per-item limits it enforces.
 
+use std::path::PathBuf;
+
 use candle_core::{DType, Device};
 
 use crate::image::DecodeLimits;
@@ -35,6 +37,8 @@ pub struct LoadOptions {
     pub prefix_reuse_min_tokens: usize,
     /// Which chat template builds prompts (default: what the checkpoint's own code uses).
     pub template: TemplateChoice,
+    /// A LoRA adapter directory (peft's format) merged into the weights at load.
+    pub adapter: Option<PathBuf>,
 }
 
 impl LoadOptions {
@@ -72,6 +76,7 @@ impl Default for LoadOptions {
             prefix_reuse_min_tokens: Self::DEFAULT_PREFIX_REUSE_MIN_TOKENS,
             reuse_images: true,
             template: TemplateChoice::Auto,
+            adapter: None,
         }
     }
 }

@@ -82,6 +82,19 @@ pub struct ModelConfig {
     /// (some fine-tunes save one) counts as unset: the template's message, what InternVL's training
     /// code used (OpenGVLab's `chat()` would format Python's `None` into the prompt as "None").
     pub system_message: Option<String>,
+    /// OpenGVLab layout: LoRA wrapped inside the checkpoint by InternVL's fine-tuning
+    /// (`use_llm_lora`, `use_backbone_lora`), merged at load.
+    pub wrapped_lora: WrappedLoraRanks,
+}
+
+/// The ranks of the LoRA that InternVL's `wrap_llm_lora` / `wrap_backbone_lora` put inside a
+/// checkpoint (`config.json` `use_llm_lora` / `use_backbone_lora`; 0: none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WrappedLoraRanks {
+    /// `use_llm_lora`: the language model's rank.
+    pub llm: usize,
+    /// `use_backbone_lora`: the vision model's rank.
+    pub backbone: usize,
 }
 
 impl ModelConfig {
@@ -177,6 +190,7 @@ impl ModelConfig {
             image_token_id: root["image_token_id"].as_u64().map(|x| x as u32),
             template: None,
             system_message: None,
+            wrapped_lora: WrappedLoraRanks::default(),
         };
         cfg.validate()
     }
@@ -239,6 +253,10 @@ impl ModelConfig {
             image_token_id: None,
             template: root["template"].as_str().map(String::from),
             system_message: root["system_message"].as_str().map(String::from),
+            wrapped_lora: WrappedLoraRanks {
+                llm: root["use_llm_lora"].as_u64().unwrap_or(0) as usize,
+                backbone: root["use_backbone_lora"].as_u64().unwrap_or(0) as usize,
+            },
         };
         cfg.validate()
     }

@@ -18,6 +18,9 @@ mod pyorder;
 pub mod tiling;
 pub mod vision;
 mod weights;
+pub mod wrapped_lora;
+
+pub(crate) use weights::adapter_tensor_name;
 
 use std::sync::Arc;
 

@@ -47,3 +47,25 @@ pub(super) fn locate(layout: CheckpointLayout, vb: &VarBuilder<'static>) -> Part
         ),
     }
 }
+
+/// The same parts under the two names the HF layout has: transformers >= 4.52 in memory
+/// (what peft and ms-swift name an adapter's modules by) and the published files.
+const HF_RENAMES: [(&str, &str); 4] = [
+    ("model.language_model.", "language_model.model."),
+    ("model.vision_tower.", "vision_tower."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+    ("lm_head.", "language_model.lm_head."),
+];
+
+/// The checkpoint's name for the tensor an adapter calls `name` (a module path and its
+/// parameter), if `has` it: the name itself, else its HF-layout rename either way.
+pub(crate) fn adapter_tensor_name(name: &str, has: &dyn Fn(&str) -> bool) -> Option<String> {
+    if has(name) {
+        return Some(name.to_string());
+    }
+    HF_RENAMES
+        .iter()
+        .flat_map(|&(memory, disk)| [(memory, disk), (disk, memory)])
+        .filter_map(|(from, to)| name.strip_prefix(from).map(|rest| format!("{to}{rest}")))
+        .find(|candidate| has(candidate))
+}
