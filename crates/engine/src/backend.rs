@@ -33,10 +33,11 @@ pub trait Model: Send + Sync + 'static {
     /// asks once per device, at start.
     fn info(&self) -> ModelInfo;
 
-    /// CPU half: decode, tile, render and tokenise one item. Called concurrently. The engine
-    /// prepares every item on its first backend, whichever device then runs it, so the result
-    /// must not depend on the device.
-    fn prepare(&self, item: &ScoreItem) -> Result<Self::Prepared>;
+    /// CPU half: decode, tile, render and tokenise one item for reward `reward` (an index
+    /// into [`ModelInfo::rewards`]). Called concurrently. The engine prepares every item on
+    /// its first backend, whichever device then runs it, so the result must not depend on the
+    /// device.
+    fn prepare(&self, item: &ScoreItem, reward: usize) -> Result<Self::Prepared>;
 
     /// Tokens `prepared` adds to a batch (the unit of the batcher's token budget).
     fn tokens(prepared: &Self::Prepared) -> usize;
@@ -100,7 +101,7 @@ pub trait Backend: Send + Sync + 'static {
     /// [`Model::info`].
     fn info(&self) -> ModelInfo;
     /// [`Model::prepare`].
-    fn prepare(&self, item: &ScoreItem) -> Result<Prepared>;
+    fn prepare(&self, item: &ScoreItem, reward: usize) -> Result<Prepared>;
     /// [`Model::prepare_image`].
     fn prepare_image(&self, input: &ImageInput) -> Result<Arc<PreparedImage>>;
     /// [`Model::forward`].
@@ -131,8 +132,8 @@ impl<M: Model> Backend for M {
         Model::info(self)
     }
 
-    fn prepare(&self, item: &ScoreItem) -> Result<Prepared> {
-        let prepared = Model::prepare(self, item)?;
+    fn prepare(&self, item: &ScoreItem, reward: usize) -> Result<Prepared> {
+        let prepared = Model::prepare(self, item, reward)?;
         Ok(Prepared {
             tokens: M::tokens(&prepared),
             tiles: M::tiles(&prepared),
@@ -197,8 +198,8 @@ impl Model for RewardModel {
         RewardModel::info(self)
     }
 
-    fn prepare(&self, item: &ScoreItem) -> Result<PreparedItem> {
-        RewardModel::prepare(self, item)
+    fn prepare(&self, item: &ScoreItem, reward: usize) -> Result<PreparedItem> {
+        RewardModel::prepare_for(self, item, reward)
     }
 
     fn tokens(prepared: &PreparedItem) -> usize {

@@ -106,11 +106,11 @@ impl<B: Model<Prepared = PreparedItem>> Model for FaultyBackend<B> {
         self.inner.info()
     }
 
-    fn prepare(&self, item: &ScoreItem) -> Result<PreparedItem> {
+    fn prepare(&self, item: &ScoreItem, reward: usize) -> Result<PreparedItem> {
         if let Some(ms) = marker_value(&item.prompt, "[[fault:prepare_sleep=") {
             std::thread::sleep(Duration::from_millis(ms));
         }
-        self.inner.prepare(item)
+        self.inner.prepare(item, reward)
     }
 
     fn tokens(prepared: &PreparedItem) -> usize {

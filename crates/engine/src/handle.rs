@@ -173,7 +173,7 @@ impl Engine {
         let mut tickets = Vec::with_capacity(items.len());
         let mut tasks: Vec<PoolTask> = Vec::with_capacity(items.len());
         for work in items {
-            let Work { item, task } = work.into();
+            let Work { item, task, reward } = work.into();
             let (reply, result) = oneshot::channel();
             let (text_tx, text) = match task {
                 Task::Rationale(_) => {
@@ -190,6 +190,7 @@ impl Engine {
             });
             let job = Job {
                 task,
+                reward,
                 text: text_tx,
                 reply,
                 deadline,

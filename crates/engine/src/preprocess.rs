@@ -33,7 +33,7 @@ pub(crate) fn item(
         job.discard();
         return;
     };
-    let prepared = catch_unwind(AssertUnwindSafe(|| backend.prepare(&item)));
+    let prepared = catch_unwind(AssertUnwindSafe(|| backend.prepare(&item, job.reward)));
     drop(item);
     job.timing.preprocess = start.elapsed();
     metrics::record_preprocess(job.timing.preprocess.as_secs_f64());

@@ -46,6 +46,9 @@ pub struct Work {
     pub item: ScoreItem,
     /// What to compute.
     pub task: Task,
+    /// Which of the model's rewards scores it (an index into `ModelInfo::rewards`; 0 is the
+    /// default reward).
+    pub reward: usize,
 }
 
 impl From<ScoreItem> for Work {
@@ -54,6 +57,7 @@ impl From<ScoreItem> for Work {
         Work {
             item,
             task: Task::Score,
+            reward: 0,
         }
     }
 }

@@ -208,7 +208,7 @@ impl Worker {
             Task::Score
         };
         let run = || -> rewarddance_model::Result<()> {
-            let prepared = self.backend.prepare(&item)?;
+            let prepared = self.backend.prepare(&item, 0)?;
             self.backend.forward(&[&prepared], &[task]).map(drop)
         };
         catch_unwind(AssertUnwindSafe(run))

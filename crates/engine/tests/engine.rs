@@ -63,8 +63,8 @@ impl Model for TestBackend {
     fn info(&self) -> ModelInfo {
         self.model.info()
     }
-    fn prepare(&self, item: &ScoreItem) -> rewarddance_model::Result<PreparedItem> {
-        self.model.prepare(item)
+    fn prepare(&self, item: &ScoreItem, reward: usize) -> rewarddance_model::Result<PreparedItem> {
+        self.model.prepare_for(item, reward)
     }
     fn tokens(prepared: &PreparedItem) -> usize {
         prepared.num_tokens()

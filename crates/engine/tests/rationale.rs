@@ -73,8 +73,8 @@ impl Model for SlowDecoder {
     fn info(&self) -> ModelInfo {
         self.model.info()
     }
-    fn prepare(&self, item: &ScoreItem) -> rewarddance_model::Result<PreparedItem> {
-        self.model.prepare(item)
+    fn prepare(&self, item: &ScoreItem, reward: usize) -> rewarddance_model::Result<PreparedItem> {
+        self.model.prepare_for(item, reward)
     }
     fn tokens(prepared: &PreparedItem) -> usize {
         prepared.num_tokens()
@@ -126,6 +126,7 @@ fn work(item: ScoreItem, rationale: Option<RationaleOptions>) -> Work {
     Work {
         item,
         task: rationale.map_or(Task::Score, Task::Rationale),
+        reward: 0,
     }
 }
 

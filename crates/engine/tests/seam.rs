@@ -71,10 +71,11 @@ impl<const KIND: u8> Model for Fixed<KIND> {
             answer_ids: (1, 2),
             tile_size: 1,
             tokens_per_tile: 1,
+            rewards: Vec::new(),
         }
     }
 
-    fn prepare(&self, item: &ScoreItem) -> Result<Tokens> {
+    fn prepare(&self, item: &ScoreItem, _reward: usize) -> Result<Tokens> {
         match item.prompt.len() {
             n if n > 99 => Err(Error::TooManyTokens {
                 tokens: n,
@@ -192,6 +193,7 @@ async fn the_engine_admits_batches_and_answers_through_a_backend_without_a_model
                 max_tokens: 3,
                 ..RationaleOptions::default()
             }),
+            reward: 0,
         },
         Work::from(item(&"y".repeat(100))),
     ];
@@ -280,6 +282,7 @@ async fn gradient_batches_and_score_batches_take_turns() {
         .map(|i| Work {
             item: item(&"g".repeat(10 + i)),
             task: Task::Gradient(Objective::PYes),
+            reward: 0,
         })
         .collect();
     work.push(Work::from(item("score me")));

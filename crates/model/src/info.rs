@@ -3,7 +3,8 @@
 
 use candle_core::{DType, Device};
 
-use crate::text::prompt::AnswerTokens;
+use crate::item::Mode;
+use crate::text::prompt::{AnswerTokens, Instructions};
 
 /// Identity, limits and geometry of a loaded model.
 #[derive(Debug, Clone)]
@@ -28,6 +29,8 @@ pub struct ModelInfo {
     pub tile_size: u32,
     /// Language-model tokens one tile becomes.
     pub tokens_per_tile: u32,
+    /// The named rewards it serves, in declaration order (the first is the default).
+    pub rewards: Vec<RewardInfo>,
 }
 
 /// Per-item limits of a loaded model.
@@ -63,4 +66,41 @@ pub struct CacheStats {
     pub bytes: u64,
     /// Entries held now.
     pub entries: u64,
+}
+
+/// What an adapter changes, as `Info` reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterSummary {
+    /// The directory it was read from.
+    pub source: String,
+    /// The default rank `r`.
+    pub rank: usize,
+    /// The default `lora_alpha`.
+    pub alpha: f64,
+    /// Whether the scale is `alpha / sqrt(r)`.
+    pub rslora: bool,
+    /// The LoRA modules, by the names the adapter gives them (without peft's prefix).
+    pub modules: Vec<String>,
+    /// Checkpoint tensors replaced whole (`modules_to_save`, trained biases).
+    pub replaced: Vec<String>,
+    /// Checkpoint tensors it changes that the model never reads (filled in at load).
+    pub unread: Vec<String>,
+}
+
+/// What `Info` says of a reward.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RewardInfo {
+    /// Its name.
+    pub name: String,
+    /// Its adapter, if any.
+    pub adapter: Option<AdapterSummary>,
+    /// Whether the adapter is merged into the weights (the only adapter of the model) rather
+    /// than applied per row.
+    pub merged: bool,
+    /// Its answer tokens.
+    pub answers: AnswerTokens,
+    /// Its instructions (unset: the defaults).
+    pub instructions: Instructions,
+    /// Its default mode.
+    pub mode: Option<Mode>,
 }

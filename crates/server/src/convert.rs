@@ -61,6 +61,7 @@ fn request_item(proto: v1::ScoreItem, limits: &Limits) -> Item {
             Ok(Work {
                 item,
                 task: Task::Rationale(options),
+                reward: 0,
             }),
             stream,
         ),

@@ -13,6 +13,7 @@
 use candle_core::{DType, Result, Tensor, D};
 
 use super::layers::{Linear, Norm};
+use super::lora::AdapterRows;
 
 /// `dx = dy · W` for `y = x · Wᵀ + b` (any leading dimensions).
 pub fn linear(layer: &Linear, dy: &Tensor) -> Result<Tensor> {
@@ -25,6 +26,13 @@ pub fn linear(layer: &Linear, dy: &Tensor) -> Result<Tensor> {
     let last = shape.len() - 1;
     shape[last] = in_dim;
     dx.reshape(shape)
+}
+
+/// [`linear`] for a layer with unmerged adapter updates, each row of 2-D `dy` with its
+/// adapter ([`Linear::forward_rows`]): `dx = dy · W + s · (dy B) A` on an adapted row.
+pub fn linear_rows(layer: &Linear, dy: &Tensor, rows: &AdapterRows) -> Result<Tensor> {
+    let dx = linear(layer, dy)?;
+    rows.add(dy, dx, |s| layer.update(s), true)
 }
 
 /// The backward of [`Norm`] over the last dimension (LayerNorm with a bias, RMSNorm without),

@@ -110,7 +110,7 @@ fn norm_backward_matches_autograd() {
 
 #[test]
 fn linear_gelu_silu_backwards_match_autograd() {
-    let layer = Linear::from_parts(randn(&[7, 4], 5), Some(randn(&[7], 6)));
+    let layer = Linear::from_parts(randn(&[7, 4], 5), Some(randn(&[7], 6)), None);
     let (x, dy) = (randn(&[3, 2, 4], 7), randn(&[3, 2, 7], 8));
     assert_close(
         &linear(&layer, &dy).unwrap(),

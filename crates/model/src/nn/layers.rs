@@ -3,6 +3,8 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+use crate::nn::lora::{AdapterRows, LoraUpdate};
+
 /// Normalisation layer kind (InternViT uses either; the decoders use RMSNorm).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NormKind {
@@ -98,11 +100,52 @@ impl Module for Norm {
     }
 }
 
-/// A linear layer `y = x W^T (+ b)` that accepts inputs of any rank.
+/// A linear layer `y = x W^T (+ b)` that accepts inputs of any rank, with optional unmerged
+/// LoRA updates per adapter slot ([`crate::nn::lora`]).
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// Where the weight was read from, for attaching adapters by checkpoint tensor name.
+    source: Option<WeightSource>,
+    /// The update of each adapter slot (`None`: the slot leaves this layer alone).
+    lora: Vec<Option<LoraUpdate>>,
+}
+
+/// The checkpoint tensor a linear layer's weight is, or a block of the rows of one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightSource {
+    /// The checkpoint tensor name (`….q_proj.weight`).
+    pub tensor: String,
+    /// When the layer is part of a fused weight: which of its rows.
+    pub rows: Option<RowBlock>,
+}
+
+/// Rows of a fused weight viewed as `(groups, slots, width, in)`: slots `start..start + len`
+/// of every group (InternLM2's `wqkv`: per KV group, its query heads, key and value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowBlock {
+    /// Groups (KV heads).
+    pub groups: usize,
+    /// Slots per group.
+    pub slots: usize,
+    /// Rows per slot (head dim).
+    pub width: usize,
+    /// First slot taken.
+    pub start: usize,
+    /// Slots taken.
+    pub len: usize,
+}
+
+impl RowBlock {
+    /// The block's rows of `t` `(groups * slots * width, cols)`, as `(groups * len * width, cols)`.
+    pub fn take(&self, t: &Tensor) -> Result<Tensor> {
+        let cols = t.dim(1)?;
+        t.reshape((self.groups, self.slots, self.width, cols))?
+            .narrow(1, self.start, self.len)?
+            .contiguous()?
+            .reshape((self.groups * self.len * self.width, cols))
+    }
 }
 
 impl Linear {
@@ -114,12 +157,26 @@ impl Linear {
         } else {
             None
         };
-        Ok(Linear { weight, bias })
+        let source = Some(WeightSource {
+            tensor: format!("{}.weight", vb.prefix()),
+            rows: None,
+        });
+        Ok(Linear {
+            weight,
+            bias,
+            source,
+            lora: Vec::new(),
+        })
     }
 
-    /// Builds a layer from tensors already loaded (e.g. fused q/k/v).
-    pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Linear { weight, bias }
+    /// Builds a layer from tensors already loaded (e.g. fused q/k/v), read from `source`.
+    pub fn from_parts(weight: Tensor, bias: Option<Tensor>, source: Option<WeightSource>) -> Self {
+        Linear {
+            weight,
+            bias,
+            source,
+            lora: Vec::new(),
+        }
     }
 
     /// The (out, in) weight.
@@ -130,6 +187,34 @@ impl Linear {
     /// The bias, if any.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
+    }
+
+    /// Where the weight came from, when known.
+    pub fn source(&self) -> Option<&WeightSource> {
+        self.source.as_ref()
+    }
+
+    /// Sets adapter slot `slot`'s update of this layer (`B` already restricted to the
+    /// layer's rows of a fused weight).
+    pub fn attach(&mut self, slot: usize, update: LoraUpdate) {
+        if self.lora.len() <= slot {
+            self.lora.resize(slot + 1, None);
+        }
+        self.lora[slot] = Some(update);
+    }
+
+    /// The update of `slot`, if it has one.
+    pub fn update(&self, slot: usize) -> Option<&LoraUpdate> {
+        self.lora.get(slot).and_then(Option::as_ref)
+    }
+
+    /// `x W^T (+ b)` plus each row's adapter update, for 2-D `x` `(rows, in)`.
+    pub fn forward_rows(&self, x: &Tensor, rows: &AdapterRows) -> Result<Tensor> {
+        let y = self.forward(x)?;
+        if self.lora.is_empty() {
+            return Ok(y);
+        }
+        rows.add(x, y, |s| self.update(s), false)
     }
 }
 

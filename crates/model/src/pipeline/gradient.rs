@@ -104,6 +104,8 @@ pub struct ScoreGradient {
 struct ConstantPrefix {
     ids: Vec<u32>,
     images: Vec<ImageKey>,
+    /// The adapter slot it runs with.
+    adapter: Option<usize>,
 }
 
 impl ConstantPrefix {
@@ -208,6 +210,7 @@ impl RewardModel {
         Ok(ConstantPrefix {
             ids: item.input_ids[..end].to_vec(),
             images: item.tiles[..first_float].iter().map(|t| t.key()).collect(),
+            adapter: self.slot_of(item)?,
         })
     }
 
@@ -221,7 +224,7 @@ impl RewardModel {
             .map(|t| self.constant_features(t, side))
             .collect::<Result<Vec<_>>>()?;
         let (embeds, _) = self.embed_tokens(&prefix.ids, &rows)?;
-        Ok(self.language.prefix_cache(&embeds)?)
+        Ok(self.language.prefix_cache(&embeds, prefix.adapter)?)
     }
 
     /// One item's forward and backward, continuing the keys and values of its constant prefix
@@ -254,11 +257,11 @@ impl RewardModel {
             });
         }
         let (suffix, image_positions) = self.embed_tokens(&item.input_ids[skip..], &rows)?;
-        let (hidden, tape) = self
-            .language
-            .forward_for_grad(&suffix, prefix.map(|(_, c)| c))?;
-        let score = self.scores_from_logits(&self.language.logits(&hidden)?)?[0];
-        let (yes, no) = self.prompt.answer_ids();
+        let (hidden, tape) =
+            self.language
+                .forward_for_grad(&suffix, prefix.map(|(_, c)| c), self.slot_of(item)?)?;
+        let score = self.scores_from_logits(&self.language.logits(&hidden)?, &[item])?[0];
+        let (yes, no) = self.reward_of(item)?.answer_ids;
         let margin = f64::from(score.logit_yes) - f64::from(score.logit_no);
         let (value, d_margin) = objective.of_margin(margin);
         let d_suffix = self.language.backward_from_logits(

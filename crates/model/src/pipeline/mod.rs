@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 
 pub mod feature_cache;
 mod features;
 pub mod gradient;
+mod load;
 pub mod memory;
 mod options;
 pub mod prefix;
@@ -20,22 +20,24 @@ mod prepared;
 pub mod prompt;
 pub mod rationale;
 pub mod report;
+pub mod rewards;
 pub mod sampling;
 
 pub use options::LoadOptions;
 pub use prepared::PreparedItem;
 
-use crate::error::{candle_message, Error, Result};
+use crate::error::{Error, Result};
 use crate::family::{FamilyConfig, ImageEncoder};
 use crate::image::{DecodeLimits, ImageInput, PreparedImage};
 use crate::info::{ItemLimits, ModelInfo, ReuseStats};
 use crate::item::{Candidate, Score, ScoreItem};
 use crate::nn::language::{LanguageModel, Packing};
 use crate::nn::layers::logsumexp_last;
-use crate::runtime::adapter::{Adapter, AdapterSummary};
+use crate::runtime::adapter::AdapterSummary;
 use crate::runtime::checkpoint::Checkpoint;
 use crate::text::prompt::PromptBuilder;
 use feature_cache::{CacheStats, FeatureCache};
+use rewards::{Reward, RewardInfo};
 
 /// A generative reward model loaded on one device: a family's image side in front of the
 /// shared decoder.
@@ -51,68 +53,14 @@ pub struct RewardModel {
     prefix_tokens_saved: AtomicU64,
     /// The LoRA adapter merged into the weights, if any.
     adapter: Option<AdapterSummary>,
+    /// The rewards it serves, [`rewards::DEFAULT_REWARD`] alone without a rewards file.
+    rewards: Vec<Reward>,
+    /// The unmerged adapters, by slot.
+    slots: Vec<AdapterSummary>,
     options: LoadOptions,
 }
 
 impl RewardModel {
-    /// Loads `checkpoint` onto `options.device`.
-    pub fn load(checkpoint: &Checkpoint, options: LoadOptions) -> Result<Self> {
-        let config = FamilyConfig::parse(
-            &checkpoint.config_json,
-            checkpoint.preprocessor_config_json.as_deref(),
-        )?;
-        let prompt = Self::prompt_for(checkpoint, &config, &options)?;
-        let dtype = options
-            .dtype
-            .unwrap_or_else(|| LoadOptions::default_dtype(&options.device));
-        let (vb, family_check) = config.weights(checkpoint.var_builder(dtype, &options.device)?);
-        let (vb, adapter) = match &options.adapter {
-            None => (vb, None),
-            Some(dir) => {
-                let has = |name: &str| vb.contains_tensor(name);
-                let adapter =
-                    Adapter::read(dir, &|name: &str| config.adapter_tensor_name(name, &has))?;
-                let summary = adapter.summary.clone();
-                let (weights, all_read) = adapter.merge_into(vb);
-                let vb = VarBuilder::from_backend(Box::new(weights), dtype, options.device.clone());
-                (vb, Some((summary, all_read)))
-            }
-        };
-        let named = |e: candle_core::Error| {
-            Error::Checkpoint(format!("{}: {}", checkpoint.id, candle_message(&e)))
-        };
-        let parts = config.load(vb).map_err(named)?;
-        let language = LanguageModel::load(config.text(), parts.text_weights, parts.head_weights)
-            .map_err(named)?;
-        if let Some(check) = family_check {
-            check()?;
-        }
-        let adapter = adapter.map(|(mut summary, all_read)| {
-            summary.unread = all_read.unread();
-            if !summary.unread.is_empty() {
-                tracing::warn!(
-                    adapter = %summary.source,
-                    unread = ?summary.unread,
-                    "the model never reads these adapted tensors (the checkpoint's own are unused there too)"
-                );
-            }
-            summary
-        });
-        Ok(RewardModel {
-            id: checkpoint.id.clone(),
-            device: options.device.clone(),
-            config,
-            prompt,
-            images: parts.images,
-            language,
-            dtype,
-            feature_cache: FeatureCache::new(options.feature_cache_bytes),
-            prefix_tokens_saved: AtomicU64::new(0),
-            adapter,
-            options,
-        })
-    }
-
     /// The prompt builder for `checkpoint`, checked against the model: the image-context id
     /// the config states and the answer ids must fit the vocabulary.
     fn prompt_for(
@@ -194,9 +142,21 @@ impl RewardModel {
         self.images.prepare_image(input, false, &limits)
     }
 
-    /// CPU half of scoring: decode and tile images, render and tokenise the prompt, check limits.
+    /// CPU half of scoring: decode and tile images, render and tokenise the prompt, check
+    /// limits. For the first reward.
     pub fn prepare(&self, item: &ScoreItem) -> Result<PreparedItem> {
-        let user_content = self.prompt.user_content(item)?;
+        self.prepare_for(item, 0)
+    }
+
+    /// [`Self::prepare`] for reward `reward` (an index into [`Self::rewards`]): its
+    /// instructions, answer tokens and adapter.
+    pub fn prepare_for(&self, item: &ScoreItem, reward: usize) -> Result<PreparedItem> {
+        let spec = &self
+            .rewards
+            .get(reward)
+            .ok_or_else(|| Error::InvalidInput(format!("no reward #{reward}")))?
+            .spec;
+        let user_content = self.prompt.user_content_with(item, &spec.instructions)?;
         let limits = DecodeLimits {
             max_pixels: self.options.max_image_pixels,
         };
@@ -249,7 +209,44 @@ impl RewardModel {
             input_ids,
             images: tiled.iter().map(|t| t.layout().clone()).collect(),
             tiles: tiled,
+            reward,
         })
+    }
+
+    /// The rewards this model serves, in declaration order.
+    pub fn rewards(&self) -> Vec<RewardInfo> {
+        self.rewards
+            .iter()
+            .map(|r| RewardInfo {
+                name: r.spec.name.clone(),
+                adapter: match r.slot {
+                    Some(s) => self.slots.get(s).cloned(),
+                    None if r.spec.adapter.is_some() => self.adapter.clone(),
+                    None => None,
+                },
+                merged: r.slot.is_none() && r.spec.adapter.is_some(),
+                answers: r.spec.answers.clone().unwrap_or_default(),
+                instructions: r.spec.instructions.clone(),
+                mode: r.spec.mode,
+            })
+            .collect()
+    }
+
+    /// The index of the reward called `name`.
+    pub fn reward_index(&self, name: &str) -> Option<usize> {
+        self.rewards.iter().position(|r| r.spec.name == name)
+    }
+
+    /// The reward an item was prepared for.
+    pub(crate) fn reward_of(&self, item: &PreparedItem) -> Result<&Reward> {
+        self.rewards
+            .get(item.reward)
+            .ok_or_else(|| Error::InvalidInput(format!("no reward #{}", item.reward)))
+    }
+
+    /// The adapter slot an item runs with.
+    pub(crate) fn slot_of(&self, item: &PreparedItem) -> Result<Option<usize>> {
+        Ok(self.reward_of(item)?.slot)
     }
 
     /// Device half of scoring: one packed forward pass over `batch`, scores in order.
@@ -257,7 +254,7 @@ impl RewardModel {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        self.scores_from_logits(&self.last_logits(batch)?)
+        self.scores_from_logits(&self.last_logits(batch)?, batch)
     }
 
     /// Next-token logits (items, vocab) in f32 at each item's last prompt position: what
@@ -275,20 +272,28 @@ impl RewardModel {
 
         // What each token of each item reads: its text embedding, or a row of the
         // (deduplicated) image features; as one u64 so shared prefixes can be found.
+        // A token's identity: bit 63 marks an image row, bits 32..48 the adapter slot (+1;
+        // tokens of different adapters never match, so prefixes are shared only within one
+        // adapter), the low 32 bits the text id or image row.
         const IMAGE_ROW: u64 = 1 << 63;
+        const LOW: u64 = 0xFFFF_FFFF;
         let ctx_id = self.prompt.image_context_id();
         let mut next_image_row = image_rows.iter();
         let mut signatures = Vec::with_capacity(batch.len());
+        let mut slots = Vec::with_capacity(batch.len());
         for item in batch {
+            let slot = self.slot_of(item)?;
+            let tag = slot.map_or(0, |s| (s as u64 + 1) << 32);
+            slots.push(slot);
             let mut sig = Vec::with_capacity(item.input_ids.len());
             for &id in &item.input_ids {
                 if id == ctx_id {
                     let row = next_image_row.next().ok_or_else(|| {
                         Error::InvalidInput("more image-context tokens than image features".into())
                     })?;
-                    sig.push(IMAGE_ROW | *row as u64);
+                    sig.push(IMAGE_ROW | tag | *row as u64);
                 } else {
-                    sig.push(id as u64);
+                    sig.push(tag | id as u64);
                 }
             }
             signatures.push(sig);
@@ -320,9 +325,9 @@ impl RewardModel {
             let sig = signatures[item][t];
             if sig & IMAGE_ROW != 0 {
                 ids.push(ctx_id);
-                gather.push(total as u32 + (sig & !IMAGE_ROW) as u32);
+                gather.push(total as u32 + (sig & LOW) as u32);
             } else {
-                ids.push(sig as u32);
+                ids.push((sig & LOW) as u32);
                 gather.push(k as u32);
             }
         }
@@ -333,24 +338,42 @@ impl RewardModel {
             None => text,
         };
         let embeds = table.index_select(&Tensor::new(gather, &self.device)?, 0)?;
+        // Each segment runs with the adapter of the item its first token is from.
+        let starts = crate::nn::language::Segment::starts(&plan.segments);
+        let adapters = starts.iter().map(|&s| slots[plan.tokens[s].0]).collect();
         let packing = Packing {
             segments: plan.segments,
             outputs: plan.last_tokens,
+            adapters,
         };
         Ok((embeds, packing))
     }
 
-    /// Scores from output-head logits (items, vocab).
-    pub(crate) fn scores_from_logits(&self, logits: &Tensor) -> Result<Vec<Score>> {
+    /// Scores from output-head logits (items, vocab), each row with the answer tokens of
+    /// its item's reward.
+    pub(crate) fn scores_from_logits(
+        &self,
+        logits: &Tensor,
+        items: &[&PreparedItem],
+    ) -> Result<Vec<Score>> {
         let lse = logsumexp_last(logits)?.to_vec1::<f32>()?;
-        let (yes, no) = self.prompt.answer_ids();
+        let pairs: Vec<(u32, u32)> = items
+            .iter()
+            .map(|i| Ok(self.reward_of(i)?.answer_ids))
+            .collect::<Result<_>>()?;
+        // The answer columns any item needs, read once.
+        let mut columns: Vec<u32> = pairs.iter().flat_map(|&(y, n)| [y, n]).collect();
+        columns.sort_unstable();
+        columns.dedup();
         let answers = logits
-            .index_select(&Tensor::new(&[yes, no], &self.device)?, 1)?
+            .index_select(&Tensor::new(columns.as_slice(), &self.device)?, 1)?
             .to_vec2::<f32>()?;
+        let col = |id: u32| columns.binary_search(&id).unwrap_or_default();
         Ok(answers
             .iter()
             .zip(lse)
-            .map(|(yn, lse)| Score::from_logits(yn[0], yn[1], lse))
+            .zip(&pairs)
+            .map(|((row, lse), &(yes, no))| Score::from_logits(row[col(yes)], row[col(no)], lse))
             .collect())
     }
 
@@ -425,6 +448,7 @@ impl RewardModel {
             },
             answers: self.options.answers.clone(),
             answer_ids: self.prompt.answer_ids(),
+            rewards: self.rewards(),
             tile_size: self.config.tile_size(),
             tokens_per_tile: self.config.tokens_per_tile() as u32,
         }

@@ -19,6 +19,8 @@ pub struct PreparedItem {
     /// The tiles of each image (same order), shared with other items that use the same
     /// prepared image; their content keys drive in-batch dedupe and the feature cache.
     pub(crate) tiles: Vec<Arc<PreparedImage>>,
+    /// The reward it was prepared for (an index into the model's rewards).
+    pub reward: usize,
 }
 
 impl PreparedItem {

@@ -164,7 +164,7 @@ impl RewardModel {
         let (embeds, packing) = self.packed_inputs(batch)?;
         let (hidden, caches) = self.language.prefill_with_cache(&embeds, &packing)?;
         let logits = self.language.logits(&hidden)?;
-        let scores = self.scores_from_logits(&logits)?;
+        let scores = self.scores_from_logits(&logits, batch)?;
         let wanted: Vec<u32> = (0..batch.len())
             .filter(|&i| matches!(options.get(i), Some(Some(_))))
             .map(|i| i as u32)

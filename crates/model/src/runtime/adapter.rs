@@ -24,6 +24,7 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+pub use crate::info::AdapterSummary;
 
 /// The prefix PEFT puts before every module name of the wrapped model.
 const PEFT_PREFIX: &str = "base_model.model.";
@@ -102,25 +103,6 @@ pub struct Adapter {
     pub summary: AdapterSummary,
     /// Checkpoint tensor name -> what it becomes.
     deltas: BTreeMap<String, Delta>,
-}
-
-/// What an adapter changes, as `Info` reports it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AdapterSummary {
-    /// The directory it was read from.
-    pub source: String,
-    /// The default rank `r`.
-    pub rank: usize,
-    /// The default `lora_alpha`.
-    pub alpha: f64,
-    /// Whether the scale is `alpha / sqrt(r)`.
-    pub rslora: bool,
-    /// The LoRA modules, by the names the adapter gives them (without peft's prefix).
-    pub modules: Vec<String>,
-    /// Checkpoint tensors replaced whole (`modules_to_save`, trained biases).
-    pub replaced: Vec<String>,
-    /// Checkpoint tensors it changes that the model never reads (filled in at load).
-    pub unread: Vec<String>,
 }
 
 /// How a module name of the adapter (the trained model's names) becomes a checkpoint tensor
@@ -283,6 +265,44 @@ impl Adapter {
             read,
         };
         (weights, check)
+    }
+}
+
+/// One LoRA module's factors and scale, for applying it unmerged.
+#[derive(Debug, Clone)]
+pub struct LowRankParts {
+    /// `lora_A`, `(r, in)`.
+    pub a: Tensor,
+    /// `lora_B`, `(out, r)`.
+    pub b: Tensor,
+    /// `alpha / r` (or `alpha / sqrt(r)`).
+    pub scale: f64,
+}
+
+impl Adapter {
+    /// The adapter's LoRA modules by checkpoint tensor name, for serving it unmerged next to
+    /// other adapters. Whole-tensor replacements (`modules_to_save`, trained biases) and
+    /// `fan_in_fan_out` are refused: only merging applies them.
+    pub fn low_rank_parts(self) -> Result<BTreeMap<String, LowRankParts>> {
+        let source = self.source;
+        self.deltas
+            .into_iter()
+            .map(|(name, delta)| match delta {
+                Delta::LowRank {
+                    a,
+                    b,
+                    scale,
+                    transpose: false,
+                    ..
+                } => Ok((name, LowRankParts { a, b, scale })),
+                Delta::LowRank { .. } => Err(Error::Checkpoint(format!(
+                    "adapter {source}: fan_in_fan_out adapters can only be served merged, as the model's only adapter"
+                ))),
+                Delta::Replace(_) => Err(Error::Checkpoint(format!(
+                    "adapter {source}: it replaces {name} whole (modules_to_save or a trained bias), which only a merged adapter can do: serve it as the model's only adapter"
+                ))),
+            })
+            .collect()
     }
 }
 

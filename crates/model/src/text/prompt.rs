@@ -41,6 +41,31 @@ pub const POINTWISE_VIDEO_INSTRUCTION: &str = "Please evaluate the video generat
 /// Default pairwise instruction (Image 1 = reference, Image 2 = candidate).
 pub const PAIRWISE_INSTRUCTION: &str = "Please evaluate two images generated from the prompt: '{prompt}'. Is image 2 better than image 1? Please answer \"yes\" or \"no\".";
 
+/// Instructions replacing the defaults; each unset one keeps
+/// [`PromptBuilder::default_instruction`]. An item's own instruction wins over both.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Instructions {
+    /// Pointwise, for images.
+    pub pointwise: Option<String>,
+    /// Pairwise.
+    pub pairwise: Option<String>,
+    /// Pointwise, for videos.
+    pub video: Option<String>,
+}
+
+impl Instructions {
+    /// The instruction for `mode` and candidate kind.
+    pub fn for_item(&self, mode: Mode, video: bool) -> &str {
+        let own = match (mode, video) {
+            (Mode::Pairwise, _) => &self.pairwise,
+            (Mode::Pointwise, false) => &self.pointwise,
+            (Mode::Pointwise, true) => &self.video,
+        };
+        own.as_deref()
+            .unwrap_or_else(|| PromptBuilder::default_instruction(mode, video))
+    }
+}
+
 /// Answer tokens whose probability is the reward.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnswerTokens {
@@ -118,18 +143,6 @@ impl PromptBuilder {
         reserved.sort();
         reserved.dedup();
 
-        let single = |text: &str, what: &str| -> Result<u32> {
-            let enc = tokenizer
-                .encode(text, false)
-                .map_err(|e| Error::Tokenizer(format!("encoding {what} {text:?}: {e}")))?;
-            match enc.get_ids() {
-                [id] => Ok(*id),
-                ids => Err(Error::Tokenizer(format!(
-                    "{what} {text:?} must be a single token, but the tokenizer gives {} tokens {ids:?}",
-                    ids.len()
-                ))),
-            }
-        };
         let context = image_tokens.context;
         let image_context_id = tokenizer
             .token_to_id(context)
@@ -139,9 +152,11 @@ impl PromptBuilder {
                 return Err(Error::Tokenizer(format!("the tokenizer has no {t} token")));
             }
         }
+        let yes_id = single_token(&tokenizer, &answers.yes, "answer token")?;
+        let no_id = single_token(&tokenizer, &answers.no, "answer token")?;
         Ok(PromptBuilder {
-            yes_id: single(&answers.yes, "answer token")?,
-            no_id: single(&answers.no, "answer token")?,
+            yes_id,
+            no_id,
             bos_token: token_text(&config["bos_token"]),
             eos_token: token_text(&config["eos_token"]),
             tokenizer,
@@ -197,6 +212,14 @@ impl PromptBuilder {
         (self.yes_id, self.no_id)
     }
 
+    /// Ids of other (yes, no) answer tokens; each must be a single token.
+    pub fn answer_ids_of(&self, answers: &AnswerTokens) -> Result<(u32, u32)> {
+        Ok((
+            single_token(&self.tokenizer, &answers.yes, "answer token")?,
+            single_token(&self.tokenizer, &answers.no, "answer token")?,
+        ))
+    }
+
     /// Which chat template is in use, where it came from, and how its output is tokenised.
     pub fn template_source(&self) -> &TemplateSource {
         self.template.source()
@@ -214,6 +237,11 @@ impl PromptBuilder {
     /// The user message with one image placeholder per image, in the order the images are
     /// fed to the model (pairwise: reference first; video: frames in order).
     pub fn user_content(&self, item: &ScoreItem) -> Result<String> {
+        self.user_content_with(item, &Instructions::default())
+    }
+
+    /// [`Self::user_content`] with `defaults` for an item that has no instruction of its own.
+    pub fn user_content_with(&self, item: &ScoreItem, defaults: &Instructions) -> Result<String> {
         let video_frames = match &item.candidate {
             Candidate::Image(_) => None,
             Candidate::Video(frames) => Some(frames.len()),
@@ -221,7 +249,7 @@ impl PromptBuilder {
         let instruction = item
             .instruction
             .as_deref()
-            .unwrap_or_else(|| Self::default_instruction(item.mode, video_frames.is_some()));
+            .unwrap_or_else(|| defaults.for_item(item.mode, video_frames.is_some()));
         if instruction.trim().is_empty() {
             return Err(Error::InvalidInput("instruction is empty".into()));
         }
@@ -343,5 +371,19 @@ impl PromptBuilder {
             )));
         }
         Ok(ids)
+    }
+}
+
+/// The id of `text` when the tokenizer encodes it as exactly one token.
+fn single_token(tokenizer: &Tokenizer, text: &str, what: &str) -> Result<u32> {
+    let enc = tokenizer
+        .encode(text, false)
+        .map_err(|e| Error::Tokenizer(format!("encoding {what} {text:?}: {e}")))?;
+    match enc.get_ids() {
+        [id] => Ok(*id),
+        ids => Err(Error::Tokenizer(format!(
+            "{what} {text:?} must be a single token, but the tokenizer gives {} tokens {ids:?}",
+            ids.len()
+        ))),
     }
 }

@@ -87,6 +87,7 @@ fn request_items(
                 Ok(Work {
                     item,
                     task: Task::Gradient(objective),
+                    reward: 0,
                 })
             });
             (

@@ -95,7 +95,7 @@ impl Model for TestBackend {
         self.images_prepared.fetch_add(1, Ordering::SeqCst);
         self.model.prepare_image(input)
     }
-    fn prepare(&self, item: &ScoreItem) -> rewarddance_model::Result<PreparedItem> {
+    fn prepare(&self, item: &ScoreItem, reward: usize) -> rewarddance_model::Result<PreparedItem> {
         let images = match &item.candidate {
             Candidate::Image(i) => vec![i],
             Candidate::Video(frames) => frames.iter().collect(),
@@ -107,7 +107,7 @@ impl Model for TestBackend {
             .count();
         self.images_decoded_in_items
             .fetch_add(decoded, Ordering::SeqCst);
-        self.model.prepare(item)
+        self.model.prepare_for(item, reward)
     }
     fn forward(
         &self,

@@ -32,8 +32,9 @@ pub struct GradTape<'a> {
 impl LanguageModel {
     /// The keys and values of a constant prefix `(tokens, hidden)` that sequences given to
     /// [`Self::forward_for_grad`] continue.
-    pub fn prefix_cache(&self, embeds: &Tensor) -> Result<KvCache> {
-        let packing = super::Packing::sequences(&[embeds.dim(0)?]);
+    pub fn prefix_cache(&self, embeds: &Tensor, adapter: Option<usize>) -> Result<KvCache> {
+        let mut packing = super::Packing::sequences(&[embeds.dim(0)?]);
+        packing.adapters = vec![adapter];
         let (_, mut caches) = self.prefill_with_cache(embeds, &packing)?;
         caches
             .pop()
@@ -43,13 +44,15 @@ impl LanguageModel {
     /// The forward of one sequence `(tokens, hidden)`, continuing `prefix` when given, keeping
     /// each layer's input; returns the final-normed hidden state of its last token,
     /// `(1, hidden)`, and the tape.
+    /// The sequence runs with adapter slot `adapter` (the prefix's must be the same).
     pub fn forward_for_grad<'a>(
         &self,
         embeds: &Tensor,
         prefix: Option<&'a KvCache>,
+        adapter: Option<usize>,
     ) -> Result<(Tensor, GradTape<'a>)> {
         let offset = prefix.map_or(0, KvCache::len);
-        let ctx = self.continuation_context(offset, embeds.dim(0)?)?;
+        let ctx = self.continuation_context(offset, embeds.dim(0)?, adapter)?;
         let mut inputs = Vec::with_capacity(self.layers.len() + 1);
         let mut xs = embeds.clone();
         for (l, layer) in self.layers.iter().enumerate() {
@@ -136,9 +139,10 @@ impl Layer {
                 .unsqueeze(0)?
                 .contiguous()
         };
-        let q = to_heads(attn.q.forward(&n1)?, attn.heads)?;
-        let k = to_heads(attn.k.forward(&n1)?, attn.kv_heads)?;
-        let v = to_heads(attn.v.forward(&n1)?, attn.kv_heads)?;
+        let rows = &ctx.adapters;
+        let q = to_heads(attn.q.forward_rows(&n1, rows)?, attn.heads)?;
+        let k = to_heads(attn.k.forward_rows(&n1, rows)?, attn.kv_heads)?;
+        let v = to_heads(attn.v.forward_rows(&n1, rows)?, attn.kv_heads)?;
         let q = candle_nn::rotary_emb::rope(&q, &ctx.cos, &ctx.sin)?.squeeze(0)?;
         let k = candle_nn::rotary_emb::rope(&k, &ctx.cos, &ctx.sin)?.squeeze(0)?;
         let v = v.squeeze(0)?;
@@ -161,10 +165,11 @@ impl Layer {
         let (t, keys) = (x.dim(0)?, ops.k.dim(1)?);
         let heads_out = attend(&ops.q, &ops.k, &ops.v, ctx.masks.get(t, keys)?)?;
         let attn = &self.attn;
-        let a = attn.o.forward(
+        let a = attn.o.forward_rows(
             &heads_out
                 .transpose(0, 1)?
                 .reshape((t, attn.heads * attn.head_dim))?,
+            &ctx.adapters,
         )?;
         Ok(((x + a)?, ops))
     }
@@ -176,7 +181,7 @@ impl Layer {
         ctx: &BatchContext,
         prefix: Option<&(Tensor, Tensor)>,
     ) -> Result<Tensor> {
-        self.mlp_residual(&self.attention_residual(x, ctx, prefix)?.0)
+        self.mlp_residual(&self.attention_residual(x, ctx, prefix)?.0, &ctx.adapters)
     }
 
     /// `dx` for `dy`, recomputing this layer's forward from `x` (one sequence continuing
@@ -193,17 +198,19 @@ impl Layer {
         let (h1, AttentionOperands { q, k, v }) = self.attention_residual(x, ctx, prefix)?;
 
         // MLP half.
+        let rows = &ctx.adapters;
         let n2 = self.mlp_norm.forward(&h1)?;
-        let g = self.gate.forward(&n2)?;
-        let u = self.up.forward(&n2)?;
-        let dm = grad::linear(&self.down, dy)?;
+        let g = self.gate.forward_rows(&n2, rows)?;
+        let u = self.up.forward_rows(&n2, rows)?;
+        let dm = grad::linear_rows(&self.down, dy, rows)?;
         let dg = grad::silu(&g, &(&dm * &u)?)?;
         let du = (&dm * candle_nn::ops::silu(&g)?)?;
-        let dn2 = (grad::linear(&self.gate, &dg)? + grad::linear(&self.up, &du)?)?;
+        let dn2 =
+            (grad::linear_rows(&self.gate, &dg, rows)? + grad::linear_rows(&self.up, &du, rows)?)?;
         let dh1 = (dy + grad::norm(&self.mlp_norm, &h1, &dn2)?)?;
 
         // Attention half backward.
-        let d_heads_out = grad::linear(&attn.o, &dh1)?
+        let d_heads_out = grad::linear_rows(&attn.o, &dh1, rows)?
             .reshape((t, attn.heads, d))?
             .transpose(0, 1)?
             .contiguous()?;
@@ -220,9 +227,9 @@ impl Layer {
         let flat = |g: Tensor, n: usize| -> Result<Tensor> {
             g.transpose(0, 1)?.contiguous()?.reshape((t, n * d))
         };
-        let dn1 = (grad::linear(&attn.q, &flat(dq, attn.heads)?)?
-            + grad::linear(&attn.k, &flat(dk, attn.kv_heads)?)?)?;
-        let dn1 = (dn1 + grad::linear(&attn.v, &flat(dv, attn.kv_heads)?)?)?;
+        let dn1 = (grad::linear_rows(&attn.q, &flat(dq, attn.heads)?, rows)?
+            + grad::linear_rows(&attn.k, &flat(dk, attn.kv_heads)?, rows)?)?;
+        let dn1 = (dn1 + grad::linear_rows(&attn.v, &flat(dv, attn.kv_heads)?, rows)?)?;
         dh1 + grad::norm(&self.attn_norm, x, &dn1)?
     }
 }

@@ -10,6 +10,7 @@
 use candle_core::{Module, Result, Tensor};
 
 use super::{LanguageModel, Packing, Segment};
+use crate::nn::lora::AdapterRows;
 
 /// Rotated keys and values of every layer for one sequence, each (kv_heads, capacity,
 /// head_dim) of which the first `len` positions are filled (the rest is zeros or stale values,
@@ -18,6 +19,8 @@ use super::{LanguageModel, Packing, Segment};
 pub struct KvCache {
     layers: Vec<(Tensor, Tensor)>,
     len: usize,
+    /// The adapter slot the sequence runs with.
+    adapter: Option<usize>,
 }
 
 impl KvCache {
@@ -32,6 +35,7 @@ impl KvCache {
         Ok(KvCache {
             layers,
             len: self.len,
+            adapter: self.adapter,
         })
     }
 
@@ -138,6 +142,7 @@ impl LanguageModel {
             caches.push(KvCache {
                 layers,
                 len: own.position_offset + own.len,
+                adapter: packing.adapter(seg),
             });
         }
         Ok((hidden, caches))
@@ -172,6 +177,8 @@ impl LanguageModel {
         );
         let mask =
             Tensor::from_vec(mask, (b, 1, 1, longest), &self.device)?.to_dtype(self.dtype)?;
+        let slots: Vec<Option<usize>> = caches.iter().map(|c| c.adapter).collect();
+        let rows = AdapterRows::of_rows(&slots, &self.device)?;
         let mut xs = self.embed(&Tensor::new(ids, &self.device)?)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let attn = &layer.attn;
@@ -190,12 +197,16 @@ impl LanguageModel {
                     .transpose(0, 1)?
                     .contiguous()
             };
-            let q =
-                rotated(attn.q.forward(&h)?, attn.heads)?.reshape((b, attn.kv_heads, group, d))?;
-            let k = rotated(attn.k.forward(&h)?, attn.kv_heads)?.unsqueeze(2)?;
+            let q = rotated(attn.q.forward_rows(&h, &rows)?, attn.heads)?.reshape((
+                b,
+                attn.kv_heads,
+                group,
+                d,
+            ))?;
+            let k = rotated(attn.k.forward_rows(&h, &rows)?, attn.kv_heads)?.unsqueeze(2)?;
             let v = attn
                 .v
-                .forward(&h)?
+                .forward_rows(&h, &rows)?
                 .reshape((b, attn.kv_heads, 1, d))?
                 .contiguous()?;
             let mut keys = Vec::with_capacity(b);
@@ -215,8 +226,8 @@ impl LanguageModel {
             let scores = (q.matmul(&keys.transpose(2, 3)?)? * scale)?.broadcast_add(&mask)?;
             let probs = crate::nn::layers::softmax_last_dim(&scores)?;
             let out = probs.matmul(&values)?.reshape((b, attn.heads * d))?;
-            let out = attn.o.forward(&out)?;
-            xs = layer.mlp_residual(&(xs + out)?)?;
+            let out = attn.o.forward_rows(&out, &rows)?;
+            xs = layer.mlp_residual(&(xs + out)?, &rows)?;
         }
         for cache in caches.iter_mut() {
             cache.len += 1;

@@ -15,7 +15,7 @@ use candle_nn::VarBuilder;
 use super::config::TextConfig;
 use super::{Attention, DecoderWeights, Layer};
 use crate::nn::layers::NormKind;
-use crate::nn::layers::{Linear, Norm};
+use crate::nn::layers::{Linear, Norm, RowBlock, WeightSource};
 
 pub(super) fn load(cfg: &TextConfig, vb: VarBuilder, head: VarBuilder) -> Result<DecoderWeights> {
     let (hidden, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
@@ -71,7 +71,17 @@ fn layer(cfg: &TextConfig, vb: VarBuilder) -> Result<Layer> {
             Some(b) => Some(b.narrow(1, start, n)?.contiguous()?.reshape(kv * n * d)?),
             None => None,
         };
-        Ok(Linear::from_parts(weight, bias))
+        let source = WeightSource {
+            tensor: format!("{}.weight", wqkv.prefix()),
+            rows: Some(RowBlock {
+                groups: kv,
+                slots: group + 2,
+                width: d,
+                start,
+                len: n,
+            }),
+        };
+        Ok(Linear::from_parts(weight, bias, Some(source)))
     };
     let (q, k, v): (Linear, Linear, Linear) =
         (split(0, group)?, split(group, 1)?, split(group + 1, 1)?);

@@ -17,14 +17,20 @@ mod decode;
 mod internlm2;
 mod qwen2;
 
+use std::collections::BTreeSet;
+
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::nn::layers::{Linear, Norm};
+use crate::nn::lora::{AdapterRows, LoraUpdate};
 use attention::{packed_attention, Masks};
 pub use backward::GradTape;
 use config::{RopeScaling, TextArch, TextConfig};
 pub use decode::KvCache;
+
+/// An adapter's LoRA of a checkpoint tensor, by name: `(lora_A, lora_B, scale)`.
+pub type LoraLookup<'a> = dyn Fn(&str) -> Option<(Tensor, Tensor, f64)> + 'a;
 
 /// One run of tokens in the packed batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +65,8 @@ pub struct Packing {
     pub segments: Vec<Segment>,
     /// Packed index of each output row (each item's last token), in item order.
     pub outputs: Vec<usize>,
+    /// The adapter slot of each segment (empty: every segment uses the base weights).
+    pub adapters: Vec<Option<usize>>,
 }
 
 impl Packing {
@@ -81,7 +89,13 @@ impl Packing {
                     end - 1
                 })
                 .collect(),
+            adapters: Vec::new(),
         }
+    }
+
+    /// The adapter slot of segment `i`.
+    pub fn adapter(&self, i: usize) -> Option<usize> {
+        self.adapters.get(i).copied().flatten()
     }
 
     /// Total packed tokens.
@@ -98,11 +112,13 @@ impl Packing {
     }
 }
 
-/// Per-batch tensors shared by every layer: rotary tables and attention masks.
+/// Per-batch tensors shared by every layer: rotary tables, attention masks, and which rows
+/// use which adapter.
 struct BatchContext {
     cos: Tensor,
     sin: Tensor,
     masks: Masks,
+    adapters: AdapterRows,
 }
 
 /// Self-attention with separate q/k/v projections (fused checkpoints are split at load).
@@ -135,9 +151,10 @@ impl Attention {
                 .unsqueeze(0)?
                 .contiguous()
         };
-        let q = to_heads(self.q.forward(xs)?, self.heads)?;
-        let k = to_heads(self.k.forward(xs)?, self.kv_heads)?;
-        let v = to_heads(self.v.forward(xs)?, self.kv_heads)?;
+        let rows = &ctx.adapters;
+        let q = to_heads(self.q.forward_rows(xs, rows)?, self.heads)?;
+        let k = to_heads(self.k.forward_rows(xs, rows)?, self.kv_heads)?;
+        let v = to_heads(self.v.forward_rows(xs, rows)?, self.kv_heads)?;
         let q = candle_nn::rotary_emb::rope(&q, &ctx.cos, &ctx.sin)?;
         let k = candle_nn::rotary_emb::rope(&k, &ctx.cos, &ctx.sin)?;
         let (q, k, v) = (q.squeeze(0)?, k.squeeze(0)?, v.squeeze(0)?);
@@ -148,7 +165,7 @@ impl Attention {
         if let Some(kv) = kv_out {
             kv.push((k, v));
         }
-        self.o.forward(&out)
+        self.o.forward_rows(&out, rows)
     }
 }
 
@@ -173,14 +190,15 @@ impl Layer {
         let attn = self
             .attn
             .forward(&self.attn_norm.forward(xs)?, packing, ctx, kv_out)?;
-        self.mlp_residual(&(xs + attn)?)
+        self.mlp_residual(&(xs + attn)?, &ctx.adapters)
     }
 
-    /// `x + down(silu(gate(h)) * up(h))` with `h = norm(x)`.
-    fn mlp_residual(&self, xs: &Tensor) -> Result<Tensor> {
+    /// `x + down(silu(gate(h)) * up(h))` with `h = norm(x)`, each row with its adapter.
+    fn mlp_residual(&self, xs: &Tensor, rows: &AdapterRows) -> Result<Tensor> {
         let h = self.mlp_norm.forward(xs)?;
-        let mlp = (candle_nn::ops::silu(&self.gate.forward(&h)?)? * self.up.forward(&h)?)?;
-        xs + self.down.forward(&mlp)?
+        let mlp = (candle_nn::ops::silu(&self.gate.forward_rows(&h, rows)?)?
+            * self.up.forward_rows(&h, rows)?)?;
+        xs + self.down.forward_rows(&mlp, rows)?
     }
 }
 
@@ -222,6 +240,58 @@ impl LanguageModel {
             norm: w.norm,
             lm_head: w.lm_head,
         })
+    }
+
+    /// Attaches an adapter's LoRA modules to the decoder's linear layers as slot `slot`:
+    /// `parts(name)` gives the `(lora_A, lora_B, scale)` of the checkpoint tensor `name`, if
+    /// the adapter changes it. `B` is split the way fused weights are. Returns the names used.
+    pub fn attach_adapter(
+        &mut self,
+        slot: usize,
+        parts: &LoraLookup<'_>,
+    ) -> Result<BTreeSet<String>> {
+        let mut used = BTreeSet::new();
+        for layer in &mut self.layers {
+            let attn = &mut layer.attn;
+            for linear in [
+                &mut attn.q,
+                &mut attn.k,
+                &mut attn.v,
+                &mut attn.o,
+                &mut layer.gate,
+                &mut layer.up,
+                &mut layer.down,
+            ] {
+                let Some(source) = linear.source().cloned() else {
+                    continue;
+                };
+                let Some((a, b, scale)) = parts(&source.tensor) else {
+                    continue;
+                };
+                let rows = match source.rows {
+                    Some(block) => block.groups * block.slots * block.width,
+                    None => linear.weight().dim(0)?,
+                };
+                let (r_a, in_a) = a.dims2()?;
+                let (out_b, r_b) = b.dims2()?;
+                if in_a != linear.weight().dim(1)? || out_b != rows || r_a != r_b {
+                    candle_core::bail!(
+                        "LoRA of {} is {:?} x {:?}, which does not fit its ({rows}, {}) weight",
+                        source.tensor,
+                        b.dims(),
+                        a.dims(),
+                        linear.weight().dim(1)?
+                    );
+                }
+                let b = match source.rows {
+                    Some(block) => block.take(&b)?,
+                    None => b,
+                };
+                linear.attach(slot, LoraUpdate::new(&a, &b, scale, linear.weight())?);
+                used.insert(source.tensor);
+            }
+        }
+        Ok(used)
     }
 
     /// Embeddings of `ids` (a u32 tensor of shape (T,)).
@@ -266,19 +336,38 @@ impl LanguageModel {
     fn batch_context(&self, packing: &Packing) -> Result<BatchContext> {
         let (cos, sin) = self.rope_tables(&packing.segments)?;
         let masks = Masks::for_segments(&packing.segments, self.dtype, &self.device)?;
-        Ok(BatchContext { cos, sin, masks })
+        let lens: Vec<usize> = packing.segments.iter().map(|s| s.len).collect();
+        let slots: Vec<Option<usize>> = (0..lens.len()).map(|i| packing.adapter(i)).collect();
+        let adapters = AdapterRows::of_runs(&lens, &slots, &self.device)?;
+        Ok(BatchContext {
+            cos,
+            sin,
+            masks,
+            adapters,
+        })
     }
 
     /// The context of one sequence of `len` tokens continuing a `prefix` of tokens whose keys
     /// and values are given (positions `prefix..prefix + len`, every prefix key visible).
-    fn continuation_context(&self, prefix: usize, len: usize) -> Result<BatchContext> {
+    fn continuation_context(
+        &self,
+        prefix: usize,
+        len: usize,
+        adapter: Option<usize>,
+    ) -> Result<BatchContext> {
         let (cos, sin) = self.rope_tables(&[Segment {
             len,
             position_offset: prefix,
             context: None,
         }])?;
         let masks = Masks::continuing(len, prefix, self.dtype, &self.device)?;
-        Ok(BatchContext { cos, sin, masks })
+        let adapters = AdapterRows::of_runs(&[len], &[adapter], &self.device)?;
+        Ok(BatchContext {
+            cos,
+            sin,
+            masks,
+            adapters,
+        })
     }
 
     /// Rotary `(cos, sin)` tables, `(tokens, head_dim / 2)`, of every token of `segments`.

@@ -90,7 +90,7 @@ impl Attention {
                 } else {
                     None
                 };
-                Linear::from_parts(w, b)
+                Linear::from_parts(w, b, None)
             }
         };
         // QK-norm is RMSNorm over the full embedding width in both layouts.
@@ -252,7 +252,7 @@ impl VisionTower {
             None
         };
         Ok(VisionTower {
-            patch: Linear::from_parts(patch_weight, Some(patch_bias)),
+            patch: Linear::from_parts(patch_weight, Some(patch_bias), None),
             cls,
             pos,
             blocks,

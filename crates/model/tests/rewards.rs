@@ -1,0 +1,350 @@
+//! Named rewards on one base: unmerged LoRA adapters chosen per item, against peft
+//! (`fixtures/reference/lora.json`), batch invariance across rewards, what an unmerged slot
+//! refuses, and that several rewards of one image encode it once.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{fixtures, repo_root, score_item, Reference};
+use rewarddance_model::pipeline::rewards::{RewardSpec, DEFAULT_REWARD};
+use rewarddance_model::text::prompt::{AnswerTokens, Instructions};
+use rewarddance_model::{LoadOptions, PreparedItem, RewardModel};
+use serde_json::Value;
+
+const LOGIT_TOL: f64 = 1e-4;
+const BATCH_TOL: f32 = 1e-5;
+
+fn adapter_dir(name: &str) -> PathBuf {
+    repo_root().join("fixtures/adapters").join(name)
+}
+
+fn reward(name: &str, adapter: Option<PathBuf>) -> RewardSpec {
+    RewardSpec {
+        adapter,
+        ..RewardSpec::named(name)
+    }
+}
+
+fn load(model: &str, specs: &[RewardSpec]) -> rewarddance_model::Result<RewardModel> {
+    let ckpt = fixtures().checkpoint(model).expect("checkpoint");
+    RewardModel::load_rewards(&ckpt, LoadOptions::default(), specs)
+}
+
+fn lora_items(adapter: &str) -> Vec<Value> {
+    let path = repo_root().join("fixtures/reference/lora.json");
+    let all: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    all["adapters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == adapter)
+        .unwrap_or_else(|| panic!("no {adapter} in lora.json"))["items"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Every reference item of `base`, prepared for reward `reward` with the reference's pixels.
+fn prepared_for(model: &RewardModel, base: &str, reward: usize) -> Vec<PreparedItem> {
+    let reference = Reference::load(base);
+    reference
+        .items()
+        .iter()
+        .map(|item| {
+            let p = model
+                .prepare_for(&score_item(item), reward)
+                .expect("prepare");
+            p.with_pixels(reference.pixels_of(item)).expect("pixels")
+        })
+        .collect()
+}
+
+#[test]
+fn unmerged_adapters_match_peft_and_the_base_stays_the_base() {
+    for (base, adapter) in [
+        ("tiny-internvl-hf", "hf-llm-swift"),
+        ("tiny-internvl-internlm2", "internlm2-wqkv"),
+    ] {
+        let specs = [
+            reward(DEFAULT_REWARD, None),
+            reward("tuned", Some(adapter_dir(adapter))),
+        ];
+        let model = load(base, &specs).unwrap_or_else(|e| panic!("{adapter}: {e}"));
+        let infos = model.rewards();
+        assert!(!infos[1].merged, "two rewards, one adapter: unmerged");
+        assert!(infos[0].adapter.is_none());
+        let expected = lora_items(adapter);
+        // Both rewards in one batch: the base items, then the adapter's.
+        let mut items = prepared_for(&model, base, 0);
+        items.extend(prepared_for(&model, base, 1));
+        let refs: Vec<&PreparedItem> = items.iter().collect();
+        let scores = model.score_prepared(&refs).expect("scores");
+        let n = items.len() / 2;
+        let reference = Reference::load(base);
+        for (k, item) in reference.items().iter().enumerate() {
+            let id = item["id"].as_str().unwrap();
+            let want = expected.iter().find(|e| e["id"] == id).expect("item");
+            for (score, variant) in [(scores[k], "base"), (scores[n + k], "unmerged")] {
+                let dy = (f64::from(score.logit_yes)
+                    - want[variant]["logit_yes"].as_f64().unwrap())
+                .abs();
+                let dn =
+                    (f64::from(score.logit_no) - want[variant]["logit_no"].as_f64().unwrap()).abs();
+                assert!(
+                    dy <= LOGIT_TOL && dn <= LOGIT_TOL,
+                    "{adapter}/{id} {variant}: {dy:.2e} / {dn:.2e}"
+                );
+            }
+        }
+    }
+}
+
+/// A copy of `adapter` with every `lora_B` scaled: another adapter of the same shape.
+fn scaled_copy(adapter: &str, factor: f64, tag: &str) -> PathBuf {
+    let to = std::env::temp_dir().join(format!("rd-rewards-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&to);
+    std::fs::create_dir_all(&to).unwrap();
+    let from = adapter_dir(adapter);
+    std::fs::copy(
+        from.join("adapter_config.json"),
+        to.join("adapter_config.json"),
+    )
+    .unwrap();
+    let tensors = candle_core::safetensors::load(
+        from.join("adapter_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let scaled: std::collections::HashMap<String, candle_core::Tensor> = tensors
+        .into_iter()
+        .map(|(k, v)| {
+            let v = if k.contains("lora_B") {
+                (v * factor).unwrap()
+            } else {
+                v
+            };
+            (k, v)
+        })
+        .collect();
+    candle_core::safetensors::save(&scaled, to.join("adapter_model.safetensors")).unwrap();
+    to
+}
+
+#[test]
+fn a_batch_mixing_rewards_equals_each_item_alone() {
+    let half = scaled_copy("hf-llm-swift", 0.5, "half");
+    let specs = [
+        reward(DEFAULT_REWARD, None),
+        reward("swift", Some(adapter_dir("hf-llm-swift"))),
+        RewardSpec {
+            instructions: Instructions {
+                pointwise: Some("Is '{prompt}' shown well? Answer yes or no.".into()),
+                ..Instructions::default()
+            },
+            answers: Some(AnswerTokens {
+                yes: "no".into(),
+                no: "yes".into(),
+            }),
+            ..reward("half", Some(half.clone()))
+        },
+    ];
+    let model = load("tiny-internvl-hf", &specs).expect("loads");
+    let base = "tiny-internvl-hf";
+    let per_reward: Vec<Vec<PreparedItem>> =
+        (0..3).map(|r| prepared_for(&model, base, r)).collect();
+    // Interleaved: item k of reward k % 3.
+    let mixed: Vec<&PreparedItem> = (0..per_reward[0].len())
+        .map(|k| &per_reward[k % 3][k])
+        .collect();
+    let batch = model.score_prepared(&mixed).expect("batch");
+    for (k, item) in mixed.iter().enumerate() {
+        let alone = model.score_prepared(&[item]).expect("alone")[0];
+        let d = (batch[k].logit_yes - alone.logit_yes)
+            .abs()
+            .max((batch[k].logit_no - alone.logit_no).abs());
+        assert!(d <= BATCH_TOL, "item {k} (reward {}): {d:.2e}", k % 3);
+    }
+    // The three rewards differ on the same item (adapter, scale, instruction and answers).
+    let a = model
+        .score_prepared(&[&per_reward[0][0], &per_reward[1][0], &per_reward[2][0]])
+        .unwrap();
+    assert!((a[0].p_yes - a[1].p_yes).abs() > 1e-3 && (a[1].p_yes - a[2].p_yes).abs() > 1e-3);
+    let _ = std::fs::remove_dir_all(half);
+}
+
+#[test]
+fn two_rewards_of_one_image_encode_it_once() {
+    let specs = [
+        reward(DEFAULT_REWARD, None),
+        reward("swift", Some(adapter_dir("hf-llm-swift"))),
+    ];
+    let model = load("tiny-internvl-hf", &specs).expect("loads");
+    let item = score_item(&Reference::load("tiny-internvl-hf").items()[0]);
+    let a = model.prepare_for(&item, 0).unwrap();
+    let b = model.prepare_for(&item, 1).unwrap();
+    let before = model.feature_cache_stats();
+    model.score_prepared(&[&a, &b]).unwrap();
+    let after = model.feature_cache_stats();
+    let images = a.images.len() as u64;
+    assert_eq!(
+        after.misses - before.misses,
+        images,
+        "each image encoded once"
+    );
+}
+
+#[test]
+fn one_adapter_for_every_reward_is_merged() {
+    let specs = [
+        reward("a", Some(adapter_dir("hf-rslora"))),
+        reward("b", Some(adapter_dir("hf-rslora"))),
+    ];
+    // hf-rslora also adapts the vision tower: fine merged.
+    let model = load("tiny-internvl-hf", &specs).expect("loads");
+    assert!(model.rewards().iter().all(|r| r.merged));
+    assert!(model.adapter().is_some());
+}
+
+fn refused(model: &str, specs: &[RewardSpec]) -> String {
+    match load(model, specs) {
+        Ok(_) => panic!("loaded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn an_unmerged_slot_refuses_what_only_merging_applies() {
+    // LoRA on the vision tower (rsLoRA on every q/k/v/o).
+    let err = refused(
+        "tiny-internvl-hf",
+        &[
+            reward("a", None),
+            reward("b", Some(adapter_dir("hf-rslora"))),
+        ],
+    );
+    assert!(
+        err.contains("outside the language model") && err.contains("vision_tower"),
+        "{err}"
+    );
+    // modules_to_save and trained biases.
+    let err = refused(
+        "tiny-internvl-hf",
+        &[
+            reward("a", None),
+            reward("b", Some(adapter_dir("hf-modules-to-save"))),
+        ],
+    );
+    assert!(err.contains("replaces") && err.contains("whole"), "{err}");
+    // Unknown answer tokens and bad names.
+    let bad_answer = RewardSpec {
+        answers: Some(AnswerTokens {
+            yes: "definitely yes".into(),
+            no: "no".into(),
+        }),
+        ..reward("x", None)
+    };
+    let err = refused("tiny-internvl-hf", &[bad_answer]);
+    assert!(
+        err.contains("\"x\"") && err.contains("single token"),
+        "{err}"
+    );
+    let err = refused("tiny-internvl-hf", &[reward("a", None), reward("a", None)]);
+    assert!(err.contains("twice"), "{err}");
+}
+
+#[test]
+fn a_rewards_file_resolves_adapters_beside_it() {
+    let dir = std::env::temp_dir().join(format!("rd-rewards-file-{}", std::process::id()));
+    let adapter = dir.join("adapters/swift");
+    std::fs::create_dir_all(&adapter).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(adapter_dir("hf-llm-swift").join(f), adapter.join(f)).unwrap();
+    }
+    let file = dir.join("rewards.toml");
+    std::fs::write(
+        &file,
+        "[rewards.default]\n\n[rewards.swift]\nadapter = \"adapters/swift\"\n",
+    )
+    .unwrap();
+    let specs = rewarddance_model::pipeline::rewards::read_rewards(&file).expect("reads");
+    let model = load("tiny-internvl-hf", &specs).expect("loads");
+    assert_eq!(model.reward_index("swift"), Some(1));
+    assert_eq!(model.info().rewards.len(), 2);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn gradients_through_an_unmerged_adapter_equal_the_merged_ones() {
+    use rewarddance_model::image::{decode, DecodeLimits, FloatImage};
+    use rewarddance_model::pipeline::gradient::Objective;
+    use rewarddance_model::{Candidate, ImageInput, Mode, ScoreItem};
+    let img = decode(
+        &common::image_file("fixtures/images/fox_100x60.png"),
+        &DecodeLimits::default(),
+    )
+    .unwrap();
+    let item = ScoreItem {
+        prompt: "a red fox".into(),
+        mode: Mode::Pointwise,
+        instruction: None,
+        reference: None,
+        candidate: Candidate::Image(ImageInput::Float(std::sync::Arc::new(
+            FloatImage::from_rgb8(&img),
+        ))),
+    };
+    let swift = adapter_dir("hf-llm-swift");
+    let unmerged = load(
+        "tiny-internvl-hf",
+        &[
+            reward(DEFAULT_REWARD, None),
+            reward("swift", Some(swift.clone())),
+        ],
+    )
+    .unwrap();
+    let ckpt = fixtures().checkpoint("tiny-internvl-hf").unwrap();
+    let merged = RewardModel::load(
+        &ckpt,
+        LoadOptions {
+            adapter: Some(swift),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let g_unmerged = unmerged
+        .score_grad(
+            &unmerged.prepare_for(&item, 1).unwrap(),
+            Objective::LogitMargin,
+        )
+        .unwrap();
+    let g_merged = merged
+        .score_grad(&merged.prepare(&item).unwrap(), Objective::LogitMargin)
+        .unwrap();
+    let g_base = unmerged
+        .score_grad(
+            &unmerged.prepare_for(&item, 0).unwrap(),
+            Objective::LogitMargin,
+        )
+        .unwrap();
+    let values = |g: &rewarddance_model::pipeline::gradient::ScoreGradient| {
+        g.images[0].as_ref().unwrap().values.clone()
+    };
+    let (a, b, c) = (values(&g_unmerged), values(&g_merged), values(&g_base));
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    let off = c
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        diff <= 1e-4 * scale,
+        "unmerged vs merged: {diff} (max |g| {scale})"
+    );
+    assert!(
+        off > 1e-2 * scale,
+        "the adapter changes the gradient: {off}"
+    );
+}
