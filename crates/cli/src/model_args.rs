@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use rewarddance_model::image::DecodeLimits;
 use rewarddance_model::pipeline::memory::{check_fits, check_gradient_fits, BatchBudget};
+use rewarddance_model::pipeline::rewards::read_rewards;
 use rewarddance_model::{
     AnswerTokens, Checkpoint, DType, Device, FamilyConfig, LoadOptions, RewardModel,
     BUNDLED_MODEL_ID,
@@ -61,6 +62,12 @@ pub struct ModelArgs {
     /// the tensor or option, when any part of it would not apply.
     #[arg(long, env = "REWARDDANCE_ADAPTER")]
     pub adapter: Option<std::path::PathBuf>,
+    /// A rewards file (TOML): named rewards on this model, one `[rewards.NAME]` table each
+    /// with optional `adapter` (a directory, relative to the file), `instruction`,
+    /// `pairwise_instruction`, `video_instruction`, `answer_yes`, `answer_no`, `mode`. The
+    /// first is the default. Without it the model has one reward, `default`.
+    #[arg(long, env = "REWARDDANCE_REWARDS")]
+    pub rewards: Option<std::path::PathBuf>,
     /// Memory of each device in GiB for the start-up fit check. Default: what the GPU reports,
     /// or the machine's available memory on CPU.
     #[arg(long, env = "REWARDDANCE_DEVICE_MEMORY_GIB")]
@@ -104,8 +111,11 @@ impl ModelArgs {
     pub fn load(&self) -> Result<RewardModel> {
         let checkpoint = self.checkpoint()?;
         let options = self.options()?;
-        let model = RewardModel::load(&checkpoint, options)
-            .with_context(|| format!("loading model {}", checkpoint.id))?;
+        let model = match &self.rewards {
+            Some(file) => RewardModel::load_rewards(&checkpoint, options, &read_rewards(file)?),
+            None => RewardModel::load(&checkpoint, options),
+        }
+        .with_context(|| format!("loading model {}", checkpoint.id))?;
         if model.id() == BUNDLED_MODEL_ID {
             note!(model = BUNDLED_MODEL_ID; format!(
                 "using the bundled default model ({BUNDLED_MODEL_ID}): tiny, RANDOM weights, \

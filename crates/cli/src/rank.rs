@@ -45,6 +45,9 @@ pub struct RankArgs {
     /// Print the full result as JSON (preference matrix included) instead of a table.
     #[arg(long)]
     json: bool,
+    /// Rank by this named reward (from `--rewards`, or the server's). Default: the first.
+    #[arg(long, value_name = "NAME")]
+    reward: Option<String>,
 }
 
 /// Each candidate file's bytes, or why it could not be read.
@@ -99,6 +102,12 @@ fn candidate_json(c: usize, path: &std::path::Path, failure: Option<&ItemFailure
 
 fn local(args: &RankArgs, files: &Files) -> Result<Value> {
     let model = args.model.load()?;
+    let reward = match &args.reward {
+        None => 0,
+        Some(name) => model
+            .reward_index(name)
+            .with_context(|| format!("unknown reward {name:?}"))?,
+    };
     let n = files.len();
     let images: Vec<ImageInput> = files
         .iter()
@@ -142,7 +151,7 @@ fn local(args: &RankArgs, files: &Files) -> Result<Value> {
                 if failed[c] {
                     None
                 } else {
-                    model.score(&[item(None, c)])[0]
+                    model.score_for(&[item(None, c)], reward)[0]
                         .as_ref()
                         .ok()
                         .map(|s| s.p_yes)
@@ -172,7 +181,7 @@ fn local(args: &RankArgs, files: &Files) -> Result<Value> {
     let items: Vec<ScoreItem> = pairs.iter().map(|&(i, j)| item(Some(i), j)).collect();
     let mut scored = Vec::with_capacity(pairs.len());
     for (chunk_pairs, chunk_items) in pairs.chunks(64).zip(items.chunks(64)) {
-        for (&(i, j), s) in chunk_pairs.iter().zip(model.score(chunk_items)) {
+        for (&(i, j), s) in chunk_pairs.iter().zip(model.score_for(chunk_items, reward)) {
             scored.push((i, j, s.ok().map(|s| s.p_yes)));
         }
     }
@@ -199,6 +208,7 @@ fn remote(args: &RankArgs, url: &str, files: &Files) -> Result<Value> {
             .max_encoding_message_size(256 << 20)
             .max_decoding_message_size(64 << 20);
         let request = v1::RankRequest {
+            reward: args.reward.clone().unwrap_or_default(),
             prompt: args.prompt.clone(),
             // An unreadable file goes as an empty image: the server fails that candidate alone
             // and the schedule of the others is the one an in-process run uses.

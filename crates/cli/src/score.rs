@@ -64,6 +64,10 @@ pub struct ScoreArgs {
     /// What `--grad-out` differentiates: `p_yes`, `log_p_yes` or `logit_margin`.
     #[arg(long, default_value = "p_yes", requires = "grad_out")]
     objective: String,
+    /// Score with this named reward (from `--rewards`); repeat for several: one output
+    /// object per item and reward, each with its `reward`. Default: the first reward.
+    #[arg(long = "reward", value_name = "NAME", conflicts_with_all = ["manifest", "dir"])]
+    rewards: Vec<String>,
 }
 
 /// Runs the subcommand. Single items: exit 1 when any item failed (an unreadable file too).
@@ -132,11 +136,30 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
             )
         };
 
-    let prepared: Vec<Result<PreparedItem, ItemFailure>> = items
+    // Each item once per requested reward (its images decoded once).
+    let rewards = reward_indices(&model, &args.rewards)?;
+    let names: Vec<Option<&str>> = if args.rewards.is_empty() {
+        vec![None]
+    } else {
+        args.rewards.iter().map(|n| Some(n.as_str())).collect()
+    };
+    let mut prepared: Vec<Result<PreparedItem, ItemFailure>> = Vec::new();
+    let mut reward_names: Vec<Option<&str>> = Vec::new();
+    let labels: Vec<String> = labels
         .iter()
-        .map(|i| {
-            let i = i.as_ref().map_err(Clone::clone)?;
-            model.prepare(i).map_err(|e| ItemFailure::from_model(&e))
+        .zip(&items)
+        .flat_map(|(label, item)| {
+            let each: Vec<Result<PreparedItem, ItemFailure>> = match item {
+                Ok(i) => model
+                    .prepare_rewards(i, &rewards)
+                    .into_iter()
+                    .map(|p| p.map_err(|e| ItemFailure::from_model(&e)))
+                    .collect(),
+                Err(e) => rewards.iter().map(|_| Err(e.clone())).collect(),
+            };
+            prepared.extend(each);
+            reward_names.extend(names.iter().copied());
+            std::iter::repeat_n(label.clone(), rewards.len())
         })
         .collect();
     let ok: Vec<&PreparedItem> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
@@ -163,8 +186,11 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
     }
     let mut scores = scored.into_iter();
     let mut failed = false;
-    for (label, p) in labels.iter().zip(&prepared) {
+    for ((label, p), reward) in labels.iter().zip(&prepared).zip(&reward_names) {
         let mut out = json!({ "input": label, "model": model.id() });
+        if let Some(name) = reward {
+            out["reward"] = json!(name);
+        }
         match p {
             Ok(p) => {
                 let (s, r) = scores.next().context("missing score")?;
@@ -203,6 +229,22 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The indices of the named rewards (none named: the first).
+fn reward_indices(model: &rewarddance_model::RewardModel, names: &[String]) -> Result<Vec<usize>> {
+    if names.is_empty() {
+        return Ok(vec![0]);
+    }
+    names
+        .iter()
+        .map(|n| {
+            model.reward_index(n).with_context(|| {
+                let known: Vec<String> = model.rewards().into_iter().map(|r| r.name).collect();
+                format!("unknown reward {n:?} (the model has {})", known.join(", "))
+            })
+        })
+        .collect()
 }
 
 /// Exit status of a batch run: 0 when it ran to the end, 130 (as for SIGINT) after Ctrl-C.

@@ -39,6 +39,12 @@ pub trait Model: Send + Sync + 'static {
     /// device.
     fn prepare(&self, item: &ScoreItem, reward: usize) -> Result<Self::Prepared>;
 
+    /// [`Self::prepare`] for each of `rewards`: a model whose rewards share images decodes
+    /// them once (the default prepares each on its own).
+    fn prepare_each(&self, item: &ScoreItem, rewards: &[usize]) -> Vec<Result<Self::Prepared>> {
+        rewards.iter().map(|&r| self.prepare(item, r)).collect()
+    }
+
     /// Tokens `prepared` adds to a batch (the unit of the batcher's token budget).
     fn tokens(prepared: &Self::Prepared) -> usize;
 
@@ -102,6 +108,8 @@ pub trait Backend: Send + Sync + 'static {
     fn info(&self) -> ModelInfo;
     /// [`Model::prepare`].
     fn prepare(&self, item: &ScoreItem, reward: usize) -> Result<Prepared>;
+    /// [`Model::prepare_each`].
+    fn prepare_each(&self, item: &ScoreItem, rewards: &[usize]) -> Vec<Result<Prepared>>;
     /// [`Model::prepare_image`].
     fn prepare_image(&self, input: &ImageInput) -> Result<Arc<PreparedImage>>;
     /// [`Model::forward`].
@@ -119,6 +127,15 @@ pub trait Backend: Send + Sync + 'static {
     fn model_type(&self) -> TypeId;
 }
 
+/// A model's prepared item with its type erased.
+fn erase<M: Model>(prepared: M::Prepared) -> Prepared {
+    Prepared {
+        tokens: M::tokens(&prepared),
+        tiles: M::tiles(&prepared),
+        item: Box::new(prepared),
+    }
+}
+
 /// An item or sequence that another kind of backend made (the engine refuses mixed backends
 /// at start, so this is a bug).
 fn foreign() -> Error {
@@ -133,12 +150,14 @@ impl<M: Model> Backend for M {
     }
 
     fn prepare(&self, item: &ScoreItem, reward: usize) -> Result<Prepared> {
-        let prepared = Model::prepare(self, item, reward)?;
-        Ok(Prepared {
-            tokens: M::tokens(&prepared),
-            tiles: M::tiles(&prepared),
-            item: Box::new(prepared),
-        })
+        Model::prepare(self, item, reward).map(erase::<M>)
+    }
+
+    fn prepare_each(&self, item: &ScoreItem, rewards: &[usize]) -> Vec<Result<Prepared>> {
+        Model::prepare_each(self, item, rewards)
+            .into_iter()
+            .map(|p| p.map(erase::<M>))
+            .collect()
     }
 
     fn prepare_image(&self, input: &ImageInput) -> Result<Arc<PreparedImage>> {
@@ -200,6 +219,10 @@ impl Model for RewardModel {
 
     fn prepare(&self, item: &ScoreItem, reward: usize) -> Result<PreparedItem> {
         RewardModel::prepare_for(self, item, reward)
+    }
+
+    fn prepare_each(&self, item: &ScoreItem, rewards: &[usize]) -> Vec<Result<PreparedItem>> {
+        RewardModel::prepare_rewards(self, item, rewards)
     }
 
     fn tokens(prepared: &PreparedItem) -> usize {

@@ -143,7 +143,7 @@ impl Engine {
     }
 
     /// Admits `items` (each a `ScoreItem`, scored, or a [`Work`]) as a whole or not at all,
-    /// and returns one ticket per item, in order.
+    /// and returns one ticket per item and reward ([`Work::rewards`]), in order.
     /// `deadline` applies to each item: one still waiting for a batch when it passes is
     /// answered with [`FailureKind::DeadlineExceeded`](crate::FailureKind::DeadlineExceeded)
     /// and never computed. `span` is the request's tracing span, carried through
@@ -168,43 +168,56 @@ impl Engine {
         held: &[ImageTicket],
     ) -> Result<Vec<Ticket>, SubmitError> {
         let inner = &self.inner;
-        inner.slots.reserve(items.len(), !held.is_empty())?;
+        let works: Vec<Work> = items.into_iter().map(Into::into).collect();
+        let answers: usize = works.iter().map(|w| w.rewards.len().max(1)).sum();
+        inner.slots.reserve(answers, !held.is_empty())?;
         let admitted = Instant::now();
-        let mut tickets = Vec::with_capacity(items.len());
-        let mut tasks: Vec<PoolTask> = Vec::with_capacity(items.len());
-        for work in items {
-            let Work { item, task, reward } = work.into();
-            let (reply, result) = oneshot::channel();
-            let (text_tx, text) = match task {
-                Task::Rationale(_) => {
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    (Some(tx), Some(rx))
-                }
-                Task::Score | Task::Gradient(_) => (None, None),
-            };
-            let (ticket_slot, job_slot) = Slot::pair(&inner.slots, Some(item));
-            tickets.push(Ticket {
-                result,
-                text,
-                slot: ticket_slot,
-            });
-            let job = Job {
-                task,
-                reward,
-                text: text_tx,
-                reply,
-                deadline,
-                span: span.clone(),
-                admitted,
-                timing: Timing::default(),
-                slot: job_slot,
-            };
+        let mut tickets = Vec::with_capacity(answers);
+        let mut tasks: Vec<PoolTask> = Vec::with_capacity(works.len());
+        for work in works {
+            let rewards = work.reward_list();
+            let Work { item, task, .. } = work;
+            let mut item = Some(item);
+            let mut jobs = Vec::with_capacity(rewards.len());
+            for k in 0..rewards.len() {
+                // Only the first reward decodes a rationale.
+                let task = match task {
+                    Task::Rationale(_) if k > 0 => Task::Score,
+                    other => other,
+                };
+                let (reply, result) = oneshot::channel();
+                let (text_tx, text) = match task {
+                    Task::Rationale(_) => {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        (Some(tx), Some(rx))
+                    }
+                    Task::Score | Task::Gradient(_) => (None, None),
+                };
+                // The first job's slot carries the item to preprocessing.
+                let (ticket_slot, job_slot) = Slot::pair(&inner.slots, item.take());
+                tickets.push(Ticket {
+                    result,
+                    text,
+                    slot: ticket_slot,
+                });
+                jobs.push(Job {
+                    task,
+                    text: text_tx,
+                    reply,
+                    deadline,
+                    span: span.clone(),
+                    admitted,
+                    timing: Timing::default(),
+                    slot: job_slot,
+                });
+            }
             let engine = inner.clone();
             tasks.push(Box::new(move || {
                 preprocess::item(
                     engine.preprocessor.as_ref(),
                     &engine.to_batcher,
-                    job,
+                    jobs,
+                    rewards,
                     engine.config.max_gradient_tiles,
                 )
             }));

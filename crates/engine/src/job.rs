@@ -19,8 +19,6 @@ use rewarddance_model::pipeline::gradient::ScoreGradient;
 pub(crate) struct Job {
     /// What to compute.
     pub task: Task,
-    /// Which of the model's rewards (an index into `ModelInfo::rewards`).
-    pub reward: usize,
     /// Where rationale text increments go as they are decoded (receiver may be gone).
     pub text: Option<mpsc::UnboundedSender<String>>,
     pub reply: oneshot::Sender<ItemResult>,

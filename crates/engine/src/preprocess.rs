@@ -17,30 +17,73 @@ use crate::job::{Job, PreparedJob};
 use crate::metrics;
 use crate::result::{FailureKind, ItemError};
 
-/// Prepares one admitted item and queues it for a batch (or answers it).
+/// Prepares one admitted item for each of its rewards (`jobs[i]` answers `rewards[i]`; the
+/// first job's slot holds the item) and queues each for a batch (or answers it).
 pub(crate) fn item(
     backend: &dyn Backend,
     to_batcher: &mpsc::UnboundedSender<BatcherMsg>,
-    mut job: Job,
+    jobs: Vec<Job>,
+    rewards: Vec<usize>,
     max_gradient_tiles: usize,
 ) {
     let start = Instant::now();
-    job.timing.queue = start - job.admitted;
-    let Some(mut job) = job.check(start) else {
+    let mut item = None;
+    let mut live: Vec<(Job, usize)> = Vec::with_capacity(jobs.len());
+    for (mut job, reward) in jobs.into_iter().zip(rewards) {
+        job.timing.queue = start - job.admitted;
+        if item.is_none() {
+            item = job.slot.take_item();
+        }
+        if let Some(job) = job.check(start) {
+            live.push((job, reward));
+        }
+    }
+    let Some(item) = item else {
+        live.into_iter().for_each(|(job, _)| job.discard());
         return;
     };
-    let Some(item) = job.slot.take_item() else {
-        job.discard();
+    if live.is_empty() {
         return;
-    };
-    let prepared = catch_unwind(AssertUnwindSafe(|| backend.prepare(&item, job.reward)));
+    }
+    let wanted: Vec<usize> = live.iter().map(|(_, r)| *r).collect();
+    let prepared = catch_unwind(AssertUnwindSafe(|| backend.prepare_each(&item, &wanted)));
     drop(item);
-    job.timing.preprocess = start.elapsed();
-    metrics::record_preprocess(job.timing.preprocess.as_secs_f64());
+    let elapsed = start.elapsed();
+    metrics::record_preprocess(elapsed.as_secs_f64());
+    match prepared {
+        Ok(results) if results.len() == live.len() => {
+            for ((mut job, _), result) in live.into_iter().zip(results) {
+                job.timing.preprocess = elapsed;
+                dispatch(to_batcher, job, result, max_gradient_tiles);
+            }
+        }
+        Ok(_) => live.into_iter().for_each(|(job, _)| {
+            job.fail(ItemError::new(
+                FailureKind::Internal,
+                "preprocessing returned the wrong number of items",
+            ))
+        }),
+        Err(_) => live.into_iter().for_each(|(job, _)| {
+            tracing::error!(parent: &job.span, "preprocessing panicked");
+            job.fail(ItemError::new(
+                FailureKind::Internal,
+                "preprocessing failed unexpectedly",
+            ))
+        }),
+    }
+}
+
+/// Queues one prepared job for a batch, or answers it with why not.
+fn dispatch(
+    to_batcher: &mpsc::UnboundedSender<BatcherMsg>,
+    job: Job,
+    prepared: rewarddance_model::Result<crate::backend::Prepared>,
+    max_gradient_tiles: usize,
+) {
     match prepared {
         // A gradient item's activations grow with its tiles, and the memory check at start-up
         // sized a gradient batch for `max_gradient_tiles`: a larger one is refused, not run.
-        Ok(Ok(prepared)) if job.task.is_gradient() && prepared.tiles() > max_gradient_tiles => {
+        Ok(prepared) if job.task.is_gradient() && prepared.tiles() > max_gradient_tiles => {
             job.fail(ItemError::from_model(
                 &rewarddance_model::Error::TooManyTiles {
                     tiles: prepared.tiles(),
@@ -48,7 +91,7 @@ pub(crate) fn item(
                 },
             ));
         }
-        Ok(Ok(prepared)) => {
+        Ok(prepared) => {
             let msg = BatcherMsg::Job(Box::new(PreparedJob {
                 job,
                 prepared,
@@ -59,17 +102,10 @@ pub(crate) fn item(
                     .fail(ItemError::new(FailureKind::Internal, "the batcher stopped"));
             }
         }
-        Ok(Err(err)) => {
+        Err(err) => {
             let error = ItemError::from_model(&err);
             tracing::debug!(parent: &job.span, %error, "item refused in preprocessing");
             job.fail(error);
-        }
-        Err(_) => {
-            tracing::error!(parent: &job.span, "preprocessing panicked");
-            job.fail(ItemError::new(
-                FailureKind::Internal,
-                "preprocessing failed unexpectedly",
-            ));
         }
     }
 }

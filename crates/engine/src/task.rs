@@ -46,9 +46,22 @@ pub struct Work {
     pub item: ScoreItem,
     /// What to compute.
     pub task: Task,
-    /// Which of the model's rewards scores it (an index into `ModelInfo::rewards`; 0 is the
-    /// default reward).
-    pub reward: usize,
+    /// Which of the model's rewards score it (indices into `ModelInfo::rewards`), in order;
+    /// empty means the first. The item is prepared once (its images decoded once) and
+    /// answered once per reward: [`crate::Engine::submit`] returns a ticket per reward. Only
+    /// the first reward decodes a rationale.
+    pub rewards: Vec<usize>,
+}
+
+impl Work {
+    /// The rewards it asks for, at least one.
+    pub fn reward_list(&self) -> Vec<usize> {
+        if self.rewards.is_empty() {
+            vec![0]
+        } else {
+            self.rewards.clone()
+        }
+    }
 }
 
 impl From<ScoreItem> for Work {
@@ -57,7 +70,7 @@ impl From<ScoreItem> for Work {
         Work {
             item,
             task: Task::Score,
-            reward: 0,
+            rewards: Vec::new(),
         }
     }
 }

@@ -126,7 +126,7 @@ fn work(item: ScoreItem, rationale: Option<RationaleOptions>) -> Work {
     Work {
         item,
         task: rationale.map_or(Task::Score, Task::Rationale),
-        reward: 0,
+        rewards: Vec::new(),
     }
 }
 

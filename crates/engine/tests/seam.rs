@@ -193,7 +193,7 @@ async fn the_engine_admits_batches_and_answers_through_a_backend_without_a_model
                 max_tokens: 3,
                 ..RationaleOptions::default()
             }),
-            reward: 0,
+            rewards: Vec::new(),
         },
         Work::from(item(&"y".repeat(100))),
     ];
@@ -282,7 +282,7 @@ async fn gradient_batches_and_score_batches_take_turns() {
         .map(|i| Work {
             item: item(&"g".repeat(10 + i)),
             task: Task::Gradient(Objective::PYes),
-            reward: 0,
+            rewards: Vec::new(),
         })
         .collect();
     work.push(Work::from(item("score me")));

@@ -59,6 +59,38 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same error again (a tensor error by its message), for one failure that answers
+    /// several items.
+    pub fn duplicate(&self) -> Self {
+        match self {
+            Error::InvalidInput(m) => Error::InvalidInput(m.clone()),
+            Error::InvalidImage(m) => Error::InvalidImage(m.clone()),
+            Error::ImageTooLarge {
+                width,
+                height,
+                pixels,
+                limit,
+            } => Error::ImageTooLarge {
+                width: *width,
+                height: *height,
+                pixels: *pixels,
+                limit: *limit,
+            },
+            Error::TooManyTiles { tiles, limit } => Error::TooManyTiles {
+                tiles: *tiles,
+                limit: *limit,
+            },
+            Error::TooManyTokens { tokens, limit } => Error::TooManyTokens {
+                tokens: *tokens,
+                limit: *limit,
+            },
+            Error::Checkpoint(m) => Error::Checkpoint(m.clone()),
+            Error::Tokenizer(m) => Error::Tokenizer(m.clone()),
+            Error::Template(m) => Error::Template(m.clone()),
+            Error::Compute(e) => Error::Compute(candle_core::Error::Msg(candle_message(e))),
+        }
+    }
+
     /// True when the caller sent something this model cannot score (maps to `INVALID_ARGUMENT`);
     /// false for server-side failures.
     pub fn is_caller_error(&self) -> bool {

@@ -99,6 +99,8 @@ pub struct RewardInfo {
     pub merged: bool,
     /// Its answer tokens.
     pub answers: AnswerTokens,
+    /// Their token ids.
+    pub answer_ids: (u32, u32),
     /// Its instructions (unset: the defaults).
     pub instructions: Instructions,
     /// Its default mode.

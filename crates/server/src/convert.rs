@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use rewarddance_engine::{FailureKind, ItemError, ItemResult, RationaleEnd, Task, Timing, Work};
 use rewarddance_model::image::FloatFormat;
-use rewarddance_model::{Candidate, ImageInput, Mode, RationaleOptions, ScoreItem};
+use rewarddance_model::{Candidate, ImageInput, Mode, RationaleOptions, Score, ScoreItem};
 use rewarddance_proto::v1;
 
-use crate::limits::{ItemLimits, Limits, RationaleLimits};
+use crate::limits::{ItemLimits, Limits, RationaleLimits, RewardLimits};
 use crate::status;
 
 pub fn invalid(message: impl Into<String>) -> ItemError {
@@ -24,6 +24,8 @@ pub struct Item {
     pub work: Result<Work, ItemError>,
     /// The caller wants the rationale's text streamed as it is decoded.
     pub stream_text: bool,
+    /// The reward names the caller gave (`ScoreItem.rewards`), for the per-reward results.
+    pub names: Vec<String>,
 }
 
 /// Converts a request's items, each on its own (a bad item is that item's error), or refuses
@@ -51,27 +53,97 @@ pub fn check_count(n: usize, limits: &Limits) -> Result<(), String> {
     Ok(())
 }
 
-/// One request item: the item's own errors first, then its rationale options'.
+/// One request item: the item's own errors first, then its rewards', then its rationale
+/// options'.
 fn request_item(proto: v1::ScoreItem, limits: &Limits) -> Item {
     let id = proto.id.clone();
+    let names = proto.rewards.clone();
     let options = rationale(proto.rationale, limits.rationale);
-    let converted = item(proto, &limits.item).and_then(|item| Ok((item, options?)));
+    let rewards = reward_indices(&proto.rewards, &limits.rewards);
+    let mode_unset = proto.mode == v1::Mode::Unspecified as i32;
+    let converted = item(proto, &limits.item).and_then(|item| Ok((item, rewards?, options?)));
     let (work, stream_text) = match converted {
-        Ok((item, Some((options, stream)))) => (
-            Ok(Work {
-                item,
-                task: Task::Rationale(options),
-                reward: 0,
-            }),
-            stream,
-        ),
-        Ok((item, None)) => (Ok(Work::from(item)), false),
+        Ok((mut item, rewards, options)) => {
+            // A reward's declared mode applies to items that leave theirs unspecified.
+            if let Some(mode) = rewards
+                .first()
+                .and_then(|&r| limits.rewards.get(r))
+                .and_then(|r| r.mode)
+                .filter(|_| mode_unset)
+            {
+                item.mode = mode;
+            }
+            let (task, stream) = match options {
+                Some((options, stream)) => (Task::Rationale(options), stream),
+                None => (Task::Score, false),
+            };
+            (
+                Ok(Work {
+                    item,
+                    task,
+                    rewards,
+                }),
+                stream,
+            )
+        }
         Err(e) => (Err(e), false),
     };
     Item {
         id,
         work,
         stream_text,
+        names,
+    }
+}
+
+/// The indices of the reward `names` (empty: none named, the first reward). An unknown or
+/// repeated name is the item's error.
+pub fn reward_indices(names: &[String], rewards: &[RewardLimits]) -> Result<Vec<usize>, ItemError> {
+    let mut indices = Vec::with_capacity(names.len());
+    for name in names {
+        let index = rewards
+            .iter()
+            .position(|r| &r.name == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = rewards.iter().map(|r| r.name.as_str()).collect();
+                unknown_reward(format!(
+                    "unknown reward {name:?} (this server has {})",
+                    known.join(", ")
+                ))
+            })?;
+        if indices.contains(&index) {
+            return Err(unknown_reward(format!("reward {name:?} is named twice")));
+        }
+        indices.push(index);
+    }
+    Ok(indices)
+}
+
+fn unknown_reward(message: String) -> ItemError {
+    ItemError {
+        reason: "unknown_reward",
+        ..invalid(message)
+    }
+}
+
+/// One reward's outcome for an item, on the wire.
+pub fn reward_outcome(name: &str, outcome: &Result<Score, ItemError>) -> v1::RewardOutcome {
+    v1::RewardOutcome {
+        reward: name.to_string(),
+        outcome: Some(match outcome {
+            Ok(s) => v1::reward_outcome::Outcome::Score(score(s)),
+            Err(e) => v1::reward_outcome::Outcome::Error(status::item_error(e)),
+        }),
+    }
+}
+
+/// A score on the wire.
+fn score(s: &Score) -> v1::Score {
+    v1::Score {
+        p_yes: s.p_yes,
+        p_yes_vocab: s.p_yes_vocab,
+        logit_yes: s.logit_yes,
+        logit_no: s.logit_no,
     }
 }
 
@@ -300,12 +372,7 @@ pub fn timing(t: &Timing) -> v1::Timing {
 /// One item's result on the wire.
 pub fn result(id: String, index: usize, r: &ItemResult) -> v1::ItemResult {
     let outcome = match &r.outcome {
-        Ok(s) => v1::item_result::Outcome::Score(v1::Score {
-            p_yes: s.p_yes,
-            p_yes_vocab: s.p_yes_vocab,
-            logit_yes: s.logit_yes,
-            logit_no: s.logit_no,
-        }),
+        Ok(s) => v1::item_result::Outcome::Score(score(s)),
         Err(e) => v1::item_result::Outcome::Error(status::item_error(e)),
     };
     let rationale = r.rationale.as_ref().map(|x| v1::Rationale {
@@ -319,6 +386,7 @@ pub fn result(id: String, index: usize, r: &ItemResult) -> v1::ItemResult {
         outcome: Some(outcome),
         timing: Some(timing(&r.timing)),
         rationale,
+        rewards: Vec::new(),
     }
 }
 

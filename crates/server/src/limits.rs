@@ -1,7 +1,7 @@
 //! Request limits the service enforces, from the `serve` flags and the model's own limits
 //! ([`ModelInfo::limits`], read from the engine).
 
-use rewarddance_model::ModelInfo;
+use rewarddance_model::{Mode, ModelInfo};
 
 use crate::config::ServerArgs;
 
@@ -18,6 +18,17 @@ pub(crate) struct Limits {
     pub item: ItemLimits,
     /// What an item may ask of the rationale decoder.
     pub rationale: RationaleLimits,
+    /// The rewards items may name, in the model's order.
+    pub rewards: Vec<RewardLimits>,
+}
+
+/// A reward as requests see it.
+#[derive(Debug, Clone)]
+pub struct RewardLimits {
+    /// Its name.
+    pub name: String,
+    /// The mode its items get when they leave theirs unspecified.
+    pub mode: Option<Mode>,
 }
 
 impl Limits {
@@ -35,6 +46,14 @@ impl Limits {
                 max_tokens: args.max_rationale_tokens,
                 default_tokens: args.default_rationale_tokens,
             },
+            rewards: model
+                .rewards
+                .iter()
+                .map(|r| RewardLimits {
+                    name: r.name.clone(),
+                    mode: r.mode,
+                })
+                .collect(),
         }
     }
 }

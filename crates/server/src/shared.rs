@@ -9,6 +9,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use rewarddance_engine::{
     Engine, FailureKind, ImageTicket, ItemError, ItemResult, SubmitError, Ticket, Work,
 };
+use rewarddance_model::Score;
 use rewarddance_proto::v1;
 use tonic::Status;
 
@@ -59,19 +60,30 @@ impl Core {
         span: &tracing::Span,
         held: &[ImageTicket],
     ) -> Result<Vec<(String, Pending)>, ItemAdmitError> {
-        self.check_capacity(items.len(), "items", "split the request")?;
+        let answers: usize = items
+            .iter()
+            .map(|i| i.work.as_ref().map_or(1, |w| w.rewards.len().max(1)))
+            .sum();
+        self.check_capacity(
+            answers,
+            "items (each reward of an item counts)",
+            "split the request",
+        )?;
         let mut good: Vec<Work> = Vec::with_capacity(items.len());
-        // Per item: its id, and whether its text streams (valid) or its error.
-        let mut slots: Vec<(String, Result<bool, ItemError>)> = Vec::with_capacity(items.len());
+        // Per item: its id, the reward names it gave, and (valid) whether its text streams and
+        // how many answers it gets, or its error.
+        type Admitted = Result<(bool, usize), ItemError>;
+        let mut slots: Vec<(String, Vec<String>, Admitted)> = Vec::with_capacity(items.len());
         for item in items {
             let slot = match item.work {
                 Ok(work) => {
+                    let n = work.rewards.len().max(1);
                     good.push(work);
-                    Ok(item.stream_text)
+                    Ok((item.stream_text, n))
                 }
                 Err(e) => Err(e),
             };
-            slots.push((item.id, slot));
+            slots.push((item.id, item.names, slot));
         }
         let mut tickets = self
             .engine
@@ -80,18 +92,23 @@ impl Core {
             .into_iter();
         Ok(slots
             .into_iter()
-            .map(|(id, slot)| {
-                let pending = match slot {
-                    Ok(stream) => match tickets.next() {
-                        Some(ticket) => Pending::Ticket { ticket, stream },
-                        None => Pending::Done(Box::new(ItemResult::failed(ItemError::new(
-                            FailureKind::Internal,
-                            "lost ticket",
-                        )))),
-                    },
-                    Err(e) => Pending::Done(Box::new(ItemResult::failed(e))),
+            .map(|(id, names, slot)| {
+                let parts = match slot {
+                    Ok((stream, n)) => (0..n)
+                        .map(|k| match tickets.next() {
+                            Some(ticket) => Part::Ticket {
+                                ticket,
+                                stream: stream && k == 0,
+                            },
+                            None => Part::Done(Box::new(ItemResult::failed(ItemError::new(
+                                FailureKind::Internal,
+                                "lost ticket",
+                            )))),
+                        })
+                        .collect(),
+                    Err(e) => vec![Part::Done(Box::new(ItemResult::failed(e)))],
                 };
-                (id, pending)
+                (id, Pending { parts, names })
             })
             .collect())
     }
@@ -115,14 +132,29 @@ impl From<ItemAdmitError> for Status {
     }
 }
 
-/// An item's answer, pending or known.
-pub(crate) enum Pending {
+/// An item's answers (one per reward it asked for), pending or known.
+pub(crate) struct Pending {
+    /// The first reward's answer, then the others'.
+    parts: Vec<Part>,
+    /// The reward names the caller gave (empty: none; the result then has no per-reward list).
+    names: Vec<String>,
+}
+
+/// One answer, pending or known.
+enum Part {
     /// In the engine; `stream`: the caller wants its rationale text as it is decoded.
     Ticket {
         ticket: Ticket,
         stream: bool,
     },
     Done(Box<ItemResult>),
+}
+
+/// An item's answers: the first reward's, and each named reward's (when the caller named
+/// them; an item that failed before it was queued has its error under every name).
+pub(crate) struct Answered {
+    pub first: ItemResult,
+    pub rewards: Vec<(String, Result<Score, ItemError>)>,
 }
 
 /// Where a stream's rationale text goes while it is decoded.
@@ -134,12 +166,38 @@ pub(crate) struct DeltaSink {
 }
 
 impl Pending {
-    /// Waits for the answer, forwarding streamed rationale text to `sink` first (so every
-    /// delta precedes the result).
+    /// Waits for every answer, the first forwarding streamed rationale text to `sink` first
+    /// (so every delta precedes the result).
+    async fn resolve(self, sink: Option<(&DeltaSink, usize, &str)>) -> Answered {
+        let mut results = Vec::with_capacity(self.parts.len());
+        for (k, part) in self.parts.into_iter().enumerate() {
+            results.push(part.resolve(if k == 0 { sink } else { None }).await);
+        }
+        let mut results = results.into_iter();
+        let first = results.next().unwrap_or_else(|| {
+            ItemResult::failed(ItemError::new(FailureKind::Internal, "no answer"))
+        });
+        let rewards = if self.names.is_empty() {
+            Vec::new()
+        } else {
+            let mut outcomes = vec![first.outcome.clone()];
+            outcomes.extend(results.map(|r| r.outcome));
+            // An item refused before it was queued has one answer: its error, for every name.
+            while outcomes.len() < self.names.len() {
+                outcomes.push(first.outcome.clone());
+            }
+            self.names.into_iter().zip(outcomes).collect()
+        };
+        Answered { first, rewards }
+    }
+}
+
+impl Part {
+    /// Waits for the answer, forwarding streamed rationale text to `sink` first.
     async fn resolve(self, sink: Option<(&DeltaSink, usize, &str)>) -> ItemResult {
         let (mut ticket, stream) = match self {
-            Pending::Done(r) => return *r,
-            Pending::Ticket { ticket, stream } => (ticket, stream),
+            Part::Done(r) => return *r,
+            Part::Ticket { ticket, stream } => (ticket, stream),
         };
         let text = if stream { ticket.take_text() } else { None };
         if let (Some(mut text), Some((sink, index, id))) = (text, sink) {
@@ -170,7 +228,15 @@ pub(crate) async fn collect(
     let results: Vec<v1::ItemResult> = collect_with(items, until, sink)
         .await?
         .into_iter()
-        .map(|(index, id, r)| convert::result(id, index, &r))
+        .map(|(index, id, a)| {
+            let mut result = convert::result(id, index, &a.first);
+            result.rewards = a
+                .rewards
+                .iter()
+                .map(|(name, r)| convert::reward_outcome(name, r))
+                .collect();
+            result
+        })
         .collect();
     Ok(v1::ScoreResponse {
         timing: Some(convert::request_timing(&results)),
@@ -186,14 +252,18 @@ pub(crate) async fn collect_results(
     items: Vec<(String, Pending)>,
     until: Option<Instant>,
 ) -> Result<Vec<(usize, String, ItemResult)>, Status> {
-    collect_with(items, until, None).await
+    Ok(collect_with(items, until, None)
+        .await?
+        .into_iter()
+        .map(|(index, id, a)| (index, id, a.first))
+        .collect())
 }
 
 async fn collect_with(
     items: Vec<(String, Pending)>,
     until: Option<Instant>,
     sink: Option<&DeltaSink>,
-) -> Result<Vec<(usize, String, ItemResult)>, Status> {
+) -> Result<Vec<(usize, String, Answered)>, Status> {
     let total = items.len();
     let answered = std::sync::atomic::AtomicUsize::new(0);
     let all = async {
@@ -205,10 +275,11 @@ async fn collect_with(
                 (index, id, r)
             })
             .collect();
-        let mut results: Vec<Option<(usize, String, ItemResult)>> =
+        let mut results: Vec<Option<(usize, String, Answered)>> =
             (0..total).map(|_| None).collect();
         while let Some((index, id, r)) = pending.next().await {
-            if matches!(&r.outcome, Err(e) if e.kind == FailureKind::DeadlineExceeded) {
+            let expired = |o: &Result<Score, ItemError>| matches!(o, Err(e) if e.kind == FailureKind::DeadlineExceeded);
+            if expired(&r.first.outcome) || r.rewards.iter().any(|(_, o)| expired(o)) {
                 return Err(());
             }
             results[index] = Some((index, id, r));

@@ -19,6 +19,7 @@ fn request(candidates: Vec<v1::Image>, method: v1::RankMethod) -> v1::RankReques
         method: method as i32,
         opponents: 0,
         seed: 0,
+        reward: String::new(),
     }
 }
 

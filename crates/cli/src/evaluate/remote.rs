@@ -218,6 +218,7 @@ fn to_proto(id: &str, item: &ScoreItem) -> pb::ScoreItem {
             Mode::Pairwise => pb::Mode::Pairwise as i32,
         },
         rationale: None,
+        rewards: Vec::new(),
     }
 }
 

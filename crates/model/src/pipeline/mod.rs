@@ -151,12 +151,54 @@ impl RewardModel {
     /// [`Self::prepare`] for reward `reward` (an index into [`Self::rewards`]): its
     /// instructions, answer tokens and adapter.
     pub fn prepare_for(&self, item: &ScoreItem, reward: usize) -> Result<PreparedItem> {
+        let user_content = self.user_content_for(item, reward)?;
+        let tiled = self.tile_images(item)?;
+        self.finish_prepare(user_content, tiled, reward)
+    }
+
+    /// [`Self::prepare_for`] for each of `rewards`, decoding and tiling the item's images
+    /// once for all of them (the prepared items share the tiles).
+    pub fn prepare_rewards(
+        &self,
+        item: &ScoreItem,
+        rewards: &[usize],
+    ) -> Vec<Result<PreparedItem>> {
+        let contents: Vec<Result<String>> = rewards
+            .iter()
+            .map(|&r| self.user_content_for(item, r))
+            .collect();
+        if contents.iter().all(Result::is_err) {
+            return contents
+                .into_iter()
+                .map(|c| {
+                    Err(c
+                        .err()
+                        .unwrap_or_else(|| Error::InvalidInput("no reward".into())))
+                })
+                .collect();
+        }
+        match self.tile_images(item) {
+            Ok(tiled) => contents
+                .into_iter()
+                .zip(rewards)
+                .map(|(content, &r)| self.finish_prepare(content?, tiled.clone(), r))
+                .collect(),
+            Err(e) => rewards.iter().map(|_| Err(e.duplicate())).collect(),
+        }
+    }
+
+    /// The user message of `item` under reward `reward`'s instructions.
+    fn user_content_for(&self, item: &ScoreItem, reward: usize) -> Result<String> {
         let spec = &self
             .rewards
             .get(reward)
             .ok_or_else(|| Error::InvalidInput(format!("no reward #{reward}")))?
             .spec;
-        let user_content = self.prompt.user_content_with(item, &spec.instructions)?;
+        self.prompt.user_content_with(item, &spec.instructions)
+    }
+
+    /// Decodes and tiles the item's images, in prompt order, within the tile limit.
+    fn tile_images(&self, item: &ScoreItem) -> Result<Vec<Arc<PreparedImage>>> {
         let limits = DecodeLimits {
             max_pixels: self.options.max_image_pixels,
         };
@@ -189,6 +231,16 @@ impl RewardModel {
                 limit: max_tiles,
             });
         }
+        Ok(tiled)
+    }
+
+    /// Renders and tokenises the prompt around tiled images, within the token limit.
+    fn finish_prepare(
+        &self,
+        user_content: String,
+        tiled: Vec<Arc<PreparedImage>>,
+        reward: usize,
+    ) -> Result<PreparedItem> {
         let per_tile = self.config.tokens_per_tile();
         let image_tokens: Vec<usize> = tiled
             .iter()
@@ -226,6 +278,7 @@ impl RewardModel {
                 },
                 merged: r.slot.is_none() && r.spec.adapter.is_some(),
                 answers: r.spec.answers.clone().unwrap_or_default(),
+                answer_ids: r.answer_ids,
                 instructions: r.spec.instructions.clone(),
                 mode: r.spec.mode,
             })
@@ -380,7 +433,12 @@ impl RewardModel {
     /// Prepares and scores `items` as one batch; a bad item gets its own error and the rest
     /// are still scored.
     pub fn score(&self, items: &[ScoreItem]) -> Vec<Result<Score>> {
-        self.score_each(items.iter().map(|i| self.prepare(i)).collect())
+        self.score_for(items, 0)
+    }
+
+    /// [`Self::score`] with reward `reward` (an index into [`Self::rewards`]).
+    pub fn score_for(&self, items: &[ScoreItem], reward: usize) -> Vec<Result<Score>> {
+        self.score_each(items.iter().map(|i| self.prepare_for(i, reward)).collect())
     }
 
     /// Scores the successfully prepared items in one forward pass and returns one result per

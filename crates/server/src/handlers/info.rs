@@ -3,7 +3,8 @@
 //! the `serve` flags.
 
 use rewarddance_engine::Engine;
-use rewarddance_model::text::prompt::PromptBuilder;
+use rewarddance_model::info::RewardInfo;
+use rewarddance_model::text::prompt::Instructions;
 use rewarddance_model::Mode;
 use rewarddance_proto::v1;
 use tonic::{Request, Response, Status};
@@ -24,18 +25,8 @@ pub(crate) fn handle(
 pub(crate) fn response(engine: &Engine, args: &ServerArgs) -> v1::InfoResponse {
     let model = engine.model_info();
     let (yes_id, no_id) = model.answer_ids;
-    let default_instructions = [
-        (Mode::Pointwise, false, v1::Mode::Pointwise),
-        (Mode::Pointwise, true, v1::Mode::Pointwise),
-        (Mode::Pairwise, false, v1::Mode::Pairwise),
-    ]
-    .into_iter()
-    .map(|(mode, video, proto_mode)| v1::DefaultInstruction {
-        mode: proto_mode as i32,
-        video,
-        template: PromptBuilder::default_instruction(mode, video).to_string(),
-    })
-    .collect();
+    let default_instructions = instructions(&Instructions::default());
+    let rewards = model.rewards.iter().map(reward).collect();
     v1::InfoResponse {
         model_id: model.id.clone(),
         layout: model.layout.clone(),
@@ -67,5 +58,51 @@ pub(crate) fn response(engine: &Engine, args: &ServerArgs) -> v1::InfoResponse {
         server_version: env!("CARGO_PKG_VERSION").to_string(),
         tile_size: model.tile_size,
         tokens_per_tile: model.tokens_per_tile,
+        rewards,
+    }
+}
+
+/// The instruction per mode and candidate kind under `own` (else the defaults).
+fn instructions(own: &Instructions) -> Vec<v1::DefaultInstruction> {
+    [
+        (Mode::Pointwise, false, v1::Mode::Pointwise),
+        (Mode::Pointwise, true, v1::Mode::Pointwise),
+        (Mode::Pairwise, false, v1::Mode::Pairwise),
+    ]
+    .into_iter()
+    .map(|(mode, video, proto_mode)| v1::DefaultInstruction {
+        mode: proto_mode as i32,
+        video,
+        template: own.for_item(mode, video).to_string(),
+    })
+    .collect()
+}
+
+/// One named reward on the wire.
+fn reward(r: &RewardInfo) -> v1::RewardInfo {
+    let (yes_id, no_id) = r.answer_ids;
+    v1::RewardInfo {
+        name: r.name.clone(),
+        adapter: r.adapter.as_ref().map(|a| v1::AdapterInfo {
+            path: a.source.clone(),
+            rank: a.rank as u32,
+            alpha: a.alpha,
+            rslora: a.rslora,
+            merged: r.merged,
+            modules: a.modules.clone(),
+            replaced: a.replaced.clone(),
+        }),
+        answer_tokens: Some(v1::AnswerTokens {
+            yes: r.answers.yes.clone(),
+            no: r.answers.no.clone(),
+            yes_id,
+            no_id,
+        }),
+        instructions: instructions(&r.instructions),
+        mode: match r.mode {
+            None => v1::Mode::Unspecified,
+            Some(Mode::Pointwise) => v1::Mode::Pointwise,
+            Some(Mode::Pairwise) => v1::Mode::Pairwise,
+        } as i32,
     }
 }

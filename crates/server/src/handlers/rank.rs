@@ -52,6 +52,7 @@ async fn rank(
 ) -> Result<v1::RankResponse, Status> {
     let n = request.candidates.len();
     let pairwise = check(core, &request, deadline)?;
+    let reward = rank_reward(core, &request.reward)?;
     // The plan first, refused if too big before any candidate is decoded; failed candidates
     // are only dropped from it later.
     let planned = plan(core, &request, pairwise)?;
@@ -72,6 +73,7 @@ async fn rank(
         prompt,
         instruction,
         pairwise,
+        reward,
     };
     let scores = score_units(core, &pair, &units, images, held, deadline).await?;
     let mut candidates: Vec<v1::CandidateRanking> = (0..n)
@@ -94,6 +96,16 @@ async fn rank(
         comparisons: units.len() as u32,
         model_id: core.model_id.to_string(),
     })
+}
+
+/// The index of the reward a Rank call names (empty: the first); an unknown one fails the call.
+fn rank_reward(core: &Core, name: &str) -> Result<usize, Status> {
+    if name.is_empty() {
+        return Ok(0);
+    }
+    convert::reward_indices(&[name.to_string()], &core.limits.rewards)
+        .map(|r| r[0])
+        .map_err(|e| Status::invalid_argument(e.message))
 }
 
 /// Checks what can be checked before any work: the number of candidates, the texts, the
@@ -242,6 +254,8 @@ struct Pair {
     prompt: String,
     instruction: Option<String>,
     pairwise: bool,
+    /// The reward to rank by.
+    reward: usize,
 }
 
 impl Pair {
@@ -257,17 +271,20 @@ impl Pair {
         let image = |c: usize| images[c].clone().map(ImageInput::Prepared).ok_or_else(lost);
         let candidate = Candidate::Image(image(j)?);
         let reference = if self.pairwise { Some(image(i)?) } else { None };
-        Ok(Work::from(ScoreItem {
-            prompt: self.prompt.clone(),
-            candidate,
-            reference,
-            instruction: self.instruction.clone(),
-            mode: if self.pairwise {
-                Mode::Pairwise
-            } else {
-                Mode::Pointwise
-            },
-        }))
+        Ok(Work {
+            rewards: vec![self.reward],
+            ..Work::from(ScoreItem {
+                prompt: self.prompt.clone(),
+                candidate,
+                reference,
+                instruction: self.instruction.clone(),
+                mode: if self.pairwise {
+                    Mode::Pairwise
+                } else {
+                    Mode::Pointwise
+                },
+            })
+        })
     }
 }
 
@@ -290,6 +307,7 @@ async fn score_units(
             id: String::new(),
             work: pair.item(&images, i, j),
             stream_text: false,
+            names: Vec::new(),
         })
         .collect();
     let admitted = core.admit(items, deadline, &tracing::Span::current(), &held)?;

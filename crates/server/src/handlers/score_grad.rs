@@ -83,11 +83,17 @@ fn request_items(
                         "ScoreGrad does not decode rationales: remove `rationale`",
                     ));
                 }
+                if proto.rewards.len() > 1 {
+                    return Err(convert::invalid(
+                        "ScoreGrad differentiates one reward per item: name at most one",
+                    ));
+                }
+                let rewards = convert::reward_indices(&proto.rewards, &limits.rewards)?;
                 let item = convert::item(proto, &limits.item)?;
                 Ok(Work {
                     item,
                     task: Task::Gradient(objective),
-                    reward: 0,
+                    rewards,
                 })
             });
             (
@@ -95,6 +101,7 @@ fn request_items(
                     id,
                     work,
                     stream_text: false,
+                    names: Vec::new(),
                 },
                 formats.unwrap_or_default(),
             )

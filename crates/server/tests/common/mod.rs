@@ -42,9 +42,14 @@ impl TestBackend {
     }
 
     pub fn with_step_delay(delay: Duration, step_delay: Duration) -> Arc<Self> {
+        let model = RewardModel::load(&Checkpoint::bundled(), LoadOptions::default())
+            .expect("bundled model");
+        Self::build(model, delay, step_delay)
+    }
+
+    fn build(model: RewardModel, delay: Duration, step_delay: Duration) -> Arc<Self> {
         Arc::new(TestBackend {
-            model: RewardModel::load(&Checkpoint::bundled(), LoadOptions::default())
-                .expect("bundled model"),
+            model,
             delay,
             scored: AtomicUsize::new(0),
             gate_open: AtomicBool::new(true),
@@ -54,6 +59,26 @@ impl TestBackend {
             images_decoded_in_items: AtomicUsize::new(0),
             image_delay_ms: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// A backend over `model` (no delays).
+    pub fn with_model(model: RewardModel) -> Arc<Self> {
+        Self::build(model, Duration::ZERO, Duration::ZERO)
+    }
+
+    /// Counts the images `item` makes preprocessing decode.
+    fn count_decodes(&self, item: &ScoreItem) {
+        let images = match &item.candidate {
+            Candidate::Image(i) => vec![i],
+            Candidate::Video(frames) => frames.iter().collect(),
+        };
+        let decoded = images
+            .into_iter()
+            .chain(&item.reference)
+            .filter(|i| !matches!(i, ImageInput::Prepared(_)))
+            .count();
+        self.images_decoded_in_items
+            .fetch_add(decoded, Ordering::SeqCst);
     }
 
     pub fn decode_steps(&self) -> usize {
@@ -96,18 +121,16 @@ impl Model for TestBackend {
         self.model.prepare_image(input)
     }
     fn prepare(&self, item: &ScoreItem, reward: usize) -> rewarddance_model::Result<PreparedItem> {
-        let images = match &item.candidate {
-            Candidate::Image(i) => vec![i],
-            Candidate::Video(frames) => frames.iter().collect(),
-        };
-        let decoded = images
-            .into_iter()
-            .chain(&item.reference)
-            .filter(|i| !matches!(i, ImageInput::Prepared(_)))
-            .count();
-        self.images_decoded_in_items
-            .fetch_add(decoded, Ordering::SeqCst);
+        self.count_decodes(item);
         self.model.prepare_for(item, reward)
+    }
+    fn prepare_each(
+        &self,
+        item: &ScoreItem,
+        rewards: &[usize],
+    ) -> Vec<rewarddance_model::Result<PreparedItem>> {
+        self.count_decodes(item);
+        self.model.prepare_rewards(item, rewards)
     }
     fn forward(
         &self,
