@@ -57,6 +57,12 @@ pub struct BenchModelArgs {
     /// gradient run (Linux; reset before each row).
     #[arg(long, conflicts_with = "reuse")]
     grad: bool,
+    /// Instead of the throughput table, measure named rewards with N random LoRA adapters
+    /// (r 8, alpha 32, every linear layer of the language model; Qwen2 presets): the base
+    /// alone, one merged adapter, 2..N unmerged adapters mixed in a batch, and N rewards per
+    /// item in one call against N calls.
+    #[arg(long, value_name = "N", conflicts_with_all = ["reuse", "grad"])]
+    lora: Option<usize>,
 }
 
 /// Runs the benchmark and prints a table.
@@ -85,15 +91,25 @@ pub fn run(args: BenchModelArgs) -> Result<std::process::ExitCode> {
     if args.reuse {
         return reuse_table(&checkpoint, options, args.iters);
     }
+    if let Some(adapters) = args.lora {
+        return crate::bench_lora::run(&checkpoint, options, adapters, args.iters, &args.batch);
+    }
     let started = Instant::now();
-    let model = RewardModel::load(&checkpoint, options).context("loading the model")?;
+    let model = RewardModel::load(&checkpoint, options.clone()).context("loading the model")?;
     eprintln!(
         "loaded {} in {:.1}s",
         model.id(),
         started.elapsed().as_secs_f64()
     );
     if args.grad {
-        return grad_table(&model, &args);
+        let reuse = RewardModel::load(
+            &checkpoint,
+            LoadOptions {
+                prefix_reuse_min_tokens: LoadOptions::DEFAULT_PREFIX_REUSE_MIN_TOKENS,
+                ..options
+            },
+        )?;
+        return grad_table(&model, &reuse, &args);
     }
     let peak = matmul_peak(&device, dtype)?;
     println!(
@@ -133,55 +149,61 @@ pub fn run(args: BenchModelArgs) -> Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-/// ScoreGrad against Score on the same float-candidate items.
-fn grad_table(model: &RewardModel, args: &BenchModelArgs) -> Result<std::process::ExitCode> {
+/// ScoreGrad against Score on the same float-candidate items, ScoreGrad with constant-prefix
+/// reuse off (`plain`) and on (`reuse`).
+fn grad_table(
+    plain: &RewardModel,
+    reuse: &RewardModel,
+    args: &BenchModelArgs,
+) -> Result<std::process::ExitCode> {
     println!(
-        "model {}  device {}  ScoreGrad (p_yes) vs Score, one-tile float candidates (pairwise: one shared encoded reference), prefix reuse {}",
-        model.id(),
+        "model {}  device {}  ScoreGrad (p_yes) vs Score, one-tile float candidates (pairwise: one shared encoded reference)",
+        plain.id(),
         args.device,
-        if model.options().prefix_reuse_min_tokens == usize::MAX {
-            "off"
-        } else {
-            "on"
-        }
     );
-    println!("| mode | batch | score ms/item | grad ms/item | grad / score | grad peak RSS MiB |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    let side = model.config().tile_size();
+    println!("| mode | batch | score ms/item | grad ms/item | grad / score | grad, prefix reuse ms/item | grad / score | grad peak RSS MiB |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let side = plain.config().tile_size();
     for mode_name in &args.mode {
         let mode: Mode = mode_name.parse()?;
         for &batch in &args.batch {
             let items: Vec<PreparedItem> = (0..batch)
                 .map(|i| {
-                    let mut item = synthetic_item(model, mode, i);
+                    let mut item = synthetic_item(plain, mode, i);
                     item.candidate = Candidate::Image(noise_float(side, 2 * i as u64)?);
                     // One reference for the whole batch, as in best-of-N against a reference:
                     // its prefix is computed once per batch when prefix reuse is on.
                     if mode == Mode::Pairwise {
                         item.reference = Some(noise_image(side, 1));
                     }
-                    Ok(model.prepare(&item)?)
+                    Ok(plain.prepare(&item)?)
                 })
                 .collect::<Result<_>>()?;
             let refs: Vec<&PreparedItem> = items.iter().collect();
             let iters = args.iters.max(1);
-            model.score_prepared(&refs)?;
+            let per_item = |t: Instant| t.elapsed().as_secs_f64() * 1e3 / (iters * batch) as f64;
+            plain.score_prepared(&refs)?;
             let t = Instant::now();
             for _ in 0..iters {
-                model.score_prepared(&refs)?;
+                plain.score_prepared(&refs)?;
             }
-            let score_ms = t.elapsed().as_secs_f64() * 1e3 / (iters * batch) as f64;
-            reset_peak_rss();
-            let t = Instant::now();
+            let score_ms = per_item(t);
             let objectives = vec![Objective::PYes; batch];
-            for _ in 0..iters {
-                model.score_grad_batch(&refs, &objectives)?;
-            }
-            let grad_ms = t.elapsed().as_secs_f64() * 1e3 / (iters * batch) as f64;
+            let grad = |model: &RewardModel| -> Result<f64> {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    model.score_grad_batch(&refs, &objectives)?;
+                }
+                Ok(per_item(t))
+            };
+            reset_peak_rss();
+            let grad_ms = grad(plain)?;
             let rss = peak_rss_mib().map_or_else(|| "n/a".to_string(), |m| format!("{m:.0}"));
+            let reuse_ms = grad(reuse)?;
             println!(
-                "| {mode_name} | {batch} | {score_ms:.1} | {grad_ms:.1} | {:.2}x | {rss} |",
-                grad_ms / score_ms
+                "| {mode_name} | {batch} | {score_ms:.1} | {grad_ms:.1} | {:.2}x | {reuse_ms:.1} | {:.2}x | {rss} |",
+                grad_ms / score_ms,
+                reuse_ms / score_ms
             );
         }
     }
@@ -238,7 +260,7 @@ const BENCH_PROMPT: &str =
     "a watercolor painting of a lighthouse on a rocky coast at sunset with seagulls";
 
 /// A distinct noise image of one tile, and ~72 text tokens around it.
-fn synthetic_item(model: &RewardModel, mode: Mode, index: usize) -> ScoreItem {
+pub(crate) fn synthetic_item(model: &RewardModel, mode: Mode, index: usize) -> ScoreItem {
     let side = model.config().tile_size();
     let seed = 2 * index as u64;
     ScoreItem {

@@ -22,6 +22,7 @@
 //! `--log-format`).
 
 mod bench;
+mod bench_lora;
 mod bench_model;
 mod check_model;
 mod evaluate;

@@ -26,6 +26,8 @@ struct Inner {
     config: EngineConfig,
     /// What the model is (the first device's; every device runs the same model).
     model_info: ModelInfo,
+    /// The reward names, as metric labels (index = reward).
+    reward_names: Vec<Arc<str>>,
     /// Device labels, one per backend.
     devices: Vec<String>,
     /// Prepares every item and image, whichever device runs it (the first backend).
@@ -89,6 +91,7 @@ impl Engine {
         Ok(Engine {
             inner: Arc::new(Inner {
                 config,
+                reward_names: reward_names(&model_info),
                 model_info,
                 devices,
                 preprocessor: first,
@@ -179,7 +182,7 @@ impl Engine {
             let Work { item, task, .. } = work;
             let mut item = Some(item);
             let mut jobs = Vec::with_capacity(rewards.len());
-            for k in 0..rewards.len() {
+            for (k, &reward) in rewards.iter().enumerate() {
                 // Only the first reward decodes a rationale.
                 let task = match task {
                     Task::Rationale(_) if k > 0 => Task::Score,
@@ -202,6 +205,7 @@ impl Engine {
                 });
                 jobs.push(Job {
                     task,
+                    reward: inner.reward_name(reward),
                     text: text_tx,
                     reply,
                     deadline,
@@ -273,4 +277,28 @@ impl Engine {
     pub async fn drained(&self) {
         self.inner.slots.drained().await;
     }
+}
+
+impl Inner {
+    /// The label of reward `index` (`default` past the declared ones).
+    fn reward_name(&self, index: usize) -> Arc<str> {
+        self.reward_names
+            .get(index)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(rewarddance_model::pipeline::rewards::DEFAULT_REWARD))
+    }
+}
+
+/// The reward names of `model` as metric labels (`default` when it declares none).
+fn reward_names(model: &ModelInfo) -> Vec<Arc<str>> {
+    if model.rewards.is_empty() {
+        return vec![Arc::from(
+            rewarddance_model::pipeline::rewards::DEFAULT_REWARD,
+        )];
+    }
+    model
+        .rewards
+        .iter()
+        .map(|r| Arc::from(r.name.as_str()))
+        .collect()
 }

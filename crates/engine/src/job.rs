@@ -19,6 +19,8 @@ use rewarddance_model::pipeline::gradient::ScoreGradient;
 pub(crate) struct Job {
     /// What to compute.
     pub task: Task,
+    /// The name of the reward it is scored by (the metric label).
+    pub reward: std::sync::Arc<str>,
     /// Where rationale text increments go as they are decoded (receiver may be gone).
     pub text: Option<mpsc::UnboundedSender<String>>,
     pub reply: oneshot::Sender<ItemResult>,
@@ -51,7 +53,7 @@ impl Job {
     /// Answers with a score (and the rationale, when one was decoded).
     pub fn succeed(mut self, score: Score, rationale: Option<RationaleOutput>) {
         self.timing.total = self.admitted.elapsed();
-        metrics::record_item_ok(&self.timing);
+        metrics::record_item_ok(&self.timing, &self.reward);
         let _ = self.reply.send(ItemResult {
             outcome: Ok(score),
             rationale,
@@ -63,7 +65,7 @@ impl Job {
     /// Answers with a score and its gradients (a gradient task).
     pub fn succeed_with_gradient(mut self, gradient: Box<ScoreGradient>) {
         self.timing.total = self.admitted.elapsed();
-        metrics::record_item_ok(&self.timing);
+        metrics::record_item_ok(&self.timing, &self.reward);
         let _ = self.reply.send(ItemResult {
             outcome: Ok(gradient.score),
             rationale: None,

@@ -17,6 +17,9 @@ pub const REQUESTS_TOTAL: &str = "rewarddance_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "rewarddance_request_duration_seconds";
 /// Counter: items scored successfully (`rate()` of it is items per second).
 pub const ITEMS_SCORED_TOTAL: &str = "rewarddance_items_scored_total";
+/// Counter: items scored successfully by each named reward, label `reward` (a configured
+/// name, never a caller's string); an item scored by k rewards counts once under each.
+pub const REWARD_ITEMS_TOTAL: &str = "rewarddance_reward_items_total";
 /// Counter: items that failed, label `reason` (`invalid_image`, `deadline_exceeded`, ...).
 pub const ITEM_FAILURES_TOTAL: &str = "rewarddance_item_failures_total";
 /// Gauge: prepared items waiting for a batch.
@@ -72,6 +75,7 @@ pub const ALL: &[&str] = &[
     REQUESTS_TOTAL,
     REQUEST_DURATION_SECONDS,
     ITEMS_SCORED_TOTAL,
+    REWARD_ITEMS_TOTAL,
     ITEM_FAILURES_TOTAL,
     QUEUE_DEPTH,
     ITEMS_IN_FLIGHT,
@@ -136,6 +140,10 @@ pub fn describe() {
         "RPC duration."
     );
     describe_counter!(ITEMS_SCORED_TOTAL, "Items scored successfully.");
+    describe_counter!(
+        REWARD_ITEMS_TOTAL,
+        "Items scored successfully, by named reward (an item scored by k rewards counts under each)."
+    );
     describe_counter!(ITEM_FAILURES_TOTAL, "Items not scored, by reason.");
     describe_gauge!(QUEUE_DEPTH, "Prepared items waiting for a batch.");
     describe_gauge!(ITEMS_IN_FLIGHT, "Admitted items not yet answered.");
@@ -214,9 +222,12 @@ pub fn describe() {
 /// Creates every series whose labels are known at start-up, at zero, so dashboards and
 /// alerts see them before the first request (a `rate()` over a series that does not exist
 /// yet is empty, not zero): the engine's unlabelled families, each failure reason, and the
-/// per-device families for each of `devices`.
-pub fn register_families(devices: &[String]) {
+/// per-device families for each of `devices`, and the per-reward family for each of `rewards`.
+pub fn register_families(devices: &[String], rewards: &[String]) {
     counter!(ITEMS_SCORED_TOTAL).absolute(0);
+    for reward in rewards {
+        counter!(REWARD_ITEMS_TOTAL, "reward" => reward.clone()).absolute(0);
+    }
     counter!(REJECTED_ITEMS_TOTAL).absolute(0);
     for &reason in FAILURE_REASONS {
         counter!(ITEM_FAILURES_TOTAL, "reason" => reason).absolute(0);
@@ -250,8 +261,9 @@ pub(crate) fn record_decode_step(device: &str, tokens: usize, seconds: f64, acti
     gauge!(DECODING_SEQUENCES, "device" => d).set(active as f64);
 }
 
-pub(crate) fn record_item_ok(timing: &Timing) {
+pub(crate) fn record_item_ok(timing: &Timing, reward: &str) {
     counter!(ITEMS_SCORED_TOTAL).increment(1);
+    counter!(REWARD_ITEMS_TOTAL, "reward" => reward.to_string()).increment(1);
     histogram!(QUEUE_DURATION_SECONDS).record(timing.queue.as_secs_f64());
 }
 

@@ -70,7 +70,8 @@ pub fn prometheus() -> anyhow::Result<PrometheusHandle> {
 /// Creates the series known at start-up (at zero) and the build-info gauge: every family
 /// shows on `/metrics` before the first request. No-op without an installed recorder.
 pub fn register_families(info: &rewarddance_proto::v1::InfoResponse) {
-    names::register_families(&info.devices);
+    let rewards: Vec<String> = info.rewards.iter().map(|r| r.name.clone()).collect();
+    names::register_families(&info.devices, &rewards);
     for method in ["Score", "ScoreStream", "Rank", "Info"] {
         metrics::counter!(names::REQUESTS_TOTAL, "method" => method, "code" => "OK").absolute(0);
     }
