@@ -14,6 +14,10 @@ HERE = pathlib.Path(__file__).resolve().parent
 CLIENT_ROOT = HERE.parent
 REPO_ROOT = CLIENT_ROOT.parent.parent
 FIXTURE_IMAGES = REPO_ROOT / "fixtures" / "images"
+# The named-rewards server (`rewards_server`): tiny-internvl-hf with three rewards.
+REWARDS_MODEL = REPO_ROOT / "fixtures" / "models" / "tiny-internvl-hf"
+SWIFT_ADAPTER = REPO_ROOT / "fixtures" / "adapters" / "hf-llm-swift"
+STRICT_INSTRUCTION = "Is '{prompt}' rendered exactly? Answer yes or no."
 
 sys.path.insert(0, str(HERE))  # fake_server
 
@@ -116,6 +120,47 @@ def start_real_server(tmp_dir: pathlib.Path, *extra_args: str, port: Optional[in
 def real_server(tmp_path_factory):
     """The real `rewarddance serve` on the bundled tiny model, on free local ports."""
     server, stop = start_real_server(tmp_path_factory.mktemp("server"))
+    try:
+        yield server
+    finally:
+        stop()
+
+
+def _skip_or_fail(reason: str):
+    if os.environ.get("REWARDDANCE_REQUIRE_SERVER") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def write_rewards_file(directory: pathlib.Path) -> pathlib.Path:
+    """A rewards file (TOML) declaring `default` (the base model), `strict` (the base with its
+    own pointwise instruction) and `swift` (the ms-swift-style LLM LoRA fixture, a path relative
+    to the file as the format takes it)."""
+    path = directory / "rewards.toml"
+    adapter = os.path.relpath(SWIFT_ADAPTER, directory)
+    path.write_text("[rewards.default]\n\n"
+                    f"[rewards.strict]\ninstruction = \"{STRICT_INSTRUCTION}\"\n\n"
+                    f"[rewards.swift]\nadapter = \"{adapter}\"\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def rewards_server(tmp_path_factory):
+    """The real `rewarddance serve --model tiny-internvl-hf --rewards FILE` with the rewards of
+    `write_rewards_file` (swift's adapter is the only one, so it is applied per item, unmerged).
+    Skips like `real_server`, and when the binary has no `--rewards`."""
+    binary = server_binary()
+    reason = _serve_unavailable_reason(binary)
+    if reason is None:
+        p = subprocess.run([str(binary), "serve", "--help"], capture_output=True, text=True, timeout=30,
+                           **SUBPROCESS_KW)
+        if "--rewards" not in p.stdout:
+            reason = f"{binary} serve has no --rewards (named rewards) yet"
+    if reason:
+        _skip_or_fail(reason)
+    d = tmp_path_factory.mktemp("rewards")
+    server, stop = start_real_server(d, "--model", str(REWARDS_MODEL), "--rewards", str(write_rewards_file(d)),
+                                     "--no-metrics")
     try:
         yield server
     finally:

@@ -7,12 +7,16 @@ For a candidate whose values, mapped to [0, 1] and arranged CHW, are u (float64)
 and d/dx = d/du / 2 for values x in [-1, 1] (u = (x + 1) / 2). `w` depends on the channel and
 the position, so a transposed or shifted packing gives a different reward and gradient.
 
+Named rewards: an item naming reward k of the server's list gets the logit z + k * REWARD_OFFSET
+(`analytic`'s `offset`: its gradient is that of p_yes at the shifted logit); more than one name is
+refused (INVALID_ARGUMENT), an unknown name too ("unknown_reward").
+
 `expected()` computes the same from the caller's own array (tests compare it with what came
 back over the wire); `score_grad_response()` answers a ScoreGradRequest from the wire.
 """
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import grpc
 import numpy as np
@@ -20,6 +24,7 @@ import numpy as np
 from rewarddance.v1 import reward_pb2 as pb
 
 BIAS = -0.25
+REWARD_OFFSET = 0.5
 INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
 
@@ -41,14 +46,16 @@ def analytic(u: np.ndarray, objective: int, offset: float = 0.0) -> Tuple[float,
     return p, p, p * (1.0 - p) * wt
 
 
-def expected(batch: np.ndarray, layout: str, value_range: str, objective: int = pb.OBJECTIVE_P_YES):
-    """(p_yes (B,), objective (B,), gradient like `batch`) from the caller's own batch."""
+def expected(batch: np.ndarray, layout: str, value_range: str, objective: int = pb.OBJECTIVE_P_YES,
+             reward: int = 0):
+    """(p_yes (B,), objective (B,), gradient like `batch`) from the caller's own batch, under
+    reward number `reward` of the fake's list."""
     x = np.asarray(batch, np.float64)
     chw = x if layout == "chw" else x.transpose(0, 3, 1, 2)
     signed = value_range == "-1,1"
     ps, objs, grads = [], [], []
     for img in chw:
-        p, o, g = analytic((img + 1.0) / 2.0 if signed else img, objective)
+        p, o, g = analytic((img + 1.0) / 2.0 if signed else img, objective, reward * REWARD_OFFSET)
         ps.append(p)
         objs.append(o)
         grads.append(g / 2.0 if signed else g)
@@ -99,8 +106,10 @@ def encode_float(g_chw: np.ndarray, like: pb.FloatImage, dtype: int) -> pb.Float
                          data=data)
 
 
-def score_grad_response(request: pb.ScoreGradRequest, decode: Callable[[pb.Image], np.ndarray]) -> pb.ScoreGradResponse:
-    """The fake's answer; `decode` turns a reference `Image` into HWC uint8 pixels."""
+def score_grad_response(request: pb.ScoreGradRequest, decode: Callable[[pb.Image], np.ndarray],
+                        rewards: Optional[Sequence[str]] = ("default",)) -> pb.ScoreGradResponse:
+    """The fake's answer; `decode` turns a reference `Image` into HWC uint8 pixels; `rewards`:
+    the server's reward names (None: a server that predates them, ignoring the names)."""
     out = pb.ScoreGradResponse(model_id="fake")
     objective = request.objective or pb.OBJECTIVE_P_YES
     for i, item in enumerate(request.items):
@@ -116,6 +125,13 @@ def score_grad_response(request: pb.ScoreGradRequest, decode: Callable[[pb.Image
             x = decode_float(f)
             signed = f.range == pb.PIXEL_RANGE_SIGNED
             offset = 0.0
+            if rewards is not None and item.rewards:
+                if len(item.rewards) > 1:
+                    raise ValueError(f"ScoreGrad takes one reward per item, {len(item.rewards)} named")
+                if item.rewards[0] not in rewards:
+                    r.error.reason = "unknown_reward"
+                    raise ValueError(f"unknown reward {item.rewards[0]!r}")
+                offset += list(rewards).index(item.rewards[0]) * REWARD_OFFSET
             if item.HasField("reference"):
                 offset = 0.5 - float(decode(item.reference).astype(np.float64).mean()) / 255.0
             p, obj, g = analytic((x + 1.0) / 2.0 if signed else x, objective, offset)
@@ -130,6 +146,6 @@ def score_grad_response(request: pb.ScoreGradRequest, decode: Callable[[pb.Image
         except Exception as e:  # noqa: BLE001 - every bad item is its own error
             r.ClearField("gradients")
             r.error.code = INVALID
-            r.error.reason = "invalid_input"
+            r.error.reason = r.error.reason or "invalid_input"
             r.error.message = str(e)
     return out

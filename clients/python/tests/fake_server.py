@@ -15,6 +15,16 @@ z = sum(w * u) + b (`grad_logit`), p_yes = sigmoid(z); its gradient is exact for
 and scaled by 1/2 for [-1, 1] values (u = (x + 1) / 2). Only float candidates are accepted (else
 INVALID_ARGUMENT, as is a rationale); the answer has the input's size, layout and range, and its
 dtype unless `f32_gradients`.
+
+Named rewards (`rewards`, Info lists them; the first is what an item naming none gets): reward k
+scores p_yes ** (k + 1) (reward 0: the plain score above; ScoreGrad: the logit shifted by
+k * fake_grad.REWARD_OFFSET). An item naming rewards gets one `ItemResult.rewards` outcome per
+name, in order, and the first one's as its own score/error; an unknown or repeated name fails
+the item (INVALID_ARGUMENT, "unknown_reward") under every name, as the real server does.
+`failing_rewards[name] = t`: under that reward, items whose plain p_yes is below t fail
+(INTERNAL, "internal"): a per-cell error beside scored cells. `named_rewards = False` makes the
+fake a server that predates them (names ignored, none listed, no per-reward outcomes). Rank is
+pointwise only (by the named reward's p_yes; an unknown name fails the call).
 """
 from __future__ import annotations
 
@@ -22,7 +32,7 @@ import io
 import threading
 import time
 from concurrent import futures
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import grpc
 import numpy as np
@@ -75,6 +85,11 @@ class FakeRewardService(pb_grpc.RewardServiceServicer):
         self.stream_calls = 0
         # stream_abort: a code that ends every ScoreStream call right after its first delta.
         self.stream_abort: Optional[grpc.StatusCode] = None
+        self.rewards: List[str] = ["default"]
+        self.failing_rewards: Dict[str, float] = {}
+        self.named_rewards = True
+        self.score_requests: List[pb.ScoreRequest] = []  # every Score / ScoreStream request message
+        self.rank_requests: List[pb.RankRequest] = []
 
     def _start(self, request, context):
         with self.lock:
@@ -100,7 +115,7 @@ class FakeRewardService(pb_grpc.RewardServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{len(request.items)} items")
         if self.delay is not None:
             time.sleep(self.delay(request))
-        return score_grad_response(request, decode)
+        return score_grad_response(request, decode, self.rewards if self.named_rewards else None)
 
     def ScoreStream(self, request_iterator, context):
         with self.lock:
@@ -126,8 +141,47 @@ class FakeRewardService(pb_grpc.RewardServiceServicer):
                         context.abort(self.stream_abort, f"injected {self.stream_abort.name} mid-stream")
             yield out
 
+    def reward_index(self, name: str) -> int:
+        """The index of a named reward; ValueError for one this fake does not have."""
+        if name not in self.rewards:
+            raise ValueError(f"unknown reward {name!r} (this server has {', '.join(self.rewards)})")
+        return self.rewards.index(name)
+
+    def _named_outcomes(self, item, r, p: float) -> bool:
+        """Fills `r.rewards` (and r's own outcome: the first's) for an item naming rewards;
+        False when the first reward did not score it."""
+        names = list(item.rewards)
+        try:
+            ks = [self.reward_index(n) for n in names]
+            if len(set(names)) != len(names):
+                raise ValueError("a reward is named twice")
+        except ValueError as e:
+            err = pb.ItemError(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], reason="unknown_reward",
+                               message=str(e))
+            r.error.CopyFrom(err)
+            for n in names:
+                r.rewards.add(reward=n, error=err)
+            return False
+        for n, k in zip(names, ks):
+            o = r.rewards.add(reward=n)
+            if p < self.failing_rewards.get(n, -1.0):
+                o.error.CopyFrom(pb.ItemError(code=grpc.StatusCode.INTERNAL.value[0], reason="internal",
+                                              message=f"reward {n} failed"))
+            else:
+                o.score.p_yes = p ** (k + 1)
+                o.score.p_yes_vocab = o.score.p_yes / 2
+                o.score.logit_yes = float(k)
+        first = r.rewards[0]
+        if first.HasField("error"):
+            r.error.CopyFrom(first.error)
+            return False
+        r.score.CopyFrom(first.score)
+        return True
+
     def _answer(self, request):
         """The ScoreResponse, and the rationale tokens (text pieces) of items that asked for one."""
+        with self.lock:
+            self.score_requests.append(request)
         tokens = {}
         out = pb.ScoreResponse(model_id="fake")
         if not request.items or len(request.items) > self.max_items:
@@ -162,6 +216,11 @@ class FakeRewardService(pb_grpc.RewardServiceServicer):
                     r.rationale.token_ids.extend(100 + k for k in range(n))
                     r.rationale.stop = pb.RATIONALE_STOP_MAX_TOKENS if o.max_tokens else pb.RATIONALE_STOP_END_OF_TURN
                     r.timing.decode_ms = 0.5 * n
+                if self.named_rewards and item.rewards:
+                    if not self._named_outcomes(item, r, p):
+                        r.ClearField("rationale")
+                        tokens.pop(i, None)
+                    continue
                 r.score.p_yes = p
                 r.score.p_yes_vocab = p / 2
             except Exception as e:  # noqa: BLE001 - every bad item is its own error
@@ -173,12 +232,46 @@ class FakeRewardService(pb_grpc.RewardServiceServicer):
         return out, tokens
 
     def Info(self, request, context):
-        return pb.InfoResponse(model_id="fake", server_version="0",
+        info = pb.InfoResponse(model_id="fake", server_version="0",
                                limits=pb.Limits(max_items_per_request=self.max_items,
                                                 max_message_bytes=self.max_message_bytes,
                                                 max_grad_message_bytes=self.max_grad_message_bytes,
                                                 max_rationale_tokens=64,
                                                 default_rationale_tokens=4))
+        if self.named_rewards:
+            for k, name in enumerate(self.rewards):
+                ri = info.rewards.add(name=name, answer_tokens=pb.AnswerTokens(yes="yes", no="no"))
+                if k:  # every reward but the first has an (unmerged) adapter
+                    ri.adapter.CopyFrom(pb.AdapterInfo(path=f"adapters/{name}", rank=8, alpha=16.0,
+                                                       modules=["q_proj", "v_proj"]))
+        return info
+
+    def Rank(self, request, context):
+        with self.lock:
+            self.rank_requests.append(request)
+        if len(request.candidates) < 2:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "fewer than 2 candidates")
+        if request.method != pb.RANK_METHOD_POINTWISE:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "the fake ranks pointwise only")
+        try:
+            k = self.reward_index(request.reward) if self.named_rewards and request.reward else 0
+        except ValueError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        out = pb.RankResponse(model_id="fake", comparisons=len(request.candidates))
+        ps = {}
+        for i, c in enumerate(request.candidates):
+            entry = out.candidates.add(index=i)
+            try:
+                ps[i] = (decode(c).astype(np.float64).mean() / 255.0) ** (k + 1)
+                entry.p_yes = ps[i]
+            except Exception as e:  # noqa: BLE001
+                entry.error.CopyFrom(pb.ItemError(code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                                                  reason="invalid_image", message=str(e)))
+        order = sorted(ps, key=lambda i: -ps[i]) + [i for i in range(len(request.candidates)) if i not in ps]
+        out.order.extend(order)
+        if ps:
+            out.best = order[0]
+        return out
 
 
 def _health_handler():

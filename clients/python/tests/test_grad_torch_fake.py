@@ -137,3 +137,17 @@ def test_remote_reward_failed_items(client):
 def test_remote_reward_needs_a_sync_client(fake):
     with pytest.raises(TypeError, match="synchronous"):
         remote_reward(images(1), "p", AsyncRewardClient(fake.target))
+
+
+def test_remote_reward_trains_on_the_named_reward(fake, client):
+    fake.service.rewards = ["align", "aesthetic"]  # fake reward 1: the logit shifted by REWARD_OFFSET
+    x = images(2).requires_grad_()
+    rewards, result = remote_reward(x, ["a", "b"], client, reward="aesthetic", return_result=True)
+    assert [list(it.rewards) for it in fake.service.grad_requests[-1].items] == [["aesthetic"]] * 2
+    assert result.reward == "aesthetic"
+    p, _, g = expected(x.detach().numpy(), "chw", "-1,1", reward=1)
+    np.testing.assert_allclose(rewards.detach().numpy(), p, rtol=1e-6)
+    rewards.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), g, rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match="one reward"):
+        remote_reward(x, "p", client, reward=["align", "aesthetic"])

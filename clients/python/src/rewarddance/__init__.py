@@ -4,7 +4,8 @@
     client = RewardClient(["reward-0:50051", "reward-1:50051"])
     scores, ok, errors = client.score("a red fox in the snow", images)
 
-See `RewardClient`, `AsyncRewardClient` and `ScoreResult`; rationales: `score(..., rationale=True)`
+See `RewardClient`, `AsyncRewardClient` and `ScoreResult`; named rewards: `score(..., reward="name")`,
+and `score(..., reward=[names])` for a `RewardScores` matrix; rationales: `score(..., rationale=True)`
 and `stream_rationales()`; gradients of the reward w.r.t. the pixels (ReFL): `score_grad()` and,
 for torch autograd, `rewarddance.torch.remote_reward` (import it explicitly: importing
 `rewarddance` never imports torch). The generated protobuf messages are in
@@ -13,7 +14,7 @@ for torch autograd, `rewarddance.torch.remote_reward` (import it explicitly: imp
 from ._retry import NO_RETRY, RetryPolicy
 from ._images import DEFAULT_RAW_MAX_BYTES, ImageConversionError, to_image_message
 from ._types import (ItemErrorInfo, RankResult, RationaleDelta, RationaleOptions, RationaleResult, RewardError,
-                     ScoreGradResult, ScoreResult)
+                     RewardScores, ScoreGradResult, ScoreResult)
 from .aio import AsyncRationaleStream, AsyncRewardClient
 from .client import RationaleStream, RewardClient
 
@@ -34,6 +35,7 @@ __all__ = [
     "RetryPolicy",
     "RewardClient",
     "RewardError",
+    "RewardScores",
     "ScoreGradResult",
     "ScoreResult",
     "to_image_message",

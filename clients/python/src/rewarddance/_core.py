@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _images
 from ._types import (RATIONALE_STOPS, ItemErrorInfo, RankResult, RationaleDelta, RationaleOptions,
-                     RationaleResult, ScoreResult)
+                     RationaleResult, RewardScores, ScoreResult)
 from .v1 import reward_pb2 as pb
 
 DEFAULT_CHUNK_SIZE = 32
@@ -94,6 +94,42 @@ def parse_mode(mode: Any) -> int:
     if m not in (pb.MODE_UNSPECIFIED, pb.MODE_POINTWISE, pb.MODE_PAIRWISE):
         raise ValueError(f"unknown mode {mode!r}")
     return m
+
+
+def parse_reward(reward: Any) -> Tuple[List[str], bool]:
+    """`reward=` of a scoring call: None (no name sent: the server's first reward), one name, or
+    a list/tuple of names (one result column each). Returns (names, several). What is cheap is
+    checked here (types, empty and repeated names: ValueError); whether a name exists is the
+    server's to say (an item error, reason "unknown_reward")."""
+    if reward is None:
+        return [], False
+    if isinstance(reward, str):
+        names, several = [reward], False
+    elif isinstance(reward, (list, tuple)):
+        names, several = list(reward), True
+    else:
+        raise TypeError(f"reward is {type(reward).__name__}: expected a reward name (str) or a list of names")
+    if not names:
+        raise ValueError("reward=[] names no reward: pass None for the server's first reward")
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"reward name {name!r} is {type(name).__name__}, expected str")
+        if not name:
+            raise ValueError("reward names are non-empty (reward=None: the server's first reward)")
+    twice = [name for k, name in enumerate(names) if name in names[:k]]
+    if twice:
+        raise ValueError(f"reward {twice[0]!r} is named twice: each reward at most once")
+    return names, several
+
+
+def parse_one_reward(reward: Any, what: str) -> Optional[str]:
+    """`reward=` of a call that takes at most one reward (ScoreGrad, Rank): None, a name, or a
+    list/tuple of one name."""
+    names, _ = parse_reward(reward)
+    if len(names) > 1:
+        raise ValueError(f"{what} takes one reward, got {len(names)} ({', '.join(names)}): "
+                         "make one call per reward")
+    return names[0] if names else None
 
 
 def _split_batch(x: Any) -> List[Any]:
@@ -194,7 +230,10 @@ def prepare(
     value_range: Any = None,
     rationale: Any = None,
     stream_rationale: bool = False,
+    rewards: Sequence[str] = (),
 ) -> Prepared:
+    """The items of a Score / ScoreStream call; `rewards`: the names every item is scored with
+    (checked by `parse_reward`; empty: none sent)."""
     check_rationale(rationale)
     if (images is None) == (videos is None):
         raise ValueError("pass exactly one of images= or videos=")
@@ -217,7 +256,7 @@ def prepare(
     n = len(cands)
     if n == 0:
         raise ValueError("nothing to score: no images or videos")
-    fields = ItemFields(prompts, references, instructions, mode, n)
+    fields = ItemFields(prompts, references, instructions, mode, n, rewards)
     rationales = rationale_list(rationale, n)
     convert = ImageCache(raw_max_bytes, value_range)
     items: List[Optional[pb.ScoreItem]] = []
@@ -252,20 +291,23 @@ def client_error(e: Exception) -> ItemErrorInfo:
 
 class ItemFields:
     """The per-item arguments every scoring call shares (prompts, references, instructions,
-    modes), spread over n items, and the `ScoreItem` they make (id = input position)."""
+    modes, the reward names), spread over n items, and the `ScoreItem` they make (id = input
+    position)."""
 
-    def __init__(self, prompts: Any, references: Any, instructions: Any, mode: Any, n: int):
+    def __init__(self, prompts: Any, references: Any, instructions: Any, mode: Any, n: int,
+                 rewards: Sequence[str] = ()):
         self.prompts = [prompts] * n if isinstance(prompts, str) else _per_item(prompts, n, "prompts")
         self.references = _per_item(references, n, "references", image=True)
         self.instructions = _per_item(instructions, n, "instructions")
         modes = _per_item(mode, n, "mode") if isinstance(mode, (list, tuple)) else [mode] * n
         self.modes = [parse_mode(m) for m in modes]
+        self.rewards = list(rewards)
 
     def item(self, i: int) -> pb.ScoreItem:
         prompt = self.prompts[i]
         if not isinstance(prompt, str):
             raise TypeError(f"prompts[{i}] is {type(prompt).__name__}, expected str")
-        item = pb.ScoreItem(id=str(i), prompt=prompt, mode=self.modes[i])
+        item = pb.ScoreItem(id=str(i), prompt=prompt, mode=self.modes[i], rewards=self.rewards)
         if self.instructions[i] is not None:
             item.instruction = self.instructions[i]
         return item
@@ -321,13 +363,15 @@ def parse_rank_method(method: Any) -> int:
 
 def rank_request(prompt: str, candidates: Any, *, instruction: Optional[str] = None, method: Any = None,
                  opponents: int = 0, seed: int = 0, raw_max_bytes: int = _images.DEFAULT_RAW_MAX_BYTES,
-                 value_range: Any = None) -> Tuple[pb.RankRequest, List[Optional[ItemErrorInfo]]]:
+                 value_range: Any = None,
+                 reward: Optional[str] = None) -> Tuple[pb.RankRequest, List[Optional[ItemErrorInfo]]]:
     """A RankRequest and the client-side conversion errors. A candidate the client cannot
     convert is sent as an empty Image, so that indices stay aligned and the server reports it
-    as that candidate's own error; the client's error replaces the server's in the result."""
+    as that candidate's own error; the client's error replaces the server's in the result.
+    `reward`: the name to rank by (checked by `parse_one_reward`), None: the server's first."""
     cands = _image_list(candidates, "candidates")
     req = pb.RankRequest(prompt=prompt, method=parse_rank_method(method), opponents=int(opponents),
-                         seed=int(seed))
+                         seed=int(seed), reward=reward or "")
     if instruction is not None:
         req.instruction = instruction
     errors: List[Optional[ItemErrorInfo]] = []
@@ -343,7 +387,8 @@ def rank_request(prompt: str, candidates: Any, *, instruction: Optional[str] = N
     return req, errors
 
 
-def rank_result(resp: pb.RankResponse, n: int, client_errors: List[Optional[ItemErrorInfo]]) -> RankResult:
+def rank_result(resp: pb.RankResponse, n: int, client_errors: List[Optional[ItemErrorInfo]],
+                reward: Optional[str] = None) -> RankResult:
     nan = np.full(n, np.nan)
     wins, strength, p_yes = nan.copy(), nan.copy(), nan.copy()
     ok = np.ones(n, dtype=bool)
@@ -371,7 +416,7 @@ def rank_result(resp: pb.RankResponse, n: int, client_errors: List[Optional[Item
         preference = np.array([list(row.p) for row in resp.preference], dtype=np.float64)
     return RankResult(order=list(resp.order), best=resp.best if resp.HasField("best") else None, ok_mask=ok,
                       errors=errors, wins=wins, strength=strength, p_yes=p_yes, preference=preference,
-                      comparisons=resp.comparisons, model_id=resp.model_id)
+                      comparisons=resp.comparisons, model_id=resp.model_id, reward=reward)
 
 
 def make_chunks(items: Sequence[Optional[pb.ScoreItem]], chunk_size: int, max_bytes: int) -> List[List[int]]:
@@ -445,26 +490,36 @@ class Assembler:
         if len(resp.results) != len(indices):
             err = bad_response(f"server answered {len(resp.results)} results for {len(indices)} items")
             for i in indices:
-                self.errors[i] = err
+                self.set_error(i, err)
             return
         for pos, r in enumerate(resp.results):
             j = r.index if r.index < len(indices) else pos
             i = indices[j]
             if r.HasField("timing"):
                 self.timings[i] = r.timing
-            outcome = r.WhichOneof("outcome")
-            if outcome == "score":
-                self.scores[i] = r.score.p_yes
-                self.p_yes_vocab[i] = r.score.p_yes_vocab
-                self.logit_yes[i] = r.score.logit_yes
-                self.logit_no[i] = r.score.logit_no
-                self.ok[i] = True
-                self.errors[i] = None
-            elif outcome == "error":
-                self.errors[i] = ItemErrorInfo(r.error.code, r.error.reason, r.error.message)
-            else:
-                self.errors[i] = bad_response("result has neither score nor error")
-            self.extra(i, r, outcome == "score")
+            self.extra(i, r, self.outcome(i, r))
+
+    def outcome(self, i: int, r: Any) -> bool:
+        """Records item i's outcome (its score, or why it has none); True when it was scored.
+        `RewardsAssembler` overrides it."""
+        outcome = r.WhichOneof("outcome")
+        if outcome == "score":
+            self.scores[i] = r.score.p_yes
+            self.p_yes_vocab[i] = r.score.p_yes_vocab
+            self.logit_yes[i] = r.score.logit_yes
+            self.logit_no[i] = r.score.logit_no
+            self.ok[i] = True
+            self.errors[i] = None
+            return True
+        if outcome == "error":
+            self.set_error(i, ItemErrorInfo(r.error.code, r.error.reason, r.error.message))
+        else:
+            self.set_error(i, bad_response("result has neither score nor error"))
+        return False
+
+    def set_error(self, i: int, err: ItemErrorInfo) -> None:
+        """Item i failed as a whole."""
+        self.errors[i] = err
 
     def extra(self, i: int, r: Any, scored: bool) -> None:
         """What item i's result carries besides its outcome: here its rationale (which a
@@ -475,12 +530,80 @@ class Assembler:
     def fail(self, indices: Sequence[int], code: grpc.StatusCode, details: str) -> None:
         err = ItemErrorInfo(code.value[0], "call_failed", details)
         for i in indices:
-            self.errors[i] = err
+            self.set_error(i, err)
 
     def result(self) -> ScoreResult:
         return ScoreResult(self.scores, self.ok, self.errors, p_yes_vocab=self.p_yes_vocab,
                            logit_yes=self.logit_yes, logit_no=self.logit_no, model_id=self.model_id,
                            timings=self.timings, rationales=self.rationales)
+
+
+class RewardsAssembler(Assembler):
+    """Collects `ScoreResponse`s of items that named rewards (every item the same `names`) from
+    their `ItemResult.rewards`, one outcome per name in order, into a `RewardScores` (items x
+    rewards), or with `several=False` (one name) into that reward's `ScoreResult`.
+
+    The contract is checked: a result whose per-reward outcomes do not name exactly the rewards
+    asked for, in order, is a `bad_response` in every cell of its item. A server that predates
+    named rewards ignores the names and answers none: its scores (of its only reward) are never
+    passed off as a named reward's. An item error without outcomes is the item's in every cell."""
+
+    def __init__(self, prepared: Prepared, names: Sequence[str], several: bool = True):
+        super().__init__(prepared)
+        self.names = list(names)
+        self.several = several
+        shape = (self.n, len(self.names))
+        self.cells = np.full(shape, np.nan)
+        self.cells_vocab = np.full(shape, np.nan)
+        self.cells_yes = np.full(shape, np.nan)
+        self.cells_no = np.full(shape, np.nan)
+        self.cells_ok = np.zeros(shape, dtype=bool)
+        self.cell_errors: List[List[Optional[ItemErrorInfo]]] = [[e] * len(self.names) for e in prepared.errors]
+
+    def set_error(self, i: int, err: ItemErrorInfo) -> None:
+        self.cells[i] = self.cells_vocab[i] = self.cells_yes[i] = self.cells_no[i] = np.nan
+        self.cells_ok[i] = False
+        self.cell_errors[i] = [err] * len(self.names)
+
+    def outcome(self, i: int, r: Any) -> bool:
+        outs = r.rewards
+        if not outs:
+            if r.WhichOneof("outcome") == "error":
+                self.set_error(i, ItemErrorInfo(r.error.code, r.error.reason, r.error.message))
+            else:
+                self.set_error(i, bad_response(
+                    "the result has no per-reward outcomes (ItemResult.rewards) for the rewards named "
+                    f"({', '.join(self.names)}): does the server support named rewards?"))
+            return False
+        got = [o.reward for o in outs]
+        if got != self.names:
+            self.set_error(i, bad_response(f"server answered rewards {got} for {self.names}"))
+            return False
+        for k, o in enumerate(outs):
+            which = o.WhichOneof("outcome")
+            if which == "score":
+                self.cells[i, k] = o.score.p_yes
+                self.cells_vocab[i, k] = o.score.p_yes_vocab
+                self.cells_yes[i, k] = o.score.logit_yes
+                self.cells_no[i, k] = o.score.logit_no
+                self.cells_ok[i, k] = True
+                self.cell_errors[i][k] = None
+            elif which == "error":
+                self.cell_errors[i][k] = ItemErrorInfo(o.error.code, o.error.reason, o.error.message)
+            else:
+                self.cell_errors[i][k] = bad_response(f"reward {o.reward!r}: outcome has neither score nor error")
+        return bool(self.cells_ok[i, 0])
+
+    def result(self) -> Any:  # type: ignore[override]
+        scores = RewardScores(self.cells, self.cells_ok, self.cell_errors, rewards=self.names,
+                              p_yes_vocab=self.cells_vocab, logit_yes=self.cells_yes, logit_no=self.cells_no,
+                              model_id=self.model_id, timings=self.timings, rationales=self.rationales)
+        return scores if self.several else scores.reward(0)
+
+
+def score_assembler(prepared: Prepared, names: Sequence[str], several: bool) -> Assembler:
+    """The assembler of a Score call: per-reward outcomes when it named rewards."""
+    return RewardsAssembler(prepared, names, several) if names else Assembler(prepared)
 
 
 class StreamControl:
@@ -507,10 +630,10 @@ class StreamState:
     the bookkeeping that turns its responses into `RationaleDelta`s in input indices and, with
     one final message per request, the `ScoreResult`."""
 
-    def __init__(self, prepared: Prepared, chunks: List[List[int]]):
+    def __init__(self, prepared: Prepared, chunks: List[List[int]], asm: Optional[Assembler] = None):
         self.chunks = chunks
         self.requests = [pb.ScoreRequest(items=[prepared.items[i] for i in c]) for c in chunks]
-        self.asm = Assembler(prepared)
+        self.asm = asm if asm is not None else Assembler(prepared)
         self.texts: List[str] = [""] * prepared.n
         self.done = 0  # final messages received (requests answered, in order)
 

@@ -197,6 +197,7 @@ class GradPrepared(_core.Prepared):
     batch: Optional[FloatBatch] = None
     objective: str = "p_yes"
     objective_num: int = pb.OBJECTIVE_P_YES
+    reward: Optional[str] = None
 
     def request(self, items: List[pb.ScoreItem]) -> pb.ScoreGradRequest:
         assert self.batch is not None
@@ -206,15 +207,17 @@ class GradPrepared(_core.Prepared):
 
 def prepare_grad(prompts: Any, images: Any, references: Any = None, *, objective: Any = "p_yes",
                  instructions: Any = None, mode: Any = None, value_range: Any = None, layout: Any = None,
-                 f32_gradients: bool = False,
+                 f32_gradients: bool = False, reward: Any = None,
                  raw_max_bytes: int = _images.DEFAULT_RAW_MAX_BYTES) -> GradPrepared:
     """The ScoreGrad items of a call: float candidates from `images` (one 4-D batch), references
-    converted as `score()` converts them (constants). Bad arguments raise; an item whose
-    candidate has NaN/inf values or whose reference cannot be converted is a client error."""
+    converted as `score()` converts them (constants), each item naming `reward` (at most one;
+    None: none named, the server's first). Bad arguments raise; an item whose candidate has
+    NaN/inf values or whose reference cannot be converted is a client error."""
     name, num = parse_objective(objective)
+    reward_name = _core.parse_one_reward(reward, "ScoreGrad")
     batch = FloatBatch(images, layout, value_range, f32_gradients)
     n = batch.n
-    fields = _core.ItemFields(prompts, references, instructions, mode, n)
+    fields = _core.ItemFields(prompts, references, instructions, mode, n, [reward_name] if reward_name else [])
     convert = _core.ImageCache(raw_max_bytes, None)
     items: List[Optional[pb.ScoreItem]] = []
     errors: List[Optional[ItemErrorInfo]] = []
@@ -229,7 +232,7 @@ def prepare_grad(prompts: Any, images: Any, references: Any = None, *, objective
             continue
         items.append(item)
         errors.append(None)
-    return GradPrepared(n, items, errors, batch=batch, objective=name, objective_num=num)
+    return GradPrepared(n, items, errors, batch=batch, objective=name, objective_num=num, reward=reward_name)
 
 
 class GradAssembler(_core.Assembler):
@@ -240,6 +243,7 @@ class GradAssembler(_core.Assembler):
         assert prepared.batch is not None
         self.batch = prepared.batch
         self.objective = prepared.objective
+        self.reward = prepared.reward
         self.objectives = np.full(self.n, np.nan)
         self.grads: List[Optional[np.ndarray]] = [None] * self.n
 
@@ -261,4 +265,4 @@ class GradAssembler(_core.Assembler):
         return ScoreGradResult(scores=self.scores, objectives=self.objectives, gradients=self.batch.stack(self.grads),
                                ok_mask=self.ok, errors=self.errors, objective=self.objective,
                                logit_yes=self.logit_yes, logit_no=self.logit_no, model_id=self.model_id,
-                               timings=self.timings)
+                               timings=self.timings, reward=self.reward)

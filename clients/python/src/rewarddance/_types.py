@@ -132,8 +132,10 @@ class ScoreResult(_ScoreResultBase):
 
     Extra attributes (not part of the tuple): `p_yes_vocab`, `logit_yes`, `logit_no` (float64
     arrays, NaN where failed), `model_id` (str), `timings` (per item `rewarddance.v1.Timing` or
-    None; `decode_ms` is the rationale's decoding time) and `rationales` (per item
-    `RationaleResult`, or None where the item asked for none or was not scored).
+    None; `decode_ms` is the rationale's decoding time), `rationales` (per item
+    `RationaleResult`, or None where the item asked for none or was not scored) and `reward`
+    (the named reward that made the scores, `score(..., reward="name")`; None: the server's
+    first reward).
     """
 
     p_yes_vocab: np.ndarray
@@ -142,9 +144,10 @@ class ScoreResult(_ScoreResultBase):
     model_id: str
     timings: List[Any]
     rationales: List[Optional[RationaleResult]]
+    reward: Optional[str]
 
     def __new__(cls, scores, ok_mask, errors, *, p_yes_vocab=None, logit_yes=None, logit_no=None,
-                model_id="", timings=None, rationales=None):
+                model_id="", timings=None, rationales=None, reward=None):
         self = super().__new__(cls, scores, ok_mask, errors)
         n = len(scores)
         nan = lambda: np.full(n, np.nan)  # noqa: E731
@@ -154,10 +157,84 @@ class ScoreResult(_ScoreResultBase):
         self.model_id = model_id
         self.timings = timings if timings is not None else [None] * n
         self.rationales = rationales if rationales is not None else [None] * n
+        self.reward = reward
         return self
 
     @property
     def num_failed(self) -> int:
+        return int((~self.ok_mask).sum())
+
+
+class _RewardScoresBase(NamedTuple):
+    scores: np.ndarray
+    ok_mask: np.ndarray
+    errors: List[List[Optional[ItemErrorInfo]]]
+
+
+class RewardScores(_RewardScoresBase):
+    """The scores of every item under several named rewards (`score(..., reward=[names])`):
+    `(scores, ok_mask, errors)` like `ScoreResult`, with one column per reward, in the order of
+    `rewards`; unpacks as a 3-tuple.
+
+    - `scores`: float64 (items, rewards), `scores[i, k]` = item i's `p_yes` under `rewards[k]`;
+      NaN where that cell failed;
+    - `ok_mask`: bool (items, rewards), True where the cell was scored;
+    - `errors`: one list per item with one `ItemErrorInfo` (or None) per reward: `errors[i][k]`.
+      An item that failed as a whole (the client could not build it, an unknown or repeated
+      reward name: reason "unknown_reward", a failed call with `mask_call_errors=True`) has its
+      error in every cell of its row.
+
+    Extra attributes: `rewards` (the names, a tuple), `p_yes_vocab`, `logit_yes`, `logit_no`
+    (float64 (items, rewards), NaN where failed), `model_id`, `timings` (per item: its timing,
+    all rewards together) and `rationales` (per item; only the first reward decodes one).
+    `reward(name)` is one reward's column as a `ScoreResult`, `column(name)` its number.
+    """
+
+    rewards: Tuple[str, ...]
+    p_yes_vocab: np.ndarray
+    logit_yes: np.ndarray
+    logit_no: np.ndarray
+    model_id: str
+    timings: List[Any]
+    rationales: List[Optional[RationaleResult]]
+
+    def __new__(cls, scores, ok_mask, errors, *, rewards, p_yes_vocab=None, logit_yes=None, logit_no=None,
+                model_id="", timings=None, rationales=None):
+        self = super().__new__(cls, scores, ok_mask, errors)
+        n = len(scores)
+        self.rewards = tuple(rewards)
+        nan = lambda: np.full((n, len(self.rewards)), np.nan)  # noqa: E731
+        self.p_yes_vocab = p_yes_vocab if p_yes_vocab is not None else nan()
+        self.logit_yes = logit_yes if logit_yes is not None else nan()
+        self.logit_no = logit_no if logit_no is not None else nan()
+        self.model_id = model_id
+        self.timings = timings if timings is not None else [None] * n
+        self.rationales = rationales if rationales is not None else [None] * n
+        return self
+
+    def column(self, reward: Any) -> int:
+        """The column of `reward` (a name, or a column number)."""
+        if isinstance(reward, str):
+            try:
+                return self.rewards.index(reward)
+            except ValueError:
+                raise KeyError(f"reward {reward!r} is not in this result (it has {', '.join(self.rewards)})") from None
+        k = int(reward)
+        if not -len(self.rewards) <= k < len(self.rewards):
+            raise IndexError(f"reward column {k} of {len(self.rewards)}")
+        return k % len(self.rewards)
+
+    def reward(self, reward: Any) -> ScoreResult:
+        """One reward's scores (by name or column number) as a `ScoreResult`."""
+        k = self.column(reward)
+        return ScoreResult(self.scores[:, k].copy(), self.ok_mask[:, k].copy(), [row[k] for row in self.errors],
+                           p_yes_vocab=self.p_yes_vocab[:, k].copy(), logit_yes=self.logit_yes[:, k].copy(),
+                           logit_no=self.logit_no[:, k].copy(), model_id=self.model_id, timings=list(self.timings),
+                           rationales=list(self.rationales) if k == 0 else None, reward=self.rewards[k])
+
+    @property
+    def num_failed(self) -> int:
+        """Cells (item, reward) that got no score."""
         return int((~self.ok_mask).sum())
 
 
@@ -174,7 +251,9 @@ class ScoreGradResult:
       dtype; float32 with `f32_gradients=True`); all zeros for a failed item;
     - `ok_mask`: bool, True where the item was scored; `errors`: `ItemErrorInfo` where it failed;
     - `logit_yes`, `logit_no` (float64, NaN where failed), `model_id`, `timings` (per item
-      `rewarddance.v1.Timing` or None).
+      `rewarddance.v1.Timing` or None);
+    - `reward`: the named reward differentiated (`score_grad(..., reward="name")`); None: the
+      server's first.
     """
 
     scores: np.ndarray
@@ -187,6 +266,7 @@ class ScoreGradResult:
     logit_no: np.ndarray
     model_id: str
     timings: List[Any]
+    reward: Optional[str] = None
 
     @property
     def num_failed(self) -> int:
@@ -205,7 +285,8 @@ class RankResult:
     - `preference`: pairwise, an N x N array, `preference[j, i]` = P(candidate j beats candidate
       i) averaged over both presentation orders (NaN on the diagonal and for unscored pairs);
       None for pointwise;
-    - `comparisons`: items the model scored; `model_id`.
+    - `comparisons`: items the model scored; `model_id`;
+    - `reward`: the named reward ranked by (`rank(..., reward="name")`); None: the server's first.
     """
 
     order: List[int]
@@ -218,6 +299,7 @@ class RankResult:
     preference: Optional[np.ndarray]
     comparisons: int
     model_id: str
+    reward: Optional[str] = None
 
 
 class RewardError(Exception):

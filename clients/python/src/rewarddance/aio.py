@@ -12,7 +12,7 @@ import grpc.aio
 from . import _core, _grad, _images, _retry
 from ._core import Targets
 from ._retry import RetryPolicy
-from ._types import RankResult, RationaleDelta, RewardError, ScoreGradResult, ScoreResult
+from ._types import RankResult, RationaleDelta, RewardError, RewardScores, ScoreGradResult, ScoreResult
 from .v1 import reward_pb2 as pb
 from .v1 import reward_pb2_grpc as pb_grpc
 
@@ -111,6 +111,10 @@ class AsyncRewardClient:
         self._info = await self._call(lambda stub, kw: stub.Info(pb.InfoRequest(), **kw), timeout)
         return self._info
 
+    async def reward_names(self, *, timeout: Optional[float] = None, refresh: bool = False) -> List[str]:
+        """See `RewardClient.reward_names`."""
+        return [r.name for r in (await self.info(timeout=timeout, refresh=refresh)).rewards]
+
     async def health_status(self, service: str = "", *, timeout: float = 5.0) -> dict:
         self._ensure()
         req = _core.encode_health_request(service)
@@ -160,17 +164,20 @@ class AsyncRewardClient:
         value_range: Optional[Tuple[float, float]] = None,
         mask_call_errors: bool = False,
         rationale: Any = None,
-    ) -> ScoreResult:
+        reward: Any = None,
+    ) -> Union[ScoreResult, RewardScores]:
         """See `RewardClient.score`. Image conversion runs in the loop's default executor."""
         self._ensure()
         total = _retry.call_timeout(self.timeout, timeout)
         deadline = time.monotonic() + total
+        names, several = _core.parse_reward(reward)
         loop = asyncio.get_running_loop()
         prep = await loop.run_in_executor(None, lambda: _core.prepare(
             prompts, images, references, videos=videos, instructions=instructions, mode=mode,
-            raw_max_bytes=self.raw_max_bytes, value_range=value_range, rationale=rationale))
-        return await self._batched(prep, _core.Assembler(prep), lambda items: pb.ScoreRequest(items=items), "Score",
-                                   total, deadline, chunk_size, mask_call_errors)
+            raw_max_bytes=self.raw_max_bytes, value_range=value_range, rationale=rationale, rewards=names))
+        return await self._batched(prep, _core.score_assembler(prep, names, several),
+                                   lambda items: pb.ScoreRequest(items=items), "Score", total, deadline, chunk_size,
+                                   mask_call_errors)
 
     async def score_grad(
         self,
@@ -187,15 +194,18 @@ class AsyncRewardClient:
         timeout: Optional[float] = None,
         chunk_size: Optional[int] = None,
         mask_call_errors: bool = False,
+        reward: Optional[str] = None,
     ) -> ScoreGradResult:
         """See `RewardClient.score_grad`. Packing runs in the loop's default executor."""
         self._ensure()
         total = _retry.call_timeout(self.timeout, timeout)
         deadline = time.monotonic() + total
+        _core.parse_one_reward(reward, "ScoreGrad")  # bad names raise here, before the executor
         loop = asyncio.get_running_loop()
         prep = await loop.run_in_executor(None, lambda: _grad.prepare_grad(
             prompts, images, references, objective=objective, instructions=instructions, mode=mode,
-            value_range=value_range, layout=layout, f32_gradients=f32_gradients, raw_max_bytes=self.raw_max_bytes))
+            value_range=value_range, layout=layout, f32_gradients=f32_gradients, reward=reward,
+            raw_max_bytes=self.raw_max_bytes))
         asm = _grad.GradAssembler(prep)
         return await self._batched(prep, asm, prep.request, "ScoreGrad", total, deadline, chunk_size,
                                    mask_call_errors, prep.batch.response_factor)
@@ -241,6 +251,7 @@ class AsyncRewardClient:
         chunk_size: Optional[int] = None,
         value_range: Optional[Tuple[float, float]] = None,
         mask_call_errors: bool = False,
+        reward: Any = None,
     ) -> "AsyncRationaleStream":
         """`RewardClient.stream_rationales` as an async iterator (not awaited itself):
 
@@ -248,12 +259,13 @@ class AsyncRewardClient:
                 async for ev in stream:
                     ...  # RationaleDelta(index, text)s, then the ScoreResult
 
-        `rationale=` is checked here (ValueError); images are converted (in the loop's default
-        executor) and the call is made on the first iteration. Leaving the `async with` block,
+        `rationale=` and `reward=` are checked here (ValueError); images are converted (in the
+        loop's default executor) and the call is made on the first iteration. Leaving the `async with` block,
         `await stream.aclose()` or `stream.cancel()` cancels the call; breaking out of a bare
         `async for` cancels it when asyncio finalizes the abandoned stream.
         """
         _core.check_rationale(rationale)
+        names, several = _core.parse_reward(reward)
         total = _retry.call_timeout(self.timeout, timeout)
         deadline = time.monotonic() + total
         stream = AsyncRationaleStream()
@@ -262,19 +274,24 @@ class AsyncRewardClient:
         def prepare():
             return _core.prepare(prompts, images, references, videos=videos, instructions=instructions, mode=mode,
                                  raw_max_bytes=self.raw_max_bytes, value_range=value_range, rationale=rationale,
-                                 stream_rationale=True)
+                                 stream_rationale=True, rewards=names)
 
-        stream._gen = self._stream_events(ctl, prepare, chunk_size, self._attempts(total, deadline), mask_call_errors)
+        def assembler(prep: _core.Prepared) -> _core.Assembler:
+            return _core.score_assembler(prep, names, several)
+
+        stream._gen = self._stream_events(ctl, prepare, assembler, chunk_size, self._attempts(total, deadline),
+                                          mask_call_errors)
         return stream
 
     async def _stream_events(self, ctl: _core.StreamControl, prepare: Callable[[], _core.Prepared],
-                             chunk_size: Optional[int], tries: _retry.Attempts,
+                             assembler: Callable[[_core.Prepared], _core.Assembler], chunk_size: Optional[int],
+                             tries: _retry.Attempts,
                              mask_call_errors: bool) -> AsyncIterator[Union[RationaleDelta, ScoreResult]]:
         self._ensure()
         loop = asyncio.get_running_loop()
         prep = await loop.run_in_executor(None, prepare)
         size, max_bytes = await self._limits(chunk_size or self.chunk_size, tries.total)
-        state = _core.StreamState(prep, _core.make_chunks(prep.items, size, max_bytes))
+        state = _core.StreamState(prep, _core.make_chunks(prep.items, size, max_bytes), assembler(prep))
         ctl.state = state
         while state.requests:
             if ctl.cancelled:
@@ -329,15 +346,17 @@ class AsyncRewardClient:
         instruction: Optional[str] = None,
         timeout: Optional[float] = None,
         value_range: Optional[Tuple[float, float]] = None,
+        reward: Optional[str] = None,
     ) -> RankResult:
         """Awaitable `RewardClient.rank` (same arguments, same result)."""
         self._ensure()
+        name = _core.parse_one_reward(reward, "Rank")
         loop = asyncio.get_running_loop()
         req, client_errors = await loop.run_in_executor(None, lambda: _core.rank_request(
             prompt, candidates, instruction=instruction, method=method, opponents=opponents, seed=seed,
-            raw_max_bytes=self.raw_max_bytes, value_range=value_range))
+            raw_max_bytes=self.raw_max_bytes, value_range=value_range, reward=name))
         resp = await self._call(lambda stub, kw: stub.Rank(req, **kw), timeout)
-        return _core.rank_result(resp, len(req.candidates), client_errors)
+        return _core.rank_result(resp, len(req.candidates), client_errors, name)
 
     async def close(self) -> None:
         self._closed = True
@@ -374,7 +393,8 @@ class AsyncRationaleStream:
 
     @property
     def result(self) -> Optional[ScoreResult]:
-        """The final `ScoreResult` once it was yielded, else None."""
+        """The final `ScoreResult` (`RewardScores` with `reward=[names]`) once it was yielded,
+        else None."""
         return self._ctl.result
 
     @property

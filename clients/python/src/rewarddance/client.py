@@ -12,7 +12,7 @@ import grpc
 from . import _core, _grad, _images, _retry
 from ._core import Targets
 from ._retry import RetryPolicy
-from ._types import RankResult, RationaleDelta, RewardError, ScoreGradResult, ScoreResult
+from ._types import RankResult, RationaleDelta, RewardError, RewardScores, ScoreGradResult, ScoreResult
 from .v1 import reward_pb2 as pb
 from .v1 import reward_pb2_grpc as pb_grpc
 
@@ -141,13 +141,19 @@ class RewardClient:
     # -- API -------------------------------------------------------------------------------
 
     def info(self, *, timeout: Optional[float] = None, refresh: bool = False) -> pb.InfoResponse:
-        """The server's `InfoResponse` (model id, limits, default instructions); cached."""
+        """The server's `InfoResponse` (model id, limits, default instructions, the named rewards
+        in `.rewards`); cached."""
         self._ensure()
         if self._info is not None and not refresh:
             return self._info
         info = self._call(lambda stub, kw: stub.Info(pb.InfoRequest(), **kw), timeout)
         self._info = info
         return info
+
+    def reward_names(self, *, timeout: Optional[float] = None, refresh: bool = False) -> List[str]:
+        """The names of the server's rewards (`info().rewards`), in its order; the first is
+        what a call without `reward=` gets. Empty from a server that predates named rewards."""
+        return [r.name for r in self.info(timeout=timeout, refresh=refresh).rewards]
 
     def health(self, service: str = "", *, timeout: float = 5.0) -> bool:
         """True when every target answers the standard grpc health check with SERVING."""
@@ -203,7 +209,8 @@ class RewardClient:
         value_range: Optional[Tuple[float, float]] = None,
         mask_call_errors: bool = False,
         rationale: Any = None,
-    ) -> ScoreResult:
+        reward: Any = None,
+    ) -> Union[ScoreResult, RewardScores]:
         """Scores items and returns `(scores, ok_mask, errors)` in input order.
 
         Args:
@@ -227,6 +234,13 @@ class RewardClient:
                 (`max_tokens`, `temperature`, `top_p`, `seed`) for every item, or a list with one
                 of these (or None) per item. The texts are in `result.rationales`. Bad options
                 raise ValueError here; options over the server's limits are item errors.
+            reward: the named reward(s) to score with (`reward_names()`). None (default): the
+                server's first. A name: that reward's `ScoreResult` (`result.reward` is the name).
+                A list of names: every item under each, once prepared on the server (images
+                decoded once), returned as a `RewardScores` with one column per name in this
+                order (`scores[i, k]`, `ok_mask[i, k]`, `errors[i][k]`); only the first reward
+                decodes a rationale. A repeated or empty name raises ValueError; a name the
+                server does not have fails every item (reason "unknown_reward", in every cell).
 
         Items that cannot be scored (bad image, too large, deadline, ...) do not raise: they are
         NaN in `scores`, False in `ok_mask` and carry an `ItemErrorInfo` in `errors`.
@@ -234,10 +248,13 @@ class RewardClient:
         self._ensure()
         total = _retry.call_timeout(self.timeout, timeout)
         deadline = time.monotonic() + total
+        names, several = _core.parse_reward(reward)
         prep = _core.prepare(prompts, images, references, videos=videos, instructions=instructions, mode=mode,
-                             raw_max_bytes=self.raw_max_bytes, value_range=value_range, rationale=rationale)
-        return self._batched(prep, _core.Assembler(prep), lambda items: pb.ScoreRequest(items=items), "Score",
-                             total, deadline, chunk_size, mask_call_errors)
+                             raw_max_bytes=self.raw_max_bytes, value_range=value_range, rationale=rationale,
+                             rewards=names)
+        return self._batched(prep, _core.score_assembler(prep, names, several),
+                             lambda items: pb.ScoreRequest(items=items), "Score", total, deadline, chunk_size,
+                             mask_call_errors)
 
     def score_grad(
         self,
@@ -254,6 +271,7 @@ class RewardClient:
         timeout: Optional[float] = None,
         chunk_size: Optional[int] = None,
         mask_call_errors: bool = False,
+        reward: Optional[str] = None,
     ) -> ScoreGradResult:
         """The reward of each image and its gradient w.r.t. the image's pixels (ScoreGrad RPC).
 
@@ -274,6 +292,9 @@ class RewardClient:
             f32_gradients: return the gradients as float32 (from the server's f32) whatever the
                 input's dtype; default: the input's dtype.
             timeout, chunk_size, mask_call_errors: as in `score()` (retries included).
+            reward: the named reward to differentiate (one name; None: the server's first).
+                Several names raise ValueError (one call per reward); an unknown one fails
+                every item (reason "unknown_reward").
 
         Returns a `ScoreGradResult`: `scores` (p_yes), `objectives`, `gradients` (shaped like
         `images`, on its device, zeros for failed items), `ok_mask`, `errors`. Items that cannot
@@ -286,7 +307,7 @@ class RewardClient:
         deadline = time.monotonic() + total
         prep = _grad.prepare_grad(prompts, images, references, objective=objective, instructions=instructions,
                                   mode=mode, value_range=value_range, layout=layout, f32_gradients=f32_gradients,
-                                  raw_max_bytes=self.raw_max_bytes)
+                                  reward=reward, raw_max_bytes=self.raw_max_bytes)
         return self._batched(prep, _grad.GradAssembler(prep), prep.request, "ScoreGrad", total, deadline,
                              chunk_size, mask_call_errors, prep.batch.response_factor)
 
@@ -335,6 +356,7 @@ class RewardClient:
         chunk_size: Optional[int] = None,
         value_range: Optional[Tuple[float, float]] = None,
         mask_call_errors: bool = False,
+        reward: Any = None,
     ) -> "RationaleStream":
         """Scores items like `score()` and streams their rationales as they are decoded.
 
@@ -342,7 +364,9 @@ class RewardClient:
         piece of text (`index` is the item's position in the input), then, last, the
         `ScoreResult` of all items (the same as `score()` would return; its rationale texts equal
         the concatenated deltas). `rationale` takes the same values as in `score()` (default True:
-        every item, server defaults); items without one are scored but send no deltas.
+        every item, server defaults); items without one are scored but send no deltas. `reward`
+        as in `score()`: with a list of names the last event is a `RewardScores`, and the text
+        is the first reward's.
 
             for ev in client.stream_rationales(prompt, images, rationale={"max_tokens": 128}):
                 if isinstance(ev, RationaleDelta):
@@ -361,11 +385,13 @@ class RewardClient:
         self._ensure()
         total = _retry.call_timeout(self.timeout, timeout)
         deadline = time.monotonic() + total
+        names, several = _core.parse_reward(reward)
         prep = _core.prepare(prompts, images, references, videos=videos, instructions=instructions, mode=mode,
                              raw_max_bytes=self.raw_max_bytes, value_range=value_range, rationale=rationale,
-                             stream_rationale=True)
+                             stream_rationale=True, rewards=names)
         size, max_bytes = self._limits(chunk_size, total)
-        state = _core.StreamState(prep, _core.make_chunks(prep.items, size, max_bytes))
+        state = _core.StreamState(prep, _core.make_chunks(prep.items, size, max_bytes),
+                                  _core.score_assembler(prep, names, several))
         stream = RationaleStream(state)
         stream._gen = self._stream_events(stream._ctl, state, self._attempts(total, deadline), mask_call_errors)
         return stream
@@ -423,6 +449,7 @@ class RewardClient:
         instruction: Optional[str] = None,
         timeout: Optional[float] = None,
         value_range: Optional[Tuple[float, float]] = None,
+        reward: Optional[str] = None,
     ) -> RankResult:
         """Ranks N candidate images for one prompt (Best-of-N) with the server's Rank RPC.
 
@@ -430,14 +457,17 @@ class RewardClient:
         candidate drawn with `seed`, both orders, Bradley-Terry) or "pointwise" (P(yes) each).
         Candidates take the same input kinds as `score()`. A candidate that cannot be scored is
         reported in `errors` / `ok_mask` and ranked last; the call fails as a whole
-        (`RewardError`) only for call-level errors, after retries as for `score()`.
+        (`RewardError`) only for call-level errors, after retries as for `score()`. `reward`:
+        the named reward to rank by (one name; None: the server's first); a name the server does
+        not have fails the call (`RewardError` INVALID_ARGUMENT).
         """
         self._ensure()
+        name = _core.parse_one_reward(reward, "Rank")
         req, client_errors = _core.rank_request(prompt, candidates, instruction=instruction, method=method,
                                                 opponents=opponents, seed=seed, raw_max_bytes=self.raw_max_bytes,
-                                                value_range=value_range)
+                                                value_range=value_range, reward=name)
         resp = self._call(lambda stub, kw: stub.Rank(req, **kw), timeout)
-        return _core.rank_result(resp, len(req.candidates), client_errors)
+        return _core.rank_result(resp, len(req.candidates), client_errors, name)
 
     def close(self) -> None:
         with self._lock:
@@ -481,7 +511,8 @@ class RationaleStream:
 
     @property
     def result(self) -> Optional[ScoreResult]:
-        """The final `ScoreResult` once it was yielded, else None."""
+        """The final `ScoreResult` (`RewardScores` with `reward=[names]`) once it was yielded,
+        else None."""
         return self._ctl.result
 
     @property

@@ -93,6 +93,7 @@ def remote_reward(
     chunk_size: Optional[int] = None,
     on_error: str = "raise",
     return_result: bool = False,
+    reward: Optional[str] = None,
 ):
     """The remote reward of each image as a differentiable (B,) tensor.
 
@@ -106,6 +107,9 @@ def remote_reward(
         references: reference images for pairwise rewards (constants, no gradient).
         value_range, layout, instructions, mode, f32_gradients, timeout, chunk_size: as in
             `RewardClient.score_grad`.
+        reward: the server's named reward to train on (one name; None: its first), as in
+            `RewardClient.score_grad`. For several rewards, call once per reward and combine
+            the tensors (e.g. a weighted sum): each call's backward is its own reward's.
         on_error: what items that get no reward do. "raise" (default): the forward pass raises
             `RewardItemsFailed` (with the call's result), so that a training step never silently
             trains on part of its batch. "zero": their reward is 0 and their gradient 0 (they
@@ -124,7 +128,7 @@ def remote_reward(
     if not hasattr(client, "score_grad") or _is_async(client):
         raise TypeError("remote_reward needs a (synchronous) RewardClient")
     options = dict(value_range=value_range, references=references, layout=layout, instructions=instructions,
-                   mode=mode, f32_gradients=f32_gradients, timeout=timeout, chunk_size=chunk_size)
+                   mode=mode, f32_gradients=f32_gradients, timeout=timeout, chunk_size=chunk_size, reward=reward)
     holder: List[ScoreGradResult] = []
     values = _RemoteReward.apply(images, prompts, client, objective, options, on_error, holder)
     result = holder[0]

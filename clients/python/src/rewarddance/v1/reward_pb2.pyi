@@ -82,7 +82,7 @@ class ScoreRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[ScoreItem, _Mapping]]] = ...) -> None: ...
 
 class ScoreItem(_message.Message):
-    __slots__ = ("id", "prompt", "image", "video", "reference", "instruction", "mode", "rationale")
+    __slots__ = ("id", "prompt", "image", "video", "reference", "instruction", "mode", "rationale", "rewards")
     ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,7 @@ class ScoreItem(_message.Message):
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     RATIONALE_FIELD_NUMBER: _ClassVar[int]
+    REWARDS_FIELD_NUMBER: _ClassVar[int]
     id: str
     prompt: str
     image: Image
@@ -99,7 +100,8 @@ class ScoreItem(_message.Message):
     instruction: str
     mode: Mode
     rationale: RationaleOptions
-    def __init__(self, id: _Optional[str] = ..., prompt: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., video: _Optional[_Union[Video, _Mapping]] = ..., reference: _Optional[_Union[Image, _Mapping]] = ..., instruction: _Optional[str] = ..., mode: _Optional[_Union[Mode, str]] = ..., rationale: _Optional[_Union[RationaleOptions, _Mapping]] = ...) -> None: ...
+    rewards: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., prompt: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., video: _Optional[_Union[Video, _Mapping]] = ..., reference: _Optional[_Union[Image, _Mapping]] = ..., instruction: _Optional[str] = ..., mode: _Optional[_Union[Mode, str]] = ..., rationale: _Optional[_Union[RationaleOptions, _Mapping]] = ..., rewards: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RationaleOptions(_message.Message):
     __slots__ = ("max_tokens", "temperature", "top_p", "seed", "stream")
@@ -220,20 +222,32 @@ class RationaleDelta(_message.Message):
     def __init__(self, request: _Optional[int] = ..., index: _Optional[int] = ..., id: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class ItemResult(_message.Message):
-    __slots__ = ("id", "index", "score", "error", "timing", "rationale")
+    __slots__ = ("id", "index", "score", "error", "timing", "rationale", "rewards")
     ID_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     RATIONALE_FIELD_NUMBER: _ClassVar[int]
+    REWARDS_FIELD_NUMBER: _ClassVar[int]
     id: str
     index: int
     score: Score
     error: ItemError
     timing: Timing
     rationale: Rationale
-    def __init__(self, id: _Optional[str] = ..., index: _Optional[int] = ..., score: _Optional[_Union[Score, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., rationale: _Optional[_Union[Rationale, _Mapping]] = ...) -> None: ...
+    rewards: _containers.RepeatedCompositeFieldContainer[RewardOutcome]
+    def __init__(self, id: _Optional[str] = ..., index: _Optional[int] = ..., score: _Optional[_Union[Score, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., rationale: _Optional[_Union[Rationale, _Mapping]] = ..., rewards: _Optional[_Iterable[_Union[RewardOutcome, _Mapping]]] = ...) -> None: ...
+
+class RewardOutcome(_message.Message):
+    __slots__ = ("reward", "score", "error")
+    REWARD_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    reward: str
+    score: Score
+    error: ItemError
+    def __init__(self, reward: _Optional[str] = ..., score: _Optional[_Union[Score, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
 
 class Rationale(_message.Message):
     __slots__ = ("text", "token_ids", "stop")
@@ -286,20 +300,22 @@ class Timing(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., preprocess_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., batch_items: _Optional[int] = ..., batch_tokens: _Optional[int] = ..., decode_ms: _Optional[float] = ...) -> None: ...
 
 class RankRequest(_message.Message):
-    __slots__ = ("prompt", "candidates", "instruction", "method", "opponents", "seed")
+    __slots__ = ("prompt", "candidates", "instruction", "method", "opponents", "seed", "reward")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     OPPONENTS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    REWARD_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     candidates: _containers.RepeatedCompositeFieldContainer[Image]
     instruction: str
     method: RankMethod
     opponents: int
     seed: int
-    def __init__(self, prompt: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., instruction: _Optional[str] = ..., method: _Optional[_Union[RankMethod, str]] = ..., opponents: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    reward: str
+    def __init__(self, prompt: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., instruction: _Optional[str] = ..., method: _Optional[_Union[RankMethod, str]] = ..., opponents: _Optional[int] = ..., seed: _Optional[int] = ..., reward: _Optional[str] = ...) -> None: ...
 
 class RankResponse(_message.Message):
     __slots__ = ("candidates", "order", "best", "preference", "comparisons", "model_id")
@@ -342,7 +358,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("model_id", "layout", "dtype", "devices", "limits", "answer_tokens", "default_instructions", "server_version", "tile_size", "tokens_per_tile")
+    __slots__ = ("model_id", "layout", "dtype", "devices", "limits", "answer_tokens", "default_instructions", "server_version", "tile_size", "tokens_per_tile", "rewards")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -353,6 +369,7 @@ class InfoResponse(_message.Message):
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     TILE_SIZE_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_TILE_FIELD_NUMBER: _ClassVar[int]
+    REWARDS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     layout: str
     dtype: str
@@ -363,7 +380,40 @@ class InfoResponse(_message.Message):
     server_version: str
     tile_size: int
     tokens_per_tile: int
-    def __init__(self, model_id: _Optional[str] = ..., layout: _Optional[str] = ..., dtype: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., answer_tokens: _Optional[_Union[AnswerTokens, _Mapping]] = ..., default_instructions: _Optional[_Iterable[_Union[DefaultInstruction, _Mapping]]] = ..., server_version: _Optional[str] = ..., tile_size: _Optional[int] = ..., tokens_per_tile: _Optional[int] = ...) -> None: ...
+    rewards: _containers.RepeatedCompositeFieldContainer[RewardInfo]
+    def __init__(self, model_id: _Optional[str] = ..., layout: _Optional[str] = ..., dtype: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., answer_tokens: _Optional[_Union[AnswerTokens, _Mapping]] = ..., default_instructions: _Optional[_Iterable[_Union[DefaultInstruction, _Mapping]]] = ..., server_version: _Optional[str] = ..., tile_size: _Optional[int] = ..., tokens_per_tile: _Optional[int] = ..., rewards: _Optional[_Iterable[_Union[RewardInfo, _Mapping]]] = ...) -> None: ...
+
+class RewardInfo(_message.Message):
+    __slots__ = ("name", "adapter", "answer_tokens", "instructions", "mode")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    adapter: AdapterInfo
+    answer_tokens: AnswerTokens
+    instructions: _containers.RepeatedCompositeFieldContainer[DefaultInstruction]
+    mode: Mode
+    def __init__(self, name: _Optional[str] = ..., adapter: _Optional[_Union[AdapterInfo, _Mapping]] = ..., answer_tokens: _Optional[_Union[AnswerTokens, _Mapping]] = ..., instructions: _Optional[_Iterable[_Union[DefaultInstruction, _Mapping]]] = ..., mode: _Optional[_Union[Mode, str]] = ...) -> None: ...
+
+class AdapterInfo(_message.Message):
+    __slots__ = ("path", "rank", "alpha", "rslora", "merged", "modules", "replaced")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    RSLORA_FIELD_NUMBER: _ClassVar[int]
+    MERGED_FIELD_NUMBER: _ClassVar[int]
+    MODULES_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    rank: int
+    alpha: float
+    rslora: bool
+    merged: bool
+    modules: _containers.RepeatedScalarFieldContainer[str]
+    replaced: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, path: _Optional[str] = ..., rank: _Optional[int] = ..., alpha: _Optional[float] = ..., rslora: bool = ..., merged: bool = ..., modules: _Optional[_Iterable[str]] = ..., replaced: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_batch_tokens", "max_batch_items", "max_items_per_request", "max_message_bytes", "max_image_pixels", "max_tiles_per_item", "max_tokens_per_item", "max_queue_items", "max_stream_in_flight", "max_rationale_tokens", "default_rationale_tokens", "max_decoding_sequences", "max_grad_message_bytes", "max_gradient_tiles")
