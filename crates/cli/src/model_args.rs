@@ -4,7 +4,9 @@ use crate::notes::{note, warn_note};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use rewarddance_model::image::DecodeLimits;
-use rewarddance_model::pipeline::memory::{check_fits, check_gradient_fits, BatchBudget};
+use rewarddance_model::pipeline::memory::{
+    check_fits, check_gradient_fits, unmerged_adapter_bytes, BatchBudget,
+};
 use rewarddance_model::pipeline::rewards::read_rewards;
 use rewarddance_model::{
     AnswerTokens, Checkpoint, DType, Device, FamilyConfig, LoadOptions, RewardModel,
@@ -155,8 +157,14 @@ impl ModelArgs {
             ));
             return Ok(());
         };
-        // The feature cache is held on the device too.
-        let available = available.saturating_sub((self.feature_cache_mib as u64) << 20);
+        // The feature cache is held on the device too, and so are unmerged adapters.
+        let adapters = match &self.rewards {
+            Some(file) => unmerged_adapter_bytes(&read_rewards(file)?),
+            None => 0,
+        };
+        let available = available
+            .saturating_sub((self.feature_cache_mib as u64) << 20)
+            .saturating_sub(adapters);
         let per_tile = config.tokens_per_tile().max(1);
         let budget = BatchBudget {
             tokens,

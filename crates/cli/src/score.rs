@@ -66,8 +66,13 @@ pub struct ScoreArgs {
     objective: String,
     /// Score with this named reward (from `--rewards`); repeat for several: one output
     /// object per item and reward, each with its `reward`. Default: the first reward.
-    #[arg(long = "reward", value_name = "NAME", conflicts_with_all = ["manifest", "dir"])]
-    rewards: Vec<String>,
+    #[arg(
+        long = "reward",
+        id = "reward",
+        value_name = "NAME",
+        conflicts_with_all = ["manifest", "dir"]
+    )]
+    reward_names: Vec<String>,
 }
 
 /// Runs the subcommand. Single items: exit 1 when any item failed (an unreadable file too).
@@ -137,11 +142,11 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
         };
 
     // Each item once per requested reward (its images decoded once).
-    let rewards = reward_indices(&model, &args.rewards)?;
-    let names: Vec<Option<&str>> = if args.rewards.is_empty() {
+    let rewards = reward_indices(&model, &args.reward_names)?;
+    let names: Vec<Option<&str>> = if args.reward_names.is_empty() {
         vec![None]
     } else {
-        args.rewards.iter().map(|n| Some(n.as_str())).collect()
+        args.reward_names.iter().map(|n| Some(n.as_str())).collect()
     };
     let mut prepared: Vec<Result<PreparedItem, ItemFailure>> = Vec::new();
     let mut reward_names: Vec<Option<&str>> = Vec::new();

@@ -12,7 +12,10 @@
 //!   scores/softmax of the longest sequence (attention runs sequence by sequence) and its causal
 //!   mask, and f32 logits for every sequence;
 //! - overhead: 1 GiB for the CUDA context, cuBLAS workspaces and allocator slack, plus 10% of the
-//!   activations for fragmentation.
+//!   activations for fragmentation;
+//! - adapters ([`unmerged_adapter_bytes`]): a merged adapter costs nothing; each unmerged one
+//!   holds its LoRA factors (at most their file's size, f32) next to the base weights. Their
+//!   activations (rows x rank per layer) are below the estimate's rounding.
 
 use candle_core::DType;
 
@@ -23,6 +26,24 @@ use crate::nn::language::config::TextConfig;
 const GIB: f64 = (1u64 << 30) as f64;
 /// CUDA context, cuBLAS workspaces, allocator slack.
 pub const RUNTIME_OVERHEAD_BYTES: u64 = 1 << 30;
+
+/// Bytes the unmerged adapters of `specs` hold on the device: each distinct adapter's
+/// `adapter_model.safetensors` size (its LoRA factors in f32, an upper bound at any dtype),
+/// or 0 when one adapter serves every reward (it is merged into the weights).
+pub fn unmerged_adapter_bytes(specs: &[crate::pipeline::rewards::RewardSpec]) -> u64 {
+    let first = specs.first().and_then(|s| s.adapter.as_ref());
+    if first.is_some() && specs.iter().all(|s| s.adapter.as_ref() == first) {
+        return 0;
+    }
+    let mut dirs: Vec<&std::path::Path> =
+        specs.iter().filter_map(|s| s.adapter.as_deref()).collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs.iter()
+        .filter_map(|d| std::fs::metadata(d.join("adapter_model.safetensors")).ok())
+        .map(|m| m.len())
+        .sum()
+}
 
 /// The most one forward pass is allowed to hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

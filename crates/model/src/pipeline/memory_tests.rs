@@ -143,3 +143,30 @@ fn a_gradient_budget_that_cannot_fit_is_refused_with_the_flag_to_change() {
     assert!(err.contains("--max-gradient-tiles"), "{err}");
     assert!(check_gradient_fits(&c, DType::BF16, 1, 768, 4 << 30).is_ok());
 }
+
+#[test]
+fn unmerged_adapters_count_their_factors_and_a_merged_one_nothing() {
+    use crate::pipeline::rewards::RewardSpec;
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/adapters");
+    let with = |name: &str, dir: &str| RewardSpec {
+        adapter: Some(fixtures.join(dir)),
+        ..RewardSpec::named(name)
+    };
+    let size = |dir: &str| {
+        std::fs::metadata(fixtures.join(dir).join("adapter_model.safetensors"))
+            .unwrap()
+            .len()
+    };
+    let merged = [with("a", "hf-llm-swift"), with("b", "hf-llm-swift")];
+    assert_eq!(unmerged_adapter_bytes(&merged), 0);
+    let mixed = [
+        RewardSpec::named("base"),
+        with("a", "hf-llm-swift"),
+        with("b", "hf-llm-swift"),
+        with("c", "hf-rslora"),
+    ];
+    let expected = size("hf-llm-swift") + size("hf-rslora");
+    assert!(expected > 0);
+    assert_eq!(unmerged_adapter_bytes(&mixed), expected);
+    assert_eq!(unmerged_adapter_bytes(&[RewardSpec::named("base")]), 0);
+}

@@ -75,7 +75,8 @@ struct RewardTable {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RewardsFile {
-    rewards: BTreeMap<String, RewardTable>,
+    /// Keyed with their place in the file: rewards keep the file's order.
+    rewards: BTreeMap<toml::Spanned<String>, RewardTable>,
 }
 
 /// Parses a rewards file's text; relative adapter paths are taken from `base_dir`.
@@ -87,10 +88,12 @@ pub fn parse_rewards(text: &str, base_dir: &Path) -> Result<Vec<RewardSpec>> {
             "rewards file declares no reward ([rewards.NAME] tables)".into(),
         ));
     }
-    let specs = file
-        .rewards
+    let mut tables: Vec<(toml::Spanned<String>, RewardTable)> = file.rewards.into_iter().collect();
+    tables.sort_by_key(|(name, _)| name.span().start);
+    let specs = tables
         .into_iter()
         .map(|(name, t)| {
+            let name = name.into_inner();
             let fail = |m: String| Error::InvalidInput(format!("reward {name:?}: {m}"));
             let answers = match (t.answer_yes, t.answer_no) {
                 (None, None) => None,
@@ -176,6 +179,8 @@ mod tests {
     fn a_rewards_file_declares_named_rewards() {
         let specs = parse_rewards(
             r#"
+            [rewards.zeta]
+
             [rewards.aesthetic]
             adapter = "adapters/aesthetic"
             instruction = "Is '{prompt}' beautiful?"
@@ -187,7 +192,10 @@ mod tests {
             Path::new("/etc/rd"),
         )
         .expect("parses");
-        assert_eq!(specs.len(), 2);
+        // The file's order (the first is the default), not the names'.
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["zeta", "aesthetic", "base"]);
+        let specs = &specs[1..];
         assert_eq!(specs[0].name, "aesthetic");
         assert_eq!(
             specs[0].adapter.as_deref(),
