@@ -543,6 +543,28 @@ pub fn add_low_rank(
     (base.to_dtype(DType::F32)? + ba)?.to_dtype(dtype)
 }
 
+impl MergedWeights {
+    /// Reads `name` (checked against `shape` when given) with its delta merged; a merged
+    /// tensor's base is read in f32 so that the sum is rounded once, into `dtype`.
+    fn read(
+        &self,
+        name: &str,
+        shape: Option<(Shape, candle_nn::Init)>,
+        dtype: DType,
+    ) -> candle_core::Result<Tensor> {
+        let wide = if self.deltas.contains_key(name) {
+            DType::F32
+        } else {
+            dtype
+        };
+        let base = match shape {
+            Some((s, h)) => self.base.get_with_hints_dtype(s, name, h, wide)?,
+            None => self.base.get_unchecked_dtype(name, wide)?,
+        };
+        self.merged(name, base, dtype)
+    }
+}
+
 impl SimpleBackend for MergedWeights {
     fn get(
         &self,
@@ -552,14 +574,7 @@ impl SimpleBackend for MergedWeights {
         dtype: DType,
         _dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        // Read the base in f32 so that the sum is rounded once, into `dtype`.
-        let wide = if self.deltas.contains_key(name) {
-            DType::F32
-        } else {
-            dtype
-        };
-        let base = self.base.get_with_hints_dtype(s, name, h, wide)?;
-        self.merged(name, base, dtype)
+        self.read(name, Some((s, h)), dtype)
     }
 
     fn get_unchecked(
@@ -568,13 +583,7 @@ impl SimpleBackend for MergedWeights {
         dtype: DType,
         _dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let wide = if self.deltas.contains_key(name) {
-            DType::F32
-        } else {
-            dtype
-        };
-        let base = self.base.get_unchecked_dtype(name, wide)?;
-        self.merged(name, base, dtype)
+        self.read(name, None, dtype)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
