@@ -9,7 +9,8 @@
 #   1. nvidia-smi
 #   2. rewarddance parity on the device, per dtype (f32, bf16)
 #   3. rewarddance bench-model --preset P --random-weights, pointwise + pairwise, batch 1/16/64,
-#      then --grad (ScoreGrad against Score) at GPU_CHECK_GRAD_PRESETS
+#      then --grad (ScoreGrad against Score, prefix reuse off and on) at GPU_CHECK_GRAD_PRESETS,
+#      then --lora 4 (base, merged, unmerged adapters, 4 rewards per item) at GPU_CHECK_LORA_PRESETS
 #   4. rewarddance serve in the background + rewarddance bench --target (many concurrent clients)
 #   5. optional: tools/gpu/baseline.py, transformers at the same shapes on the same card
 #   6. a summary table, printed last (also summary.md)
@@ -26,6 +27,8 @@
 #   GPU_CHECK_BATCHES         1,16,64
 #   GPU_CHECK_GRAD_PRESETS    "1b 8b"                 bench-model --grad presets (ScoreGrad)
 #   GPU_CHECK_GRAD_BATCHES    1,8
+#   GPU_CHECK_LORA_PRESETS    "1b 8b"                 bench-model --lora 4 presets (named rewards)
+#   GPU_CHECK_LORA_BATCHES    16
 #   GPU_CHECK_MODES           pointwise,pairwise
 #   GPU_CHECK_ITERS           2                       timed runs per bench-model row
 #   GPU_CHECK_BENCH_DTYPE     (binary's default: bf16 on CUDA, f32 on CPU)
@@ -45,6 +48,8 @@ PRESETS=${GPU_CHECK_PRESETS:-1b 2b 8b}
 BATCHES=${GPU_CHECK_BATCHES:-1,16,64}
 GRAD_PRESETS=${GPU_CHECK_GRAD_PRESETS:-1b 8b}
 GRAD_BATCHES=${GPU_CHECK_GRAD_BATCHES:-1,8}
+LORA_PRESETS=${GPU_CHECK_LORA_PRESETS:-1b 8b}
+LORA_BATCHES=${GPU_CHECK_LORA_BATCHES:-16}
 MODES=${GPU_CHECK_MODES:-pointwise,pairwise}
 ITERS=${GPU_CHECK_ITERS:-2}
 BENCH_DTYPE=${GPU_CHECK_BENCH_DTYPE:-}
@@ -158,6 +163,13 @@ for preset in $GRAD_PRESETS; do
   step "bench-model --grad $preset" 120 --tee "$OUTDIR/bench-model.md" \
     "$BIN" bench-model --preset "$preset" --random-weights --grad --device "$DEVICE" \
     "${bench_dtype[@]}" --batch "$GRAD_BATCHES" --mode "$MODES" --iters "$ITERS"
+done
+# 3c. Named rewards: random LoRA adapters merged and unmerged, several rewards per item.
+for preset in $LORA_PRESETS; do
+  echo "### bench-model --lora 4 --preset $preset" >> "$OUTDIR/bench-model.md"
+  step "bench-model --lora $preset" 120 --tee "$OUTDIR/bench-model.md" \
+    "$BIN" bench-model --preset "$preset" --random-weights --lora 4 --device "$DEVICE" \
+    "${bench_dtype[@]}" --batch "$LORA_BATCHES" --iters "$ITERS"
 done
 
 # 4. Server: `serve` in the background on free ports, then many concurrent clients.

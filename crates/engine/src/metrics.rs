@@ -17,8 +17,7 @@ pub const REQUESTS_TOTAL: &str = "rewarddance_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "rewarddance_request_duration_seconds";
 /// Counter: items scored successfully (`rate()` of it is items per second).
 pub const ITEMS_SCORED_TOTAL: &str = "rewarddance_items_scored_total";
-/// Counter: items scored successfully by each named reward, label `reward` (a configured
-/// name, never a caller's string); an item scored by k rewards counts once under each.
+/// Counter: items scored by each named reward, label `reward` (configured names only).
 pub const REWARD_ITEMS_TOTAL: &str = "rewarddance_reward_items_total";
 /// Counter: items that failed, label `reason` (`invalid_image`, `deadline_exceeded`, ...).
 pub const ITEM_FAILURES_TOTAL: &str = "rewarddance_item_failures_total";
