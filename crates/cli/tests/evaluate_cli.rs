@@ -4,7 +4,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{fixture, run_score as run, serve};
+use common::{fixture, run_score as run, serve, serve_with};
 
 fn scratch(tag: &str) -> PathBuf {
     common::scratch_dir("eval", tag)
@@ -191,5 +191,90 @@ fn rows_with_extra_fields_and_numeric_ids_are_scored_and_keep_their_fields() {
         stderr.contains("warning") && stderr.contains(r#""dup""#),
         "{stderr}"
     );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn manifest_rows_naming_rewards_get_one_entry_per_reward_locally_and_on_a_server() {
+    let dir = scratch("rewards");
+    let repo = format!("{}/../..", env!("CARGO_MANIFEST_DIR"));
+    let model = format!("{repo}/fixtures/models/tiny-internvl-hf");
+    let rewards = dir.join("rewards.toml");
+    std::fs::write(
+        &rewards,
+        format!(
+            "[rewards.default]\n\n[rewards.swift]\nadapter = \"{repo}/fixtures/adapters/hf-llm-swift\"\n"
+        ),
+    )
+    .unwrap();
+    let rows = [
+        format!(
+            r#"{{"id":"both","prompt":"a fox","image":"{}","rewards":["swift","default"]}}"#,
+            fixture("fox_100x60.png")
+        ),
+        format!(
+            r#"{{"id":"plain","prompt":"a fox","image":"{}"}}"#,
+            fixture("fox_100x60.png")
+        ),
+        format!(
+            r#"{{"id":"bad","prompt":"a fox","image":"{}","rewards":["nope"]}}"#,
+            fixture("fox_100x60.png")
+        ),
+    ];
+    let manifest = dir.join("rows.jsonl");
+    std::fs::write(&manifest, rows.join("\n")).unwrap();
+    let model_flags = [
+        "--model",
+        model.as_str(),
+        "--rewards",
+        rewards.to_str().unwrap(),
+    ];
+    let (local_out, remote_out) = (dir.join("local.jsonl"), dir.join("remote.jsonl"));
+    let mut args = vec![
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--output",
+        local_out.to_str().unwrap(),
+    ];
+    args.extend(model_flags);
+    let (code, _, stderr) = run(&args);
+    assert_eq!(code, 0, "{stderr}");
+    let (mut server, url, _) = serve_with(&model_flags);
+    let (code, _, stderr) = run(&[
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--output",
+        remote_out.to_str().unwrap(),
+        "--server",
+        &url,
+    ]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(code, 0, "{stderr}");
+    for out in [&local_out, &remote_out] {
+        let got = lines(out);
+        let both = &got[0];
+        let names: Vec<&String> = both["rewards"].as_object().unwrap().keys().collect();
+        assert_eq!(names.len(), 2, "{both}");
+        let (swift, default) = (&both["rewards"]["swift"], &both["rewards"]["default"]);
+        // The top level is the first named reward's; the plain row is the default reward's.
+        assert_eq!(both["p_yes"], swift["p_yes"], "{both}");
+        assert_eq!(got[1]["p_yes"], default["p_yes"], "{}", got[1]);
+        assert!(got[1].get("rewards").is_none(), "{}", got[1]);
+        let gap = (swift["p_yes"].as_f64().unwrap() - default["p_yes"].as_f64().unwrap()).abs();
+        assert!(gap > 1e-3, "the adapter changes the score: {both}");
+        assert_eq!(got[2]["reason"], "unknown_reward", "{}", got[2]);
+    }
+    let (local, remote) = (lines(&local_out), lines(&remote_out));
+    for name in ["swift", "default"] {
+        let (a, b) = (
+            &local[0]["rewards"][name]["p_yes"],
+            &remote[0]["rewards"][name]["p_yes"],
+        );
+        assert!(
+            (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-5,
+            "{name}: {a} vs {b}"
+        );
+    }
     std::fs::remove_dir_all(&dir).ok();
 }

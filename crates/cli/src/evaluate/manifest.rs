@@ -38,10 +38,14 @@ pub struct Row {
     pub instruction: Option<String>,
     /// `pointwise` or `pairwise`.
     pub mode: Option<String>,
+    /// Named rewards to score the row with (a model's `--rewards`, or the server's), in
+    /// order: the output line gets a `rewards` object with one entry per name, and its
+    /// top-level score is the first's.
+    pub rewards: Option<Vec<String>>,
 }
 
 /// The fields [`Row`] reads (the rest of a line is carried through).
-const ROW_FIELDS: [&str; 7] = [
+const ROW_FIELDS: [&str; 8] = [
     "id",
     "prompt",
     "image",
@@ -49,6 +53,7 @@ const ROW_FIELDS: [&str; 7] = [
     "reference",
     "instruction",
     "mode",
+    "rewards",
 ];
 
 /// A unit of work: the id to report and the row to score (or why the row is unusable).
@@ -67,6 +72,15 @@ pub struct Job {
 }
 
 impl Job {
+    /// The reward names the row gives (none: the model's first reward, no `rewards` object).
+    pub fn reward_names(&self) -> &[String] {
+        self.row
+            .as_ref()
+            .ok()
+            .and_then(|r| r.rewards.as_deref())
+            .unwrap_or(&[])
+    }
+
     /// Reads the files the row names and builds the item; any problem is this row's failure.
     pub fn load(&self) -> std::result::Result<ScoreItem, ItemFailure> {
         let row = self.row.as_ref().map_err(Clone::clone)?;
@@ -213,6 +227,7 @@ pub fn directory_jobs(dir: &Path, prompt: &str, instruction: Option<&str>) -> Re
                 reference: None,
                 instruction: instruction.map(String::from),
                 mode: None,
+                rewards: None,
             }),
             base: dir.to_path_buf(),
         })

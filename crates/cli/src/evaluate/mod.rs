@@ -21,7 +21,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use rewarddance_model::{PreparedItem, RationaleOptions, RewardModel, Score};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::failure::ItemFailure;
 use manifest::{directory_jobs, manifest_jobs, Job};
@@ -34,8 +34,8 @@ pub use summary::Summary;
 #[derive(Args, Debug, Clone)]
 pub struct EvalArgs {
     /// JSONL manifest: one object per line with `prompt` and `image` (or `frames`), optional
-    /// `id` (string or number), `reference`, `instruction`, `mode`; other fields are copied to
-    /// the output line; paths relative to the manifest.
+    /// `id` (string or number), `reference`, `instruction`, `mode`, `rewards` (names); other
+    /// fields are copied to the output line; paths relative to the manifest.
     #[arg(long, conflicts_with_all = ["images", "frames", "dir"])]
     pub manifest: Option<PathBuf>,
     /// Score every image (png, jpg, jpeg, webp) in this directory with --prompt.
@@ -69,10 +69,12 @@ pub struct EvalArgs {
 /// One row's answer: its score and, with `--rationale`, the rationale as an output object.
 #[derive(Debug, Clone)]
 pub struct Scored {
-    /// The reward.
+    /// The reward (the first named one's, when the row names rewards).
     pub score: Score,
     /// `{"text", "stop", "tokens"}` when a rationale was decoded.
     pub rationale: Option<Value>,
+    /// When the row names rewards: each one's outcome, in the row's order.
+    pub rewards: Vec<(String, std::result::Result<Score, ItemFailure>)>,
 }
 
 /// One row's outcome.
@@ -304,14 +306,32 @@ fn output_line(job: &Job, result: RowResult, summary: &mut Summary) -> Value {
         Ok(Scored {
             score: s,
             rationale,
+            rewards,
         }) => {
             summary.record(s.p_yes);
-            row["p_yes"] = json!(s.p_yes);
-            row["p_yes_vocab"] = json!(s.p_yes_vocab);
-            row["logit_yes"] = json!(s.logit_yes);
-            row["logit_no"] = json!(s.logit_no);
+            for (key, value) in score_fields(&s) {
+                row[key] = value;
+            }
             if let Some(r) = rationale {
                 row["rationale"] = r;
+            }
+            if !rewards.is_empty() {
+                let mut each = Map::new();
+                for (name, outcome) in rewards {
+                    let cell = match outcome {
+                        Ok(s) => Map::from_iter(
+                            score_fields(&s)
+                                .into_iter()
+                                .map(|(k, v)| (k.to_string(), v)),
+                        ),
+                        Err(e) => Map::from_iter([
+                            ("error".to_string(), json!(e.message)),
+                            ("reason".to_string(), json!(e.reason)),
+                        ]),
+                    };
+                    each.insert(name, Value::Object(cell));
+                }
+                row["rewards"] = Value::Object(each);
             }
         }
         Err(e) => {
@@ -323,8 +343,19 @@ fn output_line(job: &Job, result: RowResult, summary: &mut Summary) -> Value {
     row
 }
 
-/// Prepares the batch's rows in parallel, then scores the good ones in one forward pass (and
-/// decodes their rationales together).
+/// A score's output fields.
+fn score_fields(s: &Score) -> [(&'static str, Value); 4] {
+    [
+        ("p_yes", json!(s.p_yes)),
+        ("p_yes_vocab", json!(s.p_yes_vocab)),
+        ("logit_yes", json!(s.logit_yes)),
+        ("logit_no", json!(s.logit_no)),
+    ]
+}
+
+/// Prepares the batch's rows in parallel (a row naming rewards once per reward, its images
+/// decoded once), then scores everything in one forward pass (and decodes the rationales,
+/// each row's first reward's, together).
 fn score_jobs(
     model: &RewardModel,
     jobs: &[Job],
@@ -334,7 +365,8 @@ fn score_jobs(
         .map_or(1, |n| n.get())
         .min(jobs.len().max(1));
     let chunk = jobs.len().div_ceil(workers).max(1);
-    let prepared: Vec<std::result::Result<PreparedItem, ItemFailure>> =
+    // Per row: one prepared item per reward (one for a row naming none).
+    let prepared: Vec<Vec<std::result::Result<PreparedItem, ItemFailure>>> =
         std::thread::scope(|scope| {
             let handles: Vec<_> = jobs
                 .chunks(chunk)
@@ -352,38 +384,106 @@ fn score_jobs(
                 .into_iter()
                 .flat_map(|(n, h)| {
                     h.join().unwrap_or_else(|_| {
-                        vec![Err(ItemFailure::new("internal", "preprocessing panicked")); n]
+                        vec![vec![Err(ItemFailure::new("internal", "preprocessing panicked"))]; n]
                     })
                 })
                 .collect()
         });
-    let ok: Vec<&PreparedItem> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+    let ok: Vec<&PreparedItem> = prepared
+        .iter()
+        .flatten()
+        .filter_map(|p| p.as_ref().ok())
+        .collect();
+    // Only each row's first reward decodes a rationale.
+    let options: Vec<Option<RationaleOptions>> = prepared
+        .iter()
+        .flat_map(|each| {
+            each.iter()
+                .enumerate()
+                .filter(|(_, p)| p.is_ok())
+                .map(|(k, _)| if k == 0 { rationale } else { None })
+        })
+        .collect();
     let batch = model
-        .score_with_rationales(&ok, &vec![rationale; ok.len()], &mut |_, _| true)
+        .score_with_rationales(&ok, &options, &mut |_, _| true)
         .map_err(|e| ItemFailure::from_model(&e));
     let mut answers = batch.as_ref().map(|b| b.iter()).ok();
+    let mut next = |p: &std::result::Result<PreparedItem, ItemFailure>| {
+        p.as_ref().map_err(Clone::clone)?;
+        match (&batch, answers.as_mut().and_then(Iterator::next)) {
+            (Err(e), _) => Err(e.clone()),
+            (Ok(_), Some((score, r))) => {
+                Ok((*score, r.as_ref().map(crate::rationale_args::model_json)))
+            }
+            (Ok(_), None) => Err(ItemFailure::new(
+                "internal",
+                "the batch returned too few scores",
+            )),
+        }
+    };
     prepared
         .iter()
-        .map(|p| {
-            p.as_ref().map_err(Clone::clone)?;
-            match (&batch, answers.as_mut().and_then(Iterator::next)) {
-                (Err(e), _) => Err(e.clone()),
-                (Ok(_), Some((score, r))) => Ok(Scored {
-                    score: *score,
-                    rationale: r.as_ref().map(crate::rationale_args::model_json),
-                }),
-                (Ok(_), None) => Err(ItemFailure::new(
-                    "internal",
-                    "the batch returned too few scores",
-                )),
-            }
+        .zip(jobs)
+        .map(|(each, job)| {
+            let outcomes: Vec<_> = each.iter().map(&mut next).collect();
+            let names = job.reward_names();
+            let rewards = names
+                .iter()
+                .zip(&outcomes)
+                .map(|(n, o)| (n.clone(), o.as_ref().map(|(s, _)| *s).map_err(Clone::clone)))
+                .collect();
+            let (score, rationale) = outcomes
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| Err(ItemFailure::new("internal", "a row got no score")))?;
+            Ok(Scored {
+                score,
+                rationale,
+                rewards,
+            })
         })
         .collect()
 }
 
-fn prepare(model: &RewardModel, job: &Job) -> std::result::Result<PreparedItem, ItemFailure> {
-    let item = job.load()?;
+/// The row's item prepared for each reward it names (the first reward when none): an unknown
+/// or repeated name fails the row, as on a server.
+fn prepare(model: &RewardModel, job: &Job) -> Vec<std::result::Result<PreparedItem, ItemFailure>> {
+    let names = job.reward_names();
+    let rewards = match reward_indices(model, names) {
+        Ok(r) => r,
+        Err(e) => return vec![Err(e)],
+    };
+    let item = match job.load() {
+        Ok(item) => item,
+        Err(e) => return vec![Err(e)],
+    };
     model
-        .prepare(&item)
-        .map_err(|e| ItemFailure::from_model(&e))
+        .prepare_rewards(&item, &rewards)
+        .into_iter()
+        .map(|p| p.map_err(|e| ItemFailure::from_model(&e)))
+        .collect()
+}
+
+/// The indices of `names` (none: the first reward).
+fn reward_indices(
+    model: &RewardModel,
+    names: &[String],
+) -> std::result::Result<Vec<usize>, ItemFailure> {
+    if names.is_empty() {
+        return Ok(vec![0]);
+    }
+    let mut out: Vec<usize> = Vec::with_capacity(names.len());
+    for name in names {
+        let index = model.reward_index(name).ok_or_else(|| {
+            ItemFailure::new("unknown_reward", format!("unknown reward {name:?}"))
+        })?;
+        if out.contains(&index) {
+            return Err(ItemFailure::new(
+                "unknown_reward",
+                format!("reward {name:?} is named twice"),
+            ));
+        }
+        out.push(index);
+    }
+    Ok(out)
 }

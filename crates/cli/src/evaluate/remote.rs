@@ -106,6 +106,7 @@ impl BatchScorer for RemoteScorer {
                 job.load().map(|item| {
                     let mut item = to_proto(&job.id, &item);
                     item.rationale = self.rationale;
+                    item.rewards = job.reward_names().to_vec();
                     items.push(item);
                     items.len() - 1
                 })
@@ -222,15 +223,45 @@ fn to_proto(id: &str, item: &ScoreItem) -> pb::ScoreItem {
     }
 }
 
+/// A score from the wire.
+fn score(s: &pb::Score) -> Score {
+    Score {
+        p_yes: s.p_yes,
+        p_yes_vocab: s.p_yes_vocab,
+        logit_yes: s.logit_yes,
+        logit_no: s.logit_no,
+    }
+}
+
+/// Each named reward's outcome of a result, in order.
+fn reward_outcomes(
+    result: Option<&pb::ItemResult>,
+) -> Vec<(String, std::result::Result<Score, ItemFailure>)> {
+    result
+        .map(|r| r.rewards.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|o| {
+            let outcome = match &o.outcome {
+                Some(pb::reward_outcome::Outcome::Score(s)) => Ok(score(s)),
+                Some(pb::reward_outcome::Outcome::Error(e)) => {
+                    Err(ItemFailure::new(e.reason.clone(), e.message.clone()))
+                }
+                None => Err(ItemFailure::new(
+                    "internal",
+                    "the server returned no outcome",
+                )),
+            };
+            (o.reward.clone(), outcome)
+        })
+        .collect()
+}
+
 fn from_proto(result: Option<&pb::ItemResult>) -> RowResult {
     match result.and_then(|r| r.outcome.as_ref()) {
         Some(pb::item_result::Outcome::Score(s)) => Ok(Scored {
-            score: Score {
-                p_yes: s.p_yes,
-                p_yes_vocab: s.p_yes_vocab,
-                logit_yes: s.logit_yes,
-                logit_no: s.logit_no,
-            },
+            score: score(s),
+            rewards: reward_outcomes(result),
             rationale: result.and_then(|r| r.rationale.as_ref()).map(|r| {
                 let stop = pb::RationaleStop::try_from(r.stop)
                     .map_or("unspecified", |s| s.as_str_name())

@@ -42,6 +42,11 @@ pub fn serve() -> (std::process::Child, String) {
 
 /// Like [`serve`], and also the `host:port` of the server's `/metrics` endpoint.
 pub fn serve_with_metrics() -> (std::process::Child, String, String) {
+    serve_with(&[])
+}
+
+/// [`serve_with_metrics`] with more `serve` flags (`--model`, `--rewards`, ...).
+pub fn serve_with(extra: &[&str]) -> (std::process::Child, String, String) {
     use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_rewarddance"))
         .args([
@@ -53,6 +58,7 @@ pub fn serve_with_metrics() -> (std::process::Child, String, String) {
             "--log-format",
             "json",
         ])
+        .args(extra)
         .env_remove("REWARDDANCE_MODEL")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
