@@ -71,6 +71,9 @@ async fn an_item_gets_one_outcome_per_named_reward() {
     assert!(info.rewards[2].instructions[0]
         .template
         .contains("rendered exactly"));
+    // The top-level answers and instructions are the first reward's (what an unnamed item gets).
+    assert_eq!(info.default_instructions, info.rewards[0].instructions);
+    assert_eq!(info.answer_tokens, info.rewards[0].answer_tokens);
 
     let before = backend.images_decoded_in_items.load(Ordering::SeqCst);
     let response = client

@@ -24,9 +24,20 @@ pub(crate) fn handle(
 /// The Info answer.
 pub(crate) fn response(engine: &Engine, args: &ServerArgs) -> v1::InfoResponse {
     let model = engine.model_info();
-    let (yes_id, no_id) = model.answer_ids;
-    let default_instructions = instructions(&Instructions::default());
-    let rewards = model.rewards.iter().map(reward).collect();
+    // What an item naming no reward gets: the first reward's answers and instructions.
+    let rewards: Vec<v1::RewardInfo> = model.rewards.iter().map(reward).collect();
+    let (answer_tokens, default_instructions) = match rewards.first() {
+        Some(first) => (first.answer_tokens.clone(), first.instructions.clone()),
+        None => (
+            Some(v1::AnswerTokens {
+                yes: model.answers.yes.clone(),
+                no: model.answers.no.clone(),
+                yes_id: model.answer_ids.0,
+                no_id: model.answer_ids.1,
+            }),
+            instructions(&Instructions::default()),
+        ),
+    };
     v1::InfoResponse {
         model_id: model.id.clone(),
         layout: model.layout.clone(),
@@ -48,12 +59,7 @@ pub(crate) fn response(engine: &Engine, args: &ServerArgs) -> v1::InfoResponse {
             default_rationale_tokens: args.default_rationale_tokens.min(args.max_rationale_tokens),
             max_decoding_sequences: args.max_decoding_sequences as u32,
         }),
-        answer_tokens: Some(v1::AnswerTokens {
-            yes: model.answers.yes.clone(),
-            no: model.answers.no.clone(),
-            yes_id,
-            no_id,
-        }),
+        answer_tokens,
         default_instructions,
         server_version: env!("CARGO_PKG_VERSION").to_string(),
         tile_size: model.tile_size,
