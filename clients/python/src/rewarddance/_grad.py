@@ -18,7 +18,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _core, _images
+from . import _assembly, _core, _images
 from ._types import ItemErrorInfo, ScoreGradResult
 from .v1 import reward_pb2 as pb
 
@@ -235,7 +235,7 @@ def prepare_grad(prompts: Any, images: Any, references: Any = None, *, objective
     return GradPrepared(n, items, errors, batch=batch, objective=name, objective_num=num, reward=reward_name)
 
 
-class GradAssembler(_core.Assembler):
+class GradAssembler(_assembly.Assembler):
     """Collects `ScoreGradResponse`s into a `ScoreGradResult` in input order."""
 
     def __init__(self, prepared: GradPrepared):
@@ -257,7 +257,7 @@ class GradAssembler(_core.Assembler):
         except ValueError as e:
             self.ok[i] = False
             self.scores[i] = self.logit_yes[i] = self.logit_no[i] = self.p_yes_vocab[i] = np.nan
-            self.errors[i] = _core.bad_response(f"bad gradient: {e}")
+            self.errors[i] = _assembly.bad_response(f"bad gradient: {e}")
             return
         self.objectives[i] = r.objective
 

@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, List, Optional, Sequ
 import grpc
 import grpc.aio
 
-from . import _core, _grad, _images, _retry
+from . import _assembly, _core, _grad, _images, _retry
 from ._core import Targets
 from ._retry import RetryPolicy
 from ._types import RankResult, RationaleDelta, RewardError, RewardScores, ScoreGradResult, ScoreResult
@@ -175,7 +175,7 @@ class AsyncRewardClient:
         prep = await loop.run_in_executor(None, lambda: _core.prepare(
             prompts, images, references, videos=videos, instructions=instructions, mode=mode,
             raw_max_bytes=self.raw_max_bytes, value_range=value_range, rationale=rationale, rewards=names))
-        return await self._batched(prep, _core.score_assembler(prep, names, several),
+        return await self._batched(prep, _assembly.score_assembler(prep, names, several),
                                    lambda items: pb.ScoreRequest(items=items), "Score", total, deadline, chunk_size,
                                    mask_call_errors)
 
@@ -276,22 +276,22 @@ class AsyncRewardClient:
                                  raw_max_bytes=self.raw_max_bytes, value_range=value_range, rationale=rationale,
                                  stream_rationale=True, rewards=names)
 
-        def assembler(prep: _core.Prepared) -> _core.Assembler:
-            return _core.score_assembler(prep, names, several)
+        def assembler(prep: _core.Prepared) -> _assembly.Assembler:
+            return _assembly.score_assembler(prep, names, several)
 
         stream._gen = self._stream_events(ctl, prepare, assembler, chunk_size, self._attempts(total, deadline),
                                           mask_call_errors)
         return stream
 
-    async def _stream_events(self, ctl: _core.StreamControl, prepare: Callable[[], _core.Prepared],
-                             assembler: Callable[[_core.Prepared], _core.Assembler], chunk_size: Optional[int],
+    async def _stream_events(self, ctl: _assembly.StreamControl, prepare: Callable[[], _core.Prepared],
+                             assembler: Callable[[_core.Prepared], _assembly.Assembler], chunk_size: Optional[int],
                              tries: _retry.Attempts,
                              mask_call_errors: bool) -> AsyncIterator[Union[RationaleDelta, ScoreResult]]:
         self._ensure()
         loop = asyncio.get_running_loop()
         prep = await loop.run_in_executor(None, prepare)
         size, max_bytes = await self._limits(chunk_size or self.chunk_size, tries.total)
-        state = _core.StreamState(prep, _core.make_chunks(prep.items, size, max_bytes), assembler(prep))
+        state = _assembly.StreamState(prep, _core.make_chunks(prep.items, size, max_bytes), assembler(prep))
         ctl.state = state
         while state.requests:
             if ctl.cancelled:
@@ -388,7 +388,7 @@ class AsyncRationaleStream:
     awaiting (the iteration then ends without error)."""
 
     def __init__(self):
-        self._ctl = _core.StreamControl()  # shared with the generator, which never refers to self
+        self._ctl = _assembly.StreamControl()  # shared with the generator, which never refers to self
         self._gen: Any = None
 
     @property

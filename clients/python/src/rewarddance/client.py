@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Typ
 
 import grpc
 
-from . import _core, _grad, _images, _retry
+from . import _assembly, _core, _grad, _images, _retry
 from ._core import Targets
 from ._retry import RetryPolicy
 from ._types import RankResult, RationaleDelta, RewardError, RewardScores, ScoreGradResult, ScoreResult
@@ -252,7 +252,7 @@ class RewardClient:
         prep = _core.prepare(prompts, images, references, videos=videos, instructions=instructions, mode=mode,
                              raw_max_bytes=self.raw_max_bytes, value_range=value_range, rationale=rationale,
                              rewards=names)
-        return self._batched(prep, _core.score_assembler(prep, names, several),
+        return self._batched(prep, _assembly.score_assembler(prep, names, several),
                              lambda items: pb.ScoreRequest(items=items), "Score", total, deadline, chunk_size,
                              mask_call_errors)
 
@@ -390,13 +390,13 @@ class RewardClient:
                              raw_max_bytes=self.raw_max_bytes, value_range=value_range, rationale=rationale,
                              stream_rationale=True, rewards=names)
         size, max_bytes = self._limits(chunk_size, total)
-        state = _core.StreamState(prep, _core.make_chunks(prep.items, size, max_bytes),
-                                  _core.score_assembler(prep, names, several))
+        state = _assembly.StreamState(prep, _core.make_chunks(prep.items, size, max_bytes),
+                                  _assembly.score_assembler(prep, names, several))
         stream = RationaleStream(state)
         stream._gen = self._stream_events(stream._ctl, state, self._attempts(total, deadline), mask_call_errors)
         return stream
 
-    def _stream_events(self, ctl: _core.StreamControl, state: _core.StreamState, tries: _retry.Attempts,
+    def _stream_events(self, ctl: _assembly.StreamControl, state: _assembly.StreamState, tries: _retry.Attempts,
                        mask_call_errors: bool) -> Iterator[Union[RationaleDelta, ScoreResult]]:
         while state.requests:
             if ctl.cancelled:
@@ -502,11 +502,11 @@ class RationaleStream:
     iteration then ends without error).
     """
 
-    def __init__(self, state: _core.StreamState):
+    def __init__(self, state: _assembly.StreamState):
         self._state = state
         # Shared with the generator, which must not refer to this object: then a stream dropped
         # by a `for` loop's `break` is freed (and cancelled) at once, not by the cycle collector.
-        self._ctl = _core.StreamControl()
+        self._ctl = _assembly.StreamControl()
         self._gen: Optional[Iterator[Union[RationaleDelta, ScoreResult]]] = None
 
     @property
