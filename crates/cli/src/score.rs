@@ -142,7 +142,9 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
         };
 
     // Each item once per requested reward (its images decoded once).
-    let rewards = reward_indices(&model, &args.reward_names)?;
+    let rewards = model
+        .reward_indices(&args.reward_names)
+        .map_err(anyhow::Error::msg)?;
     let names: Vec<Option<&str>> = if args.reward_names.is_empty() {
         vec![None]
     } else {
@@ -234,22 +236,6 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// The indices of the named rewards (none named: the first).
-fn reward_indices(model: &rewarddance_model::RewardModel, names: &[String]) -> Result<Vec<usize>> {
-    if names.is_empty() {
-        return Ok(vec![0]);
-    }
-    names
-        .iter()
-        .map(|n| {
-            model.reward_index(n).with_context(|| {
-                let known: Vec<String> = model.rewards().into_iter().map(|r| r.name).collect();
-                format!("unknown reward {n:?} (the model has {})", known.join(", "))
-            })
-        })
-        .collect()
 }
 
 /// Exit status of a batch run: 0 when it ran to the end, 130 (as for SIGINT) after Ctrl-C.

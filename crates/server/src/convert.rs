@@ -99,24 +99,8 @@ fn request_item(proto: v1::ScoreItem, limits: &Limits) -> Item {
 /// The indices of the reward `names` (empty: none named, the first reward). An unknown or
 /// repeated name is the item's error.
 pub fn reward_indices(names: &[String], rewards: &[RewardLimits]) -> Result<Vec<usize>, ItemError> {
-    let mut indices = Vec::with_capacity(names.len());
-    for name in names {
-        let index = rewards
-            .iter()
-            .position(|r| &r.name == name)
-            .ok_or_else(|| {
-                let known: Vec<&str> = rewards.iter().map(|r| r.name.as_str()).collect();
-                unknown_reward(format!(
-                    "unknown reward {name:?} (this server has {})",
-                    known.join(", ")
-                ))
-            })?;
-        if indices.contains(&index) {
-            return Err(unknown_reward(format!("reward {name:?} is named twice")));
-        }
-        indices.push(index);
-    }
-    Ok(indices)
+    let declared: Vec<&str> = rewards.iter().map(|r| r.name.as_str()).collect();
+    rewarddance_model::pipeline::rewards::reward_indices(names, &declared).map_err(unknown_reward)
 }
 
 fn unknown_reward(message: String) -> ItemError {

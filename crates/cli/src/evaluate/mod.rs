@@ -449,7 +449,10 @@ fn score_jobs(
 /// or repeated name fails the row, as on a server.
 fn prepare(model: &RewardModel, job: &Job) -> Vec<std::result::Result<PreparedItem, ItemFailure>> {
     let names = job.reward_names();
-    let rewards = match reward_indices(model, names) {
+    let rewards = match model
+        .reward_indices(names)
+        .map_err(|m| ItemFailure::new("unknown_reward", m))
+    {
         Ok(r) => r,
         Err(e) => return vec![Err(e)],
     };
@@ -462,28 +465,4 @@ fn prepare(model: &RewardModel, job: &Job) -> Vec<std::result::Result<PreparedIt
         .into_iter()
         .map(|p| p.map_err(|e| ItemFailure::from_model(&e)))
         .collect()
-}
-
-/// The indices of `names` (none: the first reward).
-fn reward_indices(
-    model: &RewardModel,
-    names: &[String],
-) -> std::result::Result<Vec<usize>, ItemFailure> {
-    if names.is_empty() {
-        return Ok(vec![0]);
-    }
-    let mut out: Vec<usize> = Vec::with_capacity(names.len());
-    for name in names {
-        let index = model.reward_index(name).ok_or_else(|| {
-            ItemFailure::new("unknown_reward", format!("unknown reward {name:?}"))
-        })?;
-        if out.contains(&index) {
-            return Err(ItemFailure::new(
-                "unknown_reward",
-                format!("reward {name:?} is named twice"),
-            ));
-        }
-        out.push(index);
-    }
-    Ok(out)
 }

@@ -285,6 +285,16 @@ impl RewardModel {
             .collect()
     }
 
+    /// The indices of the rewards `names` ([`rewards::reward_indices`]); none named: the
+    /// first reward.
+    pub fn reward_indices(&self, names: &[String]) -> std::result::Result<Vec<usize>, String> {
+        if names.is_empty() {
+            return Ok(vec![0]);
+        }
+        let declared: Vec<&str> = self.rewards.iter().map(|r| r.spec.name.as_str()).collect();
+        rewards::reward_indices(names, &declared)
+    }
+
     /// The index of the reward called `name`.
     pub fn reward_index(&self, name: &str) -> Option<usize> {
         self.rewards.iter().position(|r| r.spec.name == name)

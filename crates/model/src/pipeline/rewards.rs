@@ -130,6 +130,32 @@ pub fn read_rewards(path: &Path) -> Result<Vec<RewardSpec>> {
     parse_rewards(&text, path.parent().unwrap_or(Path::new(".")))
 }
 
+/// The indices of `names` among the `declared` reward names, in the order named; an unknown
+/// or repeated name is refused with a message that names it. No names: no indices.
+pub fn reward_indices<S: AsRef<str>>(
+    names: &[String],
+    declared: &[S],
+) -> std::result::Result<Vec<usize>, String> {
+    let mut indices = Vec::with_capacity(names.len());
+    for name in names {
+        let index = declared
+            .iter()
+            .position(|d| d.as_ref() == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = declared.iter().map(AsRef::as_ref).collect();
+                format!(
+                    "unknown reward {name:?} (the rewards are {})",
+                    known.join(", ")
+                )
+            })?;
+        if indices.contains(&index) {
+            return Err(format!("reward {name:?} is named twice"));
+        }
+        indices.push(index);
+    }
+    Ok(indices)
+}
+
 /// Names are unique, at most [`MAX_REWARDS`], and safe as metric labels.
 pub fn check_names(specs: &[RewardSpec]) -> Result<()> {
     if specs.is_empty() || specs.len() > MAX_REWARDS {
