@@ -1,6 +1,7 @@
-//! Named rewards on one base: unmerged LoRA adapters chosen per item, against peft
-//! (`fixtures/reference/lora.json`), batch invariance across rewards, what an unmerged slot
-//! refuses, and that several rewards of one image encode it once.
+//! Named rewards on one base: unmerged LoRA adapters chosen per item (on the decoder, the
+//! vision tower and the projector), against peft (`fixtures/reference/lora.json`), batch
+//! invariance across rewards, what an unmerged slot refuses, and that several rewards of one
+//! image encode it once per image-side adapter.
 
 mod common;
 
@@ -65,6 +66,10 @@ fn unmerged_adapters_match_peft_and_the_base_stays_the_base() {
     for (base, adapter) in [
         ("tiny-internvl-hf", "hf-llm-swift"),
         ("tiny-internvl-internlm2", "internlm2-wqkv"),
+        // rsLoRA on every q/k/v/o, the HF-layout ViT's separate q/k/v (fused at load) too.
+        ("tiny-internvl-hf", "hf-rslora"),
+        // LLM + ViT (fused qkv, rank_pattern) + mlp1; the ViT's last layer is skipped.
+        ("tiny-internvl-ogv", "ogv-llm-vit-mlp1"),
     ] {
         let specs = [
             reward(DEFAULT_REWARD, None),
@@ -195,6 +200,46 @@ fn two_rewards_of_one_image_encode_it_once() {
 }
 
 #[test]
+fn an_adapter_on_the_image_side_encodes_its_own_features() {
+    let specs = [
+        reward(DEFAULT_REWARD, None),
+        reward("swift", Some(adapter_dir("hf-llm-swift"))),
+        reward("rslora", Some(adapter_dir("hf-rslora"))),
+    ];
+    let model = load("tiny-internvl-hf", &specs).expect("loads");
+    let item = score_item(&Reference::load("tiny-internvl-hf").items()[0]);
+    let prepared: Vec<PreparedItem> = (0..3)
+        .map(|r| model.prepare_for(&item, r).unwrap())
+        .collect();
+    let refs: Vec<&PreparedItem> = prepared.iter().collect();
+    let images = prepared[0].images.len() as u64;
+    let before = model.feature_cache_stats();
+    let first = model.score_prepared(&refs).unwrap();
+    let after = model.feature_cache_stats();
+    // The base and the LLM-only adapter share one encoding; the ViT adapter has its own.
+    assert_eq!(
+        after.misses - before.misses,
+        2 * images,
+        "two encodings per image"
+    );
+    // Again: both encodings come from the cache, and nothing changes.
+    let again = model.score_prepared(&refs).unwrap();
+    let last = model.feature_cache_stats();
+    assert_eq!(last.misses, after.misses, "no new encoding");
+    assert!(last.hits >= after.hits + 2 * images, "{last:?}");
+    for (a, b) in first.iter().zip(&again) {
+        assert!((a.logit_yes - b.logit_yes).abs() <= BATCH_TOL);
+    }
+    // The ViT adapter's reward alone, from a fresh model (no cache), is what it was.
+    let fresh = load("tiny-internvl-hf", &specs).unwrap();
+    let alone = fresh
+        .score_prepared(&[&fresh.prepare_for(&item, 2).unwrap()])
+        .unwrap()[0];
+    assert!((alone.logit_yes - first[2].logit_yes).abs() <= BATCH_TOL);
+    assert!((alone.logit_no - first[2].logit_no).abs() <= BATCH_TOL);
+}
+
+#[test]
 fn one_adapter_for_every_reward_is_merged() {
     let specs = [
         reward("a", Some(adapter_dir("hf-rslora"))),
@@ -206,6 +251,30 @@ fn one_adapter_for_every_reward_is_merged() {
     assert!(model.adapter().is_some());
 }
 
+/// A copy of `ogv-llm-vit-mlp1` that also adapts the output head (`lm_head`).
+fn lm_head_copy() -> PathBuf {
+    let to = scaled_copy("ogv-llm-vit-mlp1", 1.0, "lm-head");
+    let config_path = to.join("adapter_config.json");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["target_modules"]
+        .as_array_mut()
+        .unwrap()
+        .push("lm_head".into());
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let path = to.join("adapter_model.safetensors");
+    let device = candle_core::Device::Cpu;
+    let mut tensors = candle_core::safetensors::load(&path, &device).unwrap();
+    let head = "base_model.model.language_model.lm_head";
+    let (r, hidden, vocab) = (8, 56, 928);
+    let a = candle_core::Tensor::ones((r, hidden), candle_core::DType::F32, &device).unwrap();
+    let b = candle_core::Tensor::ones((vocab, r), candle_core::DType::F32, &device).unwrap();
+    tensors.insert(format!("{head}.lora_A.weight"), a);
+    tensors.insert(format!("{head}.lora_B.weight"), b);
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    to
+}
+
 fn refused(model: &str, specs: &[RewardSpec]) -> String {
     match load(model, specs) {
         Ok(_) => panic!("loaded"),
@@ -215,16 +284,16 @@ fn refused(model: &str, specs: &[RewardSpec]) -> String {
 
 #[test]
 fn an_unmerged_slot_refuses_what_only_merging_applies() {
-    // LoRA on the vision tower (rsLoRA on every q/k/v/o).
+    // LoRA on a layer the model reads but applies no slot to (the output head).
+    let dir = lm_head_copy();
     let err = refused(
-        "tiny-internvl-hf",
-        &[
-            reward("a", None),
-            reward("b", Some(adapter_dir("hf-rslora"))),
-        ],
+        "tiny-internvl-ogv",
+        &[reward("a", None), reward("b", Some(dir.clone()))],
     );
+    let _ = std::fs::remove_dir_all(dir);
     assert!(
-        err.contains("outside the language model") && err.contains("vision_tower"),
+        err.contains("language_model.lm_head.weight")
+            && err.contains("not a linear layer of the language model"),
         "{err}"
     );
     // modules_to_save and trained biases.
@@ -277,7 +346,6 @@ fn a_rewards_file_resolves_adapters_beside_it() {
 #[test]
 fn gradients_through_an_unmerged_adapter_equal_the_merged_ones() {
     use rewarddance_model::image::{decode, DecodeLimits, FloatImage};
-    use rewarddance_model::pipeline::gradient::Objective;
     use rewarddance_model::{Candidate, ImageInput, Mode, ScoreItem};
     let img = decode(
         &common::image_file("fixtures/images/fox_100x60.png"),
@@ -293,36 +361,48 @@ fn gradients_through_an_unmerged_adapter_equal_the_merged_ones() {
             FloatImage::from_rgb8(&img),
         ))),
     };
-    let swift = adapter_dir("hf-llm-swift");
+    for (base, adapter) in [
+        ("tiny-internvl-hf", "hf-llm-swift"),
+        // Through the ViT's stacked q/k/v update and the projector's.
+        ("tiny-internvl-hf", "hf-rslora"),
+        ("tiny-internvl-ogv", "ogv-llm-vit-mlp1"),
+    ] {
+        gradient_matches_merged(base, adapter, &item);
+    }
+}
+
+fn gradient_matches_merged(base: &str, adapter: &str, item: &rewarddance_model::ScoreItem) {
+    use rewarddance_model::pipeline::gradient::Objective;
+    let dir = adapter_dir(adapter);
     let unmerged = load(
-        "tiny-internvl-hf",
+        base,
         &[
             reward(DEFAULT_REWARD, None),
-            reward("swift", Some(swift.clone())),
+            reward("tuned", Some(dir.clone())),
         ],
     )
     .unwrap();
-    let ckpt = fixtures().checkpoint("tiny-internvl-hf").unwrap();
+    let ckpt = fixtures().checkpoint(base).unwrap();
     let merged = RewardModel::load(
         &ckpt,
         LoadOptions {
-            adapter: Some(swift),
+            adapter: Some(dir),
             ..LoadOptions::default()
         },
     )
     .unwrap();
     let g_unmerged = unmerged
         .score_grad(
-            &unmerged.prepare_for(&item, 1).unwrap(),
+            &unmerged.prepare_for(item, 1).unwrap(),
             Objective::LogitMargin,
         )
         .unwrap();
     let g_merged = merged
-        .score_grad(&merged.prepare(&item).unwrap(), Objective::LogitMargin)
+        .score_grad(&merged.prepare(item).unwrap(), Objective::LogitMargin)
         .unwrap();
     let g_base = unmerged
         .score_grad(
-            &unmerged.prepare_for(&item, 0).unwrap(),
+            &unmerged.prepare_for(item, 0).unwrap(),
             Objective::LogitMargin,
         )
         .unwrap();
@@ -341,10 +421,10 @@ fn gradients_through_an_unmerged_adapter_equal_the_merged_ones() {
         .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(
         diff <= 1e-4 * scale,
-        "unmerged vs merged: {diff} (max |g| {scale})"
+        "{adapter}: unmerged vs merged: {diff} (max |g| {scale})"
     );
     assert!(
         off > 1e-2 * scale,
-        "the adapter changes the gradient: {off}"
+        "{adapter}: the adapter changes the gradient: {off}"
     );
 }

@@ -15,6 +15,7 @@
 
 pub mod internvl;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use candle_core::Tensor;
@@ -23,6 +24,7 @@ use candle_nn::VarBuilder;
 use crate::error::{Error, Result};
 use crate::image::{DecodeLimits, ImageInput, PreparedImage};
 use crate::nn::language::config::TextConfig;
+use crate::nn::lora::LoraLookup;
 use crate::text::prompt::PromptSettings;
 use internvl::config::ModelConfig;
 
@@ -38,13 +40,28 @@ pub trait ImageEncoder: Send + Sync {
     ) -> Result<Arc<PreparedImage>>;
 
     /// Projected features of `(tiles, 3, S, S)` pixels, `(tiles * tokens_per_tile, hidden)`,
-    /// computing at most `chunk` tiles at once.
-    fn encode_tiles(&self, pixels: &Tensor, chunk: usize) -> Result<Tensor>;
+    /// computing at most `chunk` tiles at once, with the unmerged adapter `slot` (`None`: the
+    /// weights as loaded).
+    fn encode_tiles(&self, pixels: &Tensor, chunk: usize, slot: Option<usize>) -> Result<Tensor>;
 
     /// The gradient with respect to `(tiles, 3, S, S)` pixels, given the gradient `d_rows`
-    /// `(tiles * tokens_per_tile, hidden)` with respect to [`Self::encode_tiles`]'s output.
-    /// Recomputes what it needs; never forms weight gradients.
-    fn encode_tiles_backward(&self, pixels: &Tensor, d_rows: &Tensor) -> Result<Tensor>;
+    /// `(tiles * tokens_per_tile, hidden)` with respect to [`Self::encode_tiles`]'s output
+    /// with `slot`. Recomputes what it needs; never forms weight gradients.
+    fn encode_tiles_backward(
+        &self,
+        pixels: &Tensor,
+        d_rows: &Tensor,
+        slot: Option<usize>,
+    ) -> Result<Tensor>;
+
+    /// Attaches an adapter's LoRA of the encoder's linear layers as slot `slot`: `parts(name)`
+    /// gives the `(lora_A, lora_B, scale)` of the checkpoint tensor `name`. Returns the names
+    /// used (empty: the adapter leaves the image side alone, so its features are the base's).
+    fn attach_adapter(
+        &mut self,
+        slot: usize,
+        parts: &LoraLookup<'_>,
+    ) -> candle_core::Result<BTreeSet<String>>;
 }
 
 /// A check run once a model has loaded from [`FamilyConfig::weights`].

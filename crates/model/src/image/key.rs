@@ -37,6 +37,21 @@ impl ImageKey {
         ImageKey(*h.finalize().as_bytes())
     }
 
+    /// The key of this image's features under the unmerged adapter `slot` that changes the
+    /// image side (`None`: the base's features, this key itself).
+    pub fn for_adapter(self, slot: Option<usize>) -> Self {
+        match slot {
+            None => self,
+            Some(s) => {
+                let mut h = blake3::Hasher::new();
+                h.update(b"adapter-slot");
+                h.update(&(s as u64).to_le_bytes());
+                h.update(&self.0);
+                ImageKey(*h.finalize().as_bytes())
+            }
+        }
+    }
+
     /// Hashes already-normalised tiles (for items whose pixels were supplied directly).
     pub fn of_pixels(pixels: &[f32]) -> Self {
         let mut h = blake3::Hasher::new();

@@ -28,11 +28,19 @@ pub fn linear(layer: &Linear, dy: &Tensor) -> Result<Tensor> {
     dx.reshape(shape)
 }
 
-/// [`linear`] for a layer with unmerged adapter updates, each row of 2-D `dy` with its
+/// [`linear`] for a layer with unmerged adapter updates, each row of `dy` with its
 /// adapter ([`Linear::forward_rows`]): `dx = dy · W + s · (dy B) A` on an adapted row.
 pub fn linear_rows(layer: &Linear, dy: &Tensor, rows: &AdapterRows) -> Result<Tensor> {
     let dx = linear(layer, dy)?;
-    rows.add(dy, dx, |s| layer.update(s), true)
+    if matches!(rows, AdapterRows::Base) {
+        return Ok(dx);
+    }
+    let (out_dim, in_dim) = layer.weight().dims2()?;
+    let flat = dy.reshape((dy.elem_count() / out_dim.max(1), out_dim))?;
+    let shape = dx.shape().clone();
+    let dx = dx.reshape((flat.dim(0)?, in_dim))?;
+    rows.add(&flat, dx, |s| layer.update(s), true)?
+        .reshape(shape)
 }
 
 /// The backward of [`Norm`] over the last dimension (LayerNorm with a bias, RMSNorm without),

@@ -208,13 +208,19 @@ impl Linear {
         self.lora.get(slot).and_then(Option::as_ref)
     }
 
-    /// `x W^T (+ b)` plus each row's adapter update, for 2-D `x` `(rows, in)`.
+    /// `x W^T (+ b)` plus each row's adapter update, for `x` `(rows, in)` (any leading
+    /// dimensions with [`AdapterRows::Base`] or [`AdapterRows::All`]).
     pub fn forward_rows(&self, x: &Tensor, rows: &AdapterRows) -> Result<Tensor> {
         let y = self.forward(x)?;
-        if self.lora.is_empty() {
+        if self.lora.is_empty() || matches!(rows, AdapterRows::Base) {
             return Ok(y);
         }
-        rows.add(x, y, |s| self.update(s), false)
+        let in_dim = self.weight.dim(1)?;
+        let flat = x.reshape((x.elem_count() / in_dim.max(1), in_dim))?;
+        let shape = y.shape().clone();
+        let y = y.reshape((flat.dim(0)?, self.weight.dim(0)?))?;
+        rows.add(&flat, y, |s| self.update(s), false)?
+            .reshape(shape)
     }
 }
 

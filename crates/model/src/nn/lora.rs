@@ -7,6 +7,11 @@
 
 use candle_core::{Device, Result, Tensor};
 
+use super::layers::Linear;
+
+/// An adapter's LoRA of a checkpoint tensor, by name: `(lora_A, lora_B, scale)`.
+pub type LoraLookup<'a> = dyn Fn(&str) -> Option<(Tensor, Tensor, f64)> + 'a;
+
 /// One adapter's update of one linear layer.
 #[derive(Debug, Clone)]
 pub struct LoraUpdate {
@@ -55,6 +60,117 @@ impl LoraUpdate {
     }
 }
 
+/// `parts(name)`, checked to fit a weight of `rows` x `in_dim`: `lora_A` `(r, in_dim)` and
+/// `lora_B` `(rows, r)`.
+fn fitting_parts(
+    name: &str,
+    parts: &LoraLookup<'_>,
+    rows: usize,
+    in_dim: usize,
+) -> Result<Option<(Tensor, Tensor, f64)>> {
+    let Some((a, b, scale)) = parts(name) else {
+        return Ok(None);
+    };
+    let (r_a, in_a) = a.dims2()?;
+    let (out_b, r_b) = b.dims2()?;
+    if in_a != in_dim || out_b != rows || r_a != r_b {
+        candle_core::bail!(
+            "LoRA of {name} is {:?} x {:?}, which does not fit its ({rows}, {in_dim}) weight",
+            b.dims(),
+            a.dims(),
+        );
+    }
+    Ok(Some((a, b, scale)))
+}
+
+/// Attaches to `linear` as `slot` the update `parts` gives for the checkpoint tensor it was
+/// read from (`B` restricted to its rows of a fused weight); returns that tensor's name, or
+/// `None` when the adapter leaves the layer alone.
+pub fn attach_by_source(
+    linear: &mut Linear,
+    slot: usize,
+    parts: &LoraLookup<'_>,
+) -> Result<Option<String>> {
+    let Some(source) = linear.source().cloned() else {
+        return Ok(None);
+    };
+    let rows = match source.rows {
+        Some(block) => block.groups * block.slots * block.width,
+        None => linear.weight().dim(0)?,
+    };
+    let in_dim = linear.weight().dim(1)?;
+    let Some((a, b, scale)) = fitting_parts(&source.tensor, parts, rows, in_dim)? else {
+        return Ok(None);
+    };
+    let b = match source.rows {
+        Some(block) => block.take(&b)?,
+        None => b,
+    };
+    let update = LoraUpdate::new(&a, &b, scale, linear.weight())?;
+    linear.attach(slot, update);
+    Ok(Some(source.tensor))
+}
+
+/// Attaches to `linear`, whose weight is the checkpoint tensors `pieces` (name, rows) stacked
+/// by rows at load (the HF-layout ViT's q/k/v), the update of `slot` that `parts` gives for
+/// any of them: `A` the adapted pieces' `lora_A` stacked `(Σr, in)`, `B` block-diagonal
+/// `(Σrows, Σr)` with each piece's scale folded in, zero rows where a piece is not adapted.
+/// Returns the names used.
+pub fn attach_stacked(
+    linear: &mut Linear,
+    slot: usize,
+    pieces: &[(String, usize)],
+    parts: &LoraLookup<'_>,
+) -> Result<Vec<String>> {
+    let in_dim = linear.weight().dim(1)?;
+    let mut found = Vec::new();
+    for (name, rows) in pieces {
+        if let Some(p) = fitting_parts(name, parts, *rows, in_dim)? {
+            found.push((name.clone(), *rows, p));
+        }
+    }
+    if found.is_empty() {
+        return Ok(Vec::new());
+    }
+    let like = linear.weight();
+    let to = |t: &Tensor| t.to_device(like.device())?.to_dtype(like.dtype());
+    let rank: usize = found
+        .iter()
+        .map(|(_, _, (a, _, _))| a.dim(0))
+        .sum::<Result<_>>()?;
+    let a = Tensor::cat(
+        &found
+            .iter()
+            .map(|(_, _, (a, _, _))| to(a))
+            .collect::<Result<Vec<_>>>()?,
+        0,
+    )?;
+    let mut row_blocks = Vec::with_capacity(pieces.len());
+    let mut col = 0;
+    for (name, rows) in pieces {
+        let zeros = |cols: usize| Tensor::zeros((*rows, cols), like.dtype(), like.device());
+        match found.iter().find(|(n, _, _)| n == name) {
+            Some((_, _, (a_i, b_i, scale))) => {
+                let r = a_i.dim(0)?;
+                let mut cols = Vec::with_capacity(3);
+                if col > 0 {
+                    cols.push(zeros(col)?);
+                }
+                cols.push((to(b_i)? * *scale)?);
+                if rank > col + r {
+                    cols.push(zeros(rank - col - r)?);
+                }
+                row_blocks.push(Tensor::cat(&cols, 1)?);
+                col += r;
+            }
+            None => row_blocks.push(zeros(rank)?),
+        }
+    }
+    let b = Tensor::cat(&row_blocks, 0)?;
+    linear.attach(slot, LoraUpdate::new(&a, &b, 1.0, like)?);
+    Ok(found.into_iter().map(|(n, _, _)| n).collect())
+}
+
 /// Which adapter slot each row of a batch uses.
 #[derive(Debug, Clone)]
 pub enum AdapterRows {
@@ -92,6 +208,11 @@ impl AdapterRows {
                     .collect::<Result<_>>()?,
             ),
         })
+    }
+
+    /// Every row uses `slot` (`None`: the base weights).
+    pub fn of_slot(slot: Option<usize>) -> Self {
+        slot.map_or(AdapterRows::Base, AdapterRows::All)
     }
 
     /// One row per entry of `slots`.

@@ -188,6 +188,7 @@ impl RewardModel {
                 Error::InvalidInput("the item has no float image to differentiate".into())
             })?;
         let len = item.input_ids.len();
+        let image_slot = self.image_slot_of(item)?;
         if !self.shares_prefixes_at(len) {
             return Ok(ConstantPrefix::default());
         }
@@ -209,7 +210,10 @@ impl RewardModel {
             })?;
         Ok(ConstantPrefix {
             ids: item.input_ids[..end].to_vec(),
-            images: item.tiles[..first_float].iter().map(|t| t.key()).collect(),
+            images: item.tiles[..first_float]
+                .iter()
+                .map(|t| t.key().for_adapter(image_slot))
+                .collect(),
             adapter: self.slot_of(item)?,
         })
     }
@@ -217,11 +221,12 @@ impl RewardModel {
     /// The keys and values of `item`'s constant `prefix`.
     fn prefix_cache(&self, item: &PreparedItem, prefix: &ConstantPrefix) -> Result<KvCache> {
         let side = self.config.tile_size() as usize;
+        let image_slot = self.image_slot_of(item)?;
         let rows = item
             .tiles
             .iter()
             .take(prefix.images.len())
-            .map(|t| self.constant_features(t, side))
+            .map(|t| self.constant_features(t, side, image_slot))
             .collect::<Result<Vec<_>>>()?;
         let (embeds, _) = self.embed_tokens(&prefix.ids, &rows)?;
         Ok(self.language.prefix_cache(&embeds, prefix.adapter)?)
@@ -238,6 +243,7 @@ impl RewardModel {
         let side = self.config.tile_size() as usize;
         let (skip, skip_images) = prefix.map_or((0, 0), |(p, _)| (p.len(), p.images.len()));
         let tiles = &item.tiles[skip_images..];
+        let image_slot = self.image_slot_of(item)?;
         let pixels: Vec<Option<Tensor>> = tiles
             .iter()
             .map(|t| {
@@ -250,10 +256,11 @@ impl RewardModel {
         let mut rows = Vec::with_capacity(tiles.len());
         for (tile, px) in tiles.iter().zip(&pixels) {
             rows.push(match px {
-                Some(px) => self
-                    .images
-                    .encode_tiles(px, self.options.vision_batch_tiles)?,
-                None => self.constant_features(tile, side)?,
+                Some(px) => {
+                    self.images
+                        .encode_tiles(px, self.options.vision_batch_tiles, image_slot)?
+                }
+                None => self.constant_features(tile, side, image_slot)?,
             });
         }
         let (suffix, image_positions) = self.embed_tokens(&item.input_ids[skip..], &rows)?;
@@ -279,7 +286,7 @@ impl RewardModel {
                 (Some(backward), Some(px)) => {
                     let at = Tensor::new(&image_positions[start..start + n], &self.device)?;
                     let d_rows = d_suffix.index_select(&at, 0)?;
-                    let d_pixels = self.images.encode_tiles_backward(px, &d_rows)?;
+                    let d_pixels = self.images.encode_tiles_backward(px, &d_rows, image_slot)?;
                     let d_pixels = d_pixels
                         .to_dtype(candle_core::DType::F32)?
                         .flatten_all()?
@@ -311,10 +318,15 @@ impl RewardModel {
         )
     }
 
-    /// Features of an image that is a constant of the gradient: from the feature cache when
-    /// it holds them (and put there otherwise).
-    fn constant_features(&self, tile: &PreparedImage, side: usize) -> Result<Tensor> {
-        let key = tile.key();
+    /// Features of an image that is a constant of the gradient, encoded with the image-side
+    /// adapter `slot`: from the feature cache when it holds them (and put there otherwise).
+    fn constant_features(
+        &self,
+        tile: &PreparedImage,
+        side: usize,
+        slot: Option<usize>,
+    ) -> Result<Tensor> {
+        let key = tile.key().for_adapter(slot);
         if self.options.reuse_images {
             if let Some(hit) = self.feature_cache.get(&key) {
                 return Ok(hit);
@@ -323,6 +335,7 @@ impl RewardModel {
         let rows = self.images.encode_tiles(
             &self.pixel_tensor(tile, side)?,
             self.options.vision_batch_tiles,
+            slot,
         )?;
         if self.options.reuse_images {
             self.feature_cache.insert(key, rows.clone());

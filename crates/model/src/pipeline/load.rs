@@ -4,8 +4,9 @@
 //! Adapters: `LoadOptions::adapter` is merged into the weights. Of the rewards' adapters, a
 //! single one that every reward uses is merged too (zero overhead); otherwise each distinct
 //! adapter becomes a slot applied per row ([`crate::nn::lora`]) on the one copy of the base
-//! weights. A slot may change only the decoder's linear layers: an adapter that changes the
-//! vision tower, the projector or whole tensors is refused there (it can be served merged).
+//! weights. A slot may change the linear layers of the decoder, the vision tower and the
+//! projector; an adapter that replaces whole tensors (`modules_to_save`, trained biases) or
+//! changes anything else is refused there (it can be served merged).
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -16,10 +17,11 @@ use super::feature_cache::FeatureCache;
 use super::rewards::{check_names, Reward, RewardSpec, DEFAULT_REWARD};
 use super::{LoadOptions, RewardModel};
 use crate::error::{candle_message, Error, Result};
-use crate::family::FamilyConfig;
+use crate::family::{FamilyConfig, ImageEncoder};
 use crate::nn::language::LanguageModel;
 use crate::runtime::adapter::{Adapter, AdapterSummary};
 use crate::runtime::checkpoint::Checkpoint;
+use crate::runtime::reads::{ReadLog, RecordingWeights};
 
 impl RewardModel {
     /// Loads `checkpoint` onto `options.device`, with one reward, [`DEFAULT_REWARD`].
@@ -71,7 +73,8 @@ impl RewardModel {
         let named = |e: candle_core::Error| {
             Error::Checkpoint(format!("{}: {}", checkpoint.id, candle_message(&e)))
         };
-        let parts = config.load(vb).map_err(named)?;
+        let (vb, reads) = RecordingWeights::wrap(vb);
+        let mut parts = config.load(vb).map_err(named)?;
         let mut language =
             LanguageModel::load(config.text(), parts.text_weights, parts.head_weights)
                 .map_err(named)?;
@@ -80,19 +83,14 @@ impl RewardModel {
         }
         let adapter = merged.map(|(mut summary, all_read)| {
             summary.unread = all_read.unread();
-            if !summary.unread.is_empty() {
-                tracing::warn!(
-                    adapter = %summary.source,
-                    unread = ?summary.unread,
-                    "the model never reads these adapted tensors (the checkpoint's own are unused there too)"
-                );
-            }
+            warn_unread(&summary);
             summary
         });
 
         // One slot per distinct unmerged adapter, in declaration order.
         let mut slot_dirs: Vec<PathBuf> = Vec::new();
         let mut slots: Vec<AdapterSummary> = Vec::new();
+        let mut slot_changes_images: Vec<bool> = Vec::new();
         let mut rewards = Vec::with_capacity(specs.len());
         let vocab = config.text().vocab_size as u32;
         for spec in specs {
@@ -101,14 +99,21 @@ impl RewardModel {
                 (Some(dir), None) => Some(match slot_dirs.iter().position(|d| d == dir) {
                     Some(i) => i,
                     None => {
-                        let summary =
-                            attach_unmerged(&mut language, dir, slot_dirs.len(), &resolve)?;
+                        let slot = slot_dirs.len();
+                        let target = Target {
+                            language: &mut language,
+                            images: parts.images.as_mut(),
+                            reads: &reads,
+                        };
+                        let (summary, images) = attach_unmerged(target, dir, slot, &resolve)?;
                         slot_dirs.push(dir.clone());
                         slots.push(summary);
-                        slots.len() - 1
+                        slot_changes_images.push(images);
+                        slot
                     }
                 }),
             };
+            let image_slot = slot.filter(|&s| slot_changes_images[s]);
             let answers = spec
                 .answers
                 .clone()
@@ -128,6 +133,7 @@ impl RewardModel {
                 spec,
                 answer_ids,
                 slot,
+                image_slot,
             });
         }
         Ok(RewardModel {
@@ -157,35 +163,64 @@ fn shared_adapter(specs: &[RewardSpec]) -> Option<PathBuf> {
         .then_some(first)
 }
 
-/// Reads the adapter in `dir` and attaches it to the decoder as `slot`.
+/// What an unmerged adapter is attached to.
+struct Target<'a> {
+    language: &'a mut LanguageModel,
+    images: &'a mut dyn ImageEncoder,
+    /// What the model read while loading.
+    reads: &'a ReadLog,
+}
+
+/// Reads the adapter in `dir` and attaches it to the decoder and the image side as `slot`;
+/// also says whether it changes the image side.
 fn attach_unmerged(
-    language: &mut LanguageModel,
+    target: Target<'_>,
     dir: &std::path::Path,
     slot: usize,
     resolve: &dyn Fn(&str) -> Option<String>,
-) -> Result<AdapterSummary> {
+) -> Result<(AdapterSummary, bool)> {
     let adapter = Adapter::read(dir, resolve)?;
-    let summary = adapter.summary.clone();
+    let mut summary = adapter.summary.clone();
     let parts = adapter.low_rank_parts()?;
-    let used = language
-        .attach_adapter(slot, &|name: &str| {
-            parts.get(name).map(|p| (p.a.clone(), p.b.clone(), p.scale))
-        })
-        .map_err(|e| {
-            Error::Checkpoint(format!("adapter {}: {}", dir.display(), candle_message(&e)))
-        })?;
-    let outside: Vec<&str> = parts
+    let lookup = |name: &str| parts.get(name).map(|p| (p.a.clone(), p.b.clone(), p.scale));
+    let failed = |e: String| Error::Checkpoint(format!("adapter {}: {e}", dir.display()));
+    let mut used = target
+        .language
+        .attach_adapter(slot, &lookup)
+        .map_err(|e| failed(candle_message(&e)))?;
+    let image_side = target
+        .images
+        .attach_adapter(slot, &lookup)
+        .map_err(|e| failed(candle_message(&e)))?;
+    let changes_images = !image_side.is_empty();
+    used.extend(image_side);
+    // What is left either changes a layer the model skips (no effect, reported as merging
+    // reports it) or one it reads but cannot apply a slot to (refused).
+    let (outside, unread): (Vec<&str>, Vec<&str>) = parts
         .keys()
         .filter(|k| !used.contains(*k))
         .map(String::as_str)
-        .collect();
+        .partition(|k| target.reads.contains(k));
+    summary.unread = unread.iter().map(|k| k.to_string()).collect();
+    warn_unread(&summary);
     if !outside.is_empty() {
-        return Err(Error::Checkpoint(format!(
-            "adapter {}: it changes {} outside the language model's linear layers; next to other \
-             adapters only those can be applied (serve it as the model's only adapter to merge it)",
-            dir.display(),
+        return Err(failed(format!(
+            "it changes {}, which is not a linear layer of the language model, the vision \
+             encoder or the projector; next to other adapters only those can be applied (serve \
+             it as the model's only adapter to merge it)",
             outside.join(", ")
         )));
     }
-    Ok(summary)
+    Ok((summary, changes_images))
+}
+
+/// Logs the tensors an adapter changes that the model never reads.
+fn warn_unread(summary: &AdapterSummary) {
+    if !summary.unread.is_empty() {
+        tracing::warn!(
+            adapter = %summary.source,
+            unread = ?summary.unread,
+            "the model never reads these adapted tensors (the checkpoint's own are unused there too)"
+        );
+    }
 }

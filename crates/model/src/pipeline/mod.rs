@@ -312,6 +312,11 @@ impl RewardModel {
         Ok(self.reward_of(item)?.slot)
     }
 
+    /// The adapter slot an item's images are encoded with (`None`: the base encoder).
+    pub(crate) fn image_slot_of(&self, item: &PreparedItem) -> Result<Option<usize>> {
+        Ok(self.reward_of(item)?.image_slot)
+    }
+
     /// Device half of scoring: one packed forward pass over `batch`, scores in order.
     pub fn score_prepared(&self, batch: &[&PreparedItem]) -> Result<Vec<Score>> {
         if batch.is_empty() {

@@ -195,6 +195,9 @@ pub struct Reward {
     pub answer_ids: (u32, u32),
     /// The unmerged adapter slot it runs with (`None`: the weights as loaded).
     pub slot: Option<usize>,
+    /// [`Self::slot`] when that adapter also changes the image side (vision encoder or
+    /// projector): its image features are its own, not the base's.
+    pub image_slot: Option<usize>,
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ pub mod wrapped_lora;
 
 pub(crate) use weights::adapter_tensor_name;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use candle_core::Tensor;
@@ -30,6 +31,7 @@ use candle_nn::VarBuilder;
 use super::{ImageEncoder, LoadedFamily};
 use crate::error::Result;
 use crate::image::{DecodeLimits, ImageInput, PreparedImage};
+use crate::nn::lora::{AdapterRows, LoraLookup};
 use crate::text::chat_template::DefaultTemplate;
 use crate::text::prompt::{ImageTokens, PromptSettings};
 use config::{CheckpointLayout, ModelConfig};
@@ -105,15 +107,21 @@ impl ImageEncoder for InternVlImages {
         tiling::prepare_image(input, frame, &self.tiling, limits)
     }
 
-    fn encode_tiles(&self, pixels: &Tensor, chunk: usize) -> Result<Tensor> {
+    fn encode_tiles(&self, pixels: &Tensor, chunk: usize, slot: Option<usize>) -> Result<Tensor> {
+        let adapter = AdapterRows::of_slot(slot);
         let n = pixels.dim(0)?;
         let chunk = chunk.max(1);
         let mut parts = Vec::with_capacity(n.div_ceil(chunk));
         let mut start = 0;
         while start < n {
             let len = chunk.min(n - start);
-            let feats = self.vision.forward(&pixels.narrow(0, start, len)?)?;
-            parts.push(self.projector.forward(&feats, self.vision.grid())?);
+            let feats = self
+                .vision
+                .forward(&pixels.narrow(0, start, len)?, &adapter)?;
+            parts.push(
+                self.projector
+                    .forward(&feats, self.vision.grid(), &adapter)?,
+            );
             start += len;
         }
         let all = Tensor::cat(&parts, 0)?;
@@ -121,12 +129,28 @@ impl ImageEncoder for InternVlImages {
         Ok(all.reshape((t * k, h))?)
     }
 
-    fn encode_tiles_backward(&self, pixels: &Tensor, d_rows: &Tensor) -> Result<Tensor> {
+    fn encode_tiles_backward(
+        &self,
+        pixels: &Tensor,
+        d_rows: &Tensor,
+        slot: Option<usize>,
+    ) -> Result<Tensor> {
+        let adapter = AdapterRows::of_slot(slot);
         let grid = self.vision.grid();
         let rows = self.projector.tokens_per_tile(grid);
-        Ok(self.vision.backward_with(pixels, |i, features| {
+        Ok(self.vision.backward_with(pixels, &adapter, |i, features| {
             let d_proj = d_rows.narrow(0, i * rows, rows)?.unsqueeze(0)?;
-            self.projector.backward(features, grid, &d_proj)
+            self.projector.backward(features, grid, &adapter, &d_proj)
         })?)
+    }
+
+    fn attach_adapter(
+        &mut self,
+        slot: usize,
+        parts: &LoraLookup<'_>,
+    ) -> candle_core::Result<BTreeSet<String>> {
+        let mut used = self.vision.attach_adapter(slot, parts)?;
+        used.extend(self.projector.attach_adapter(slot, parts)?);
+        Ok(used)
     }
 }

@@ -3,6 +3,8 @@
 //!
 //! Names: OpenGVLab `mlp1.{0,1,3}`; HF `model.multi_modal_projector.{layer_norm, linear_1, linear_2}`.
 
+use std::collections::BTreeSet;
+
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -10,6 +12,7 @@ use super::config::CheckpointLayout;
 use crate::nn::grad;
 use crate::nn::layers::NormKind;
 use crate::nn::layers::{Linear, Norm};
+use crate::nn::lora::{attach_by_source, AdapterRows, LoraLookup};
 
 /// PyTorch's `nn.LayerNorm` default epsilon, which both reference implementations use here.
 const PROJECTOR_NORM_EPS: f64 = 1e-5;
@@ -50,25 +53,49 @@ impl Projector {
         (grid / self.factor) * (grid / self.factor)
     }
 
-    /// Vision features (tiles, grid*grid, C) -> language embeddings (tiles, tokens_per_tile, H).
-    pub fn forward(&self, features: &Tensor, grid: usize) -> Result<Tensor> {
+    /// Attaches an adapter's LoRA of the two linear layers as slot `slot`; returns the
+    /// checkpoint tensor names used.
+    pub fn attach_adapter(
+        &mut self,
+        slot: usize,
+        parts: &LoraLookup<'_>,
+    ) -> Result<BTreeSet<String>> {
+        let mut used = BTreeSet::new();
+        for linear in [&mut self.linear_1, &mut self.linear_2] {
+            used.extend(attach_by_source(linear, slot, parts)?);
+        }
+        Ok(used)
+    }
+
+    /// Vision features (tiles, grid*grid, C) -> language embeddings (tiles, tokens_per_tile, H),
+    /// with `adapter` ([`AdapterRows::Base`] or [`AdapterRows::All`]).
+    pub fn forward(&self, features: &Tensor, grid: usize, adapter: &AdapterRows) -> Result<Tensor> {
         let shuffled = pixel_shuffle(features, grid, self.factor)?;
         let xs = self
             .linear_1
-            .forward(&self.norm.forward(&shuffled)?)?
+            .forward_rows(&self.norm.forward(&shuffled)?, adapter)?
             .gelu_erf()?;
-        self.linear_2.forward(&xs)
+        self.linear_2.forward_rows(&xs, adapter)
     }
 }
 
 impl Projector {
     /// The gradient with respect to the vision features `(n, grid², width)` for the gradient
-    /// `dy` of [`Self::forward`]'s output at `features`.
-    pub fn backward(&self, features: &Tensor, grid: usize, dy: &Tensor) -> Result<Tensor> {
+    /// `dy` of [`Self::forward`]'s output at `features` with `adapter`.
+    pub fn backward(
+        &self,
+        features: &Tensor,
+        grid: usize,
+        adapter: &AdapterRows,
+        dy: &Tensor,
+    ) -> Result<Tensor> {
         let shuffled = pixel_shuffle(features, grid, self.factor)?;
-        let h = self.linear_1.forward(&self.norm.forward(&shuffled)?)?;
-        let d_h = grad::gelu_erf(&h, &grad::linear(&self.linear_2, dy)?)?;
-        let d_shuffled = grad::norm(&self.norm, &shuffled, &grad::linear(&self.linear_1, &d_h)?)?;
+        let h = self
+            .linear_1
+            .forward_rows(&self.norm.forward(&shuffled)?, adapter)?;
+        let d_h = grad::gelu_erf(&h, &grad::linear_rows(&self.linear_2, dy, adapter)?)?;
+        let d_normed = grad::linear_rows(&self.linear_1, &d_h, adapter)?;
+        let d_shuffled = grad::norm(&self.norm, &shuffled, &d_normed)?;
         pixel_unshuffle(&d_shuffled, grid, self.factor)
     }
 }

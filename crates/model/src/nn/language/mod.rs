@@ -23,14 +23,12 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::nn::layers::{Linear, Norm};
-use crate::nn::lora::{AdapterRows, LoraUpdate};
+pub use crate::nn::lora::LoraLookup;
+use crate::nn::lora::{attach_by_source, AdapterRows};
 use attention::{packed_attention, Masks};
 pub use backward::GradTape;
 use config::{RopeScaling, TextArch, TextConfig};
 pub use decode::KvCache;
-
-/// An adapter's LoRA of a checkpoint tensor, by name: `(lora_A, lora_B, scale)`.
-pub type LoraLookup<'a> = dyn Fn(&str) -> Option<(Tensor, Tensor, f64)> + 'a;
 
 /// One run of tokens in the packed batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,33 +260,7 @@ impl LanguageModel {
                 &mut layer.up,
                 &mut layer.down,
             ] {
-                let Some(source) = linear.source().cloned() else {
-                    continue;
-                };
-                let Some((a, b, scale)) = parts(&source.tensor) else {
-                    continue;
-                };
-                let rows = match source.rows {
-                    Some(block) => block.groups * block.slots * block.width,
-                    None => linear.weight().dim(0)?,
-                };
-                let (r_a, in_a) = a.dims2()?;
-                let (out_b, r_b) = b.dims2()?;
-                if in_a != linear.weight().dim(1)? || out_b != rows || r_a != r_b {
-                    candle_core::bail!(
-                        "LoRA of {} is {:?} x {:?}, which does not fit its ({rows}, {}) weight",
-                        source.tensor,
-                        b.dims(),
-                        a.dims(),
-                        linear.weight().dim(1)?
-                    );
-                }
-                let b = match source.rows {
-                    Some(block) => block.take(&b)?,
-                    None => b,
-                };
-                linear.attach(slot, LoraUpdate::new(&a, &b, scale, linear.weight())?);
-                used.insert(source.tensor);
+                used.extend(attach_by_source(linear, slot, parts)?);
             }
         }
         Ok(used)

@@ -12,6 +12,8 @@
 
 mod backward;
 
+use std::collections::BTreeSet;
+
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -19,6 +21,7 @@ use super::config::{CheckpointLayout, VisionConfig};
 use crate::nn::fused_attention;
 use crate::nn::layers::NormKind;
 use crate::nn::layers::{Linear, Norm};
+use crate::nn::lora::{attach_by_source, attach_stacked, AdapterRows, LoraLookup};
 
 /// Per-layout names of the pieces that differ between the two checkpoint conventions.
 struct Names {
@@ -62,6 +65,9 @@ const HUGGING_FACE: Names = Names {
 
 struct Attention {
     qkv: Linear,
+    /// The checkpoint tensors `qkv` stacks, with their rows (one fused tensor in the
+    /// OpenGVLab layout; q, k and v in the HF layout), for attaching adapters.
+    qkv_pieces: Vec<(String, usize)>,
     q_norm: Option<Norm>,
     k_norm: Option<Norm>,
     proj: Linear,
@@ -76,8 +82,12 @@ impl Attention {
         vb: VarBuilder,
     ) -> Result<Self> {
         let c = cfg.hidden_size;
-        let qkv = match layout {
-            CheckpointLayout::OpenGvLab => Linear::load(c, 3 * c, cfg.qkv_bias, vb.pp("qkv"))?,
+        let (qkv, qkv_pieces) = match layout {
+            CheckpointLayout::OpenGvLab => {
+                let qkv = Linear::load(c, 3 * c, cfg.qkv_bias, vb.pp("qkv"))?;
+                let pieces = qkv.source().map(|s| (s.tensor.clone(), 3 * c));
+                (qkv, pieces.into_iter().collect())
+            }
             CheckpointLayout::HuggingFace => {
                 let parts = ["q_proj", "k_proj", "v_proj"]
                     .iter()
@@ -90,7 +100,12 @@ impl Attention {
                 } else {
                     None
                 };
-                Linear::from_parts(w, b, None)
+                let pieces = parts
+                    .iter()
+                    .filter_map(|p| p.source())
+                    .map(|s| (s.tensor.clone(), c))
+                    .collect();
+                (Linear::from_parts(w, b, None), pieces)
             }
         };
         // QK-norm is RMSNorm over the full embedding width in both layouts.
@@ -115,6 +130,7 @@ impl Attention {
         let proj = Linear::load(c, c, true, vb.pp(names.proj))?;
         Ok(Attention {
             qkv,
+            qkv_pieces,
             q_norm,
             k_norm,
             proj,
@@ -122,10 +138,10 @@ impl Attention {
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    fn forward(&self, xs: &Tensor, adapter: &AdapterRows) -> Result<Tensor> {
         let (b, t, c) = xs.dims3()?;
         let d = c / self.num_heads;
-        let qkv = self.qkv.forward(xs)?;
+        let qkv = self.qkv.forward_rows(xs, adapter)?;
         let mut q = qkv.narrow(D::Minus1, 0, c)?;
         let mut k = qkv.narrow(D::Minus1, c, c)?;
         let v = qkv.narrow(D::Minus1, 2 * c, c)?;
@@ -150,7 +166,14 @@ impl Attention {
                 fused_attention::naive_attention(&q, &k, &v, scale, false)?
             };
         let out = out.transpose(1, 2)?.reshape((b, t, c))?;
-        self.proj.forward(&out)
+        self.proj.forward_rows(&out, adapter)
+    }
+
+    /// Attaches `slot`'s updates of q/k/v and the output projection; returns the names used.
+    fn attach_adapter(&mut self, slot: usize, parts: &LoraLookup<'_>) -> Result<Vec<String>> {
+        let mut used = attach_stacked(&mut self.qkv, slot, &self.qkv_pieces, parts)?;
+        used.extend(attach_by_source(&mut self.proj, slot, parts)?);
+        Ok(used)
     }
 }
 
@@ -183,12 +206,14 @@ impl Block {
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let attn = self.attn.forward(&self.norm1.forward(xs)?)?;
+    fn forward(&self, xs: &Tensor, adapter: &AdapterRows) -> Result<Tensor> {
+        let attn = self.attn.forward(&self.norm1.forward(xs)?, adapter)?;
         let xs = (xs + attn.broadcast_mul(&self.ls1)?)?;
-        let mlp = self
-            .fc2
-            .forward(&self.fc1.forward(&self.norm2.forward(&xs)?)?.gelu_erf()?)?;
+        let h = self
+            .fc1
+            .forward_rows(&self.norm2.forward(&xs)?, adapter)?
+            .gelu_erf()?;
+        let mlp = self.fc2.forward_rows(&h, adapter)?;
         xs + mlp.broadcast_mul(&self.ls2)?
     }
 }
@@ -267,12 +292,30 @@ impl VisionTower {
         self.grid
     }
 
-    /// `pixels` (tiles, 3, S, S) -> features (tiles, grid*grid, C) with the class token dropped.
-    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+    /// Attaches an adapter's LoRA of the blocks' linear layers as slot `slot`; returns the
+    /// checkpoint tensor names used. (The patch embedding is a convolution: never adapted.)
+    pub fn attach_adapter(
+        &mut self,
+        slot: usize,
+        parts: &LoraLookup<'_>,
+    ) -> Result<BTreeSet<String>> {
+        let mut used = BTreeSet::new();
+        for block in &mut self.blocks {
+            used.extend(block.attn.attach_adapter(slot, parts)?);
+            for linear in [&mut block.fc1, &mut block.fc2] {
+                used.extend(attach_by_source(linear, slot, parts)?);
+            }
+        }
+        Ok(used)
+    }
+
+    /// `pixels` (tiles, 3, S, S) -> features (tiles, grid*grid, C) with the class token
+    /// dropped, every tile with `adapter` ([`AdapterRows::Base`] or [`AdapterRows::All`]).
+    pub fn forward(&self, pixels: &Tensor, adapter: &AdapterRows) -> Result<Tensor> {
         let g = pixels.dim(2)? / self.patch_size;
         let mut xs = self.embed(pixels)?;
         for block in &self.blocks {
-            xs = block.forward(&xs)?;
+            xs = block.forward(&xs, adapter)?;
         }
         if let Some(norm) = &self.final_norm {
             xs = norm.forward(&xs)?;
