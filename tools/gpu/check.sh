@@ -11,6 +11,7 @@
 #   3. rewarddance bench-model --preset P --random-weights, pointwise + pairwise, batch 1/16/64,
 #      then --grad (ScoreGrad against Score, prefix reuse off and on) at GPU_CHECK_GRAD_PRESETS,
 #      then --lora 4 (base, merged, unmerged adapters, 4 rewards per item) at GPU_CHECK_LORA_PRESETS
+#      (and with --lora-vision, adapters on the ViT and mlp1 too, at the first of them)
 #   4. rewarddance serve in the background + rewarddance bench --target (many concurrent clients)
 #   5. optional: tools/gpu/baseline.py, transformers at the same shapes on the same card
 #   6. a summary table, printed last (also summary.md)
@@ -170,6 +171,13 @@ for preset in $LORA_PRESETS; do
   step "bench-model --lora $preset" 120 --tee "$OUTDIR/bench-model.md" \
     "$BIN" bench-model --preset "$preset" --random-weights --lora 4 --device "$DEVICE" \
     "${bench_dtype[@]}" --batch "$LORA_BATCHES" --iters "$ITERS"
+done
+# ... and adapters on the vision tower and mlp1 too (unmerged per image-side slot), first preset.
+for preset in ${LORA_PRESETS%% *}; do
+  echo "### bench-model --lora 4 --lora-vision --preset $preset" >> "$OUTDIR/bench-model.md"
+  step "bench-model --lora-vision $preset" 120 --tee "$OUTDIR/bench-model.md" \
+    "$BIN" bench-model --preset "$preset" --random-weights --lora 4 --lora-vision \
+    --device "$DEVICE" "${bench_dtype[@]}" --batch "$LORA_BATCHES" --iters "$ITERS"
 done
 
 # 4. Server: `serve` in the background on free ports, then many concurrent clients.

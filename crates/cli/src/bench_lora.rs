@@ -1,13 +1,16 @@
 //! `rewarddance bench-model --lora N`: named rewards with N random LoRA adapters (r 8,
-//! alpha 32, ms-swift's default, on every linear layer of the language model) at a preset's
-//! real shapes. Rows: the base alone, one adapter merged into the weights, 2 and N adapters
-//! unmerged with the batch's items spread over them, and N rewards of each item scored in
-//! one call (its image encoded once) against N calls that share nothing.
+//! alpha 32, ms-swift's default, on every linear layer of the language model; with
+//! `--lora-vision` also on the vision tower's and `mlp1`'s) at a preset's real shapes. Rows:
+//! the base alone, one adapter merged into the weights, 2 and N adapters unmerged with the
+//! batch's items spread over them, and N rewards of each item scored in one call (its image
+//! encoded once, or once per adapter when they change the image side) against N calls that
+//! share nothing.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
+use rewarddance_model::family::internvl::config::CheckpointLayout;
 use rewarddance_model::nn::language::config::TextArch;
 use rewarddance_model::pipeline::rewards::RewardSpec;
 use rewarddance_model::{Checkpoint, FamilyConfig, LoadOptions, Mode, PreparedItem, RewardModel};
@@ -18,11 +21,13 @@ use crate::bench_model::synthetic_item;
 const RANK: usize = 8;
 const ALPHA: f64 = 32.0;
 
-/// Runs the table for `adapters` adapters over each of `batches`.
+/// Runs the table for `adapters` adapters over each of `batches`; `vision`: the adapters also
+/// change the vision tower and the projector.
 pub fn run(
     checkpoint: &Checkpoint,
     options: LoadOptions,
     adapters: usize,
+    vision: bool,
     iters: usize,
     batches: &[usize],
 ) -> Result<std::process::ExitCode> {
@@ -38,7 +43,7 @@ pub fn run(
     }
     let dir = std::env::temp_dir().join(format!("rd-bench-lora-{}", std::process::id()));
     let dirs: Vec<PathBuf> = (0..adapters)
-        .map(|k| write_adapter(&dir.join(format!("a{k}")), &config, k as u64))
+        .map(|k| write_adapter(&dir.join(format!("a{k}")), &config, k as u64, vision))
         .collect::<Result<_>>()?;
     let reward = |name: &str, adapter: Option<&PathBuf>| RewardSpec {
         adapter: adapter.cloned(),
@@ -52,8 +57,13 @@ pub fn run(
             .collect()
     };
     let iters = iters.max(1);
+    let scope = if vision {
+        "every linear layer of the language model, the vision tower and mlp1"
+    } else {
+        "every language-model linear layer"
+    };
     println!(
-        "model {}  LoRA r {RANK} alpha {ALPHA} on every language-model linear layer; pointwise items, one distinct image each",
+        "model {}  LoRA r {RANK} alpha {ALPHA} on {scope}; pointwise items, one distinct image each",
         checkpoint.id
     );
     println!("| setup | batch | items/s | vs base |");
@@ -84,7 +94,8 @@ pub fn run(
             println!("| {name} | {batch} | {rate:.2} | {:.2}x |", rate / base);
         }
     }
-    // N rewards per item: one call (images encoded once, in-batch) vs N calls sharing nothing.
+    // N rewards per item: one call (images encoded once in-batch, or once per adapter with
+    // `--lora-vision`) vs N calls sharing nothing.
     println!();
     println!("| {adapters} rewards per item | items | scores/s | speed-up |");
     println!("|---|---:|---:|---:|");
@@ -153,21 +164,53 @@ fn seconds(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64() / iters as f64)
 }
 
-/// Writes a peft adapter directory for every linear layer of the Qwen2 language model, with
-/// seeded small values, and returns it.
-fn write_adapter(dir: &Path, config: &FamilyConfig, seed: u64) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
+/// A LoRA module: its peft name (after `base_model.model.`), in and out widths.
+type Module = (String, usize, usize);
+
+/// The linear layers of the Qwen2 language model, and with `vision` those of InternViT and
+/// `mlp1` (OpenGVLab names, as the presets are laid out).
+fn modules(config: &FamilyConfig, vision: bool) -> Result<Vec<Module>> {
     let t = config.text();
     let (h, d, i) = (t.hidden_size, t.head_dim, t.intermediate_size);
-    let modules = [
-        ("self_attn.q_proj", h, t.num_heads * d),
-        ("self_attn.k_proj", h, t.num_kv_heads * d),
-        ("self_attn.v_proj", h, t.num_kv_heads * d),
-        ("self_attn.o_proj", t.num_heads * d, h),
-        ("mlp.gate_proj", h, i),
-        ("mlp.up_proj", h, i),
-        ("mlp.down_proj", i, h),
-    ];
+    let mut out = Vec::new();
+    for layer in 0..t.num_layers {
+        let at = |n: &str| format!("language_model.model.layers.{layer}.{n}");
+        out.extend([
+            (at("self_attn.q_proj"), h, t.num_heads * d),
+            (at("self_attn.k_proj"), h, t.num_kv_heads * d),
+            (at("self_attn.v_proj"), h, t.num_kv_heads * d),
+            (at("self_attn.o_proj"), t.num_heads * d, h),
+            (at("mlp.gate_proj"), h, i),
+            (at("mlp.up_proj"), h, i),
+            (at("mlp.down_proj"), i, h),
+        ]);
+    }
+    if vision {
+        let FamilyConfig::InternVl(c) = config;
+        if c.layout != CheckpointLayout::OpenGvLab {
+            bail!("--lora-vision generates OpenGVLab vision names: use a preset");
+        }
+        let (v, vi) = (c.vision.hidden_size, c.vision.intermediate_size);
+        for layer in 0..c.vision.num_layers {
+            let at = |n: &str| format!("vision_model.encoder.layers.{layer}.{n}");
+            out.extend([
+                (at("attn.qkv"), v, 3 * v),
+                (at("attn.proj"), v, v),
+                (at("mlp.fc1"), v, vi),
+                (at("mlp.fc2"), vi, v),
+            ]);
+        }
+        let factor = (1.0 / c.downsample_ratio).round() as usize;
+        out.push(("mlp1.1".into(), v * factor * factor, h));
+        out.push(("mlp1.3".into(), h, h));
+    }
+    Ok(out)
+}
+
+/// Writes a peft adapter directory for [`modules`], with seeded small values, and returns it.
+fn write_adapter(dir: &Path, config: &FamilyConfig, seed: u64, vision: bool) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let modules = modules(config, vision)?;
     let device = candle_core::Device::Cpu;
     let mut rng = rewarddance_model::SplitMix64(seed + 1);
     let mut noise = |n: usize, scale: f32| -> Vec<f32> {
@@ -176,20 +219,26 @@ fn write_adapter(dir: &Path, config: &FamilyConfig, seed: u64) -> Result<PathBuf
             .collect()
     };
     let mut tensors = std::collections::HashMap::new();
-    for layer in 0..t.num_layers {
-        for (name, inp, out) in modules {
-            let key = format!("base_model.model.language_model.model.layers.{layer}.{name}");
-            let a = candle_core::Tensor::from_vec(noise(RANK * inp, 0.02), (RANK, inp), &device)?;
-            let b = candle_core::Tensor::from_vec(noise(out * RANK, 0.02), (out, RANK), &device)?;
-            tensors.insert(format!("{key}.lora_A.weight"), a);
-            tensors.insert(format!("{key}.lora_B.weight"), b);
-        }
+    for (name, inp, out) in &modules {
+        let key = format!("base_model.model.{name}");
+        let a = candle_core::Tensor::from_vec(noise(RANK * inp, 0.02), (RANK, *inp), &device)?;
+        let b = candle_core::Tensor::from_vec(noise(out * RANK, 0.02), (*out, RANK), &device)?;
+        tensors.insert(format!("{key}.lora_A.weight"), a);
+        tensors.insert(format!("{key}.lora_B.weight"), b);
     }
     candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors"))?;
-    let targets: Vec<&str> = modules
+    // peft matches a list entry against the end of a module name after a dot: the last two
+    // parts (`self_attn.q_proj`, `attn.qkv`, `mlp1.1`) select each kind of layer.
+    let mut targets: Vec<String> = modules
         .iter()
-        .map(|(n, _, _)| n.rsplit('.').next().unwrap_or(n))
+        .map(|(n, _, _)| {
+            let mut parts = n.rsplitn(3, '.');
+            let (last, before) = (parts.next().unwrap_or(n), parts.next().unwrap_or(""));
+            format!("{before}.{last}")
+        })
         .collect();
+    targets.sort();
+    targets.dedup();
     let config = serde_json::json!({
         "peft_type": "LORA",
         "r": RANK,

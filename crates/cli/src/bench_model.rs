@@ -63,6 +63,10 @@ pub struct BenchModelArgs {
     /// item in one call against N calls.
     #[arg(long, value_name = "N", conflicts_with_all = ["reuse", "grad"])]
     lora: Option<usize>,
+    /// With `--lora`: the adapters also change every linear layer of the vision tower and
+    /// `mlp1`, so each adapter's rewards encode images with their own weights.
+    #[arg(long, requires = "lora")]
+    lora_vision: bool,
 }
 
 /// Runs the benchmark and prints a table.
@@ -92,7 +96,14 @@ pub fn run(args: BenchModelArgs) -> Result<std::process::ExitCode> {
         return reuse_table(&checkpoint, options, args.iters);
     }
     if let Some(adapters) = args.lora {
-        return crate::bench_lora::run(&checkpoint, options, adapters, args.iters, &args.batch);
+        return crate::bench_lora::run(
+            &checkpoint,
+            options,
+            adapters,
+            args.lora_vision,
+            args.iters,
+            &args.batch,
+        );
     }
     let started = Instant::now();
     let model = RewardModel::load(&checkpoint, options.clone()).context("loading the model")?;

@@ -239,6 +239,154 @@ fn an_adapter_on_the_image_side_encodes_its_own_features() {
     assert!((alone.logit_no - first[2].logit_no).abs() <= BATCH_TOL);
 }
 
+/// A variant of `hf-rslora` for what its uniform q/k/v leave out: on the ViT q and v adapted
+/// but not k, v at rank 8 (not 16) and q with its own alpha, so the pieces of the fused q/k/v
+/// differ in presence, rank and scale; plus LoRA on the HF ViT's `mlp.fc1` and the projector's
+/// `linear_1` (seeded values).
+fn uneven_vision_copy() -> PathBuf {
+    use candle_core::{DType, Device, Tensor};
+    let to = scaled_copy("hf-rslora", 1.0, "uneven");
+    let device = Device::Cpu;
+    let base = candle_core::safetensors::load(
+        repo_root().join("fixtures/models/tiny-internvl-hf/model.safetensors"),
+        &device,
+    )
+    .unwrap();
+    let path = to.join("adapter_model.safetensors");
+    let tensors = candle_core::safetensors::load(&path, &device).unwrap();
+    let mut edited: std::collections::HashMap<String, Tensor> = tensors
+        .into_iter()
+        .filter(|(k, _)| !(k.contains("vision_tower") && k.contains("k_proj")))
+        .map(|(k, v)| {
+            let v = match (
+                k.contains("vision_tower") && k.contains("v_proj"),
+                k.contains("lora_A"),
+            ) {
+                (false, _) => v,
+                (true, true) => v.narrow(0, 0, 8).unwrap(),
+                (true, false) => v.narrow(1, 0, 8).unwrap(),
+            };
+            (k, v)
+        })
+        .collect();
+    let seeded = |rows: usize, cols: usize, seed: f64| {
+        let n = rows * cols;
+        let t = Tensor::arange(0u32, n as u32, &device)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
+        (t.affine(0.37, seed).unwrap().sin().unwrap() * 0.2)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .reshape((rows, cols))
+            .unwrap()
+    };
+    let r = 16;
+    let mut add = |module: String, weight: &str, seed: f64| {
+        let (out, inp) = base[weight].dims2().unwrap();
+        edited.insert(
+            format!("base_model.model.model.{module}.lora_A.weight"),
+            seeded(r, inp, seed),
+        );
+        edited.insert(
+            format!("base_model.model.model.{module}.lora_B.weight"),
+            seeded(out, r, seed + 1.0),
+        );
+    };
+    let mut layer = 0;
+    while base.contains_key(&format!(
+        "vision_tower.encoder.layer.{layer}.mlp.fc1.weight"
+    )) {
+        let module = format!("vision_tower.encoder.layer.{layer}.mlp.fc1");
+        add(module.clone(), &format!("{module}.weight"), layer as f64);
+        layer += 1;
+    }
+    assert!(layer > 0, "the fixture's vision layers");
+    add(
+        "multi_modal_projector.linear_1".into(),
+        "multi_modal_projector.linear_1.weight",
+        7.0,
+    );
+    candle_core::safetensors::save(&edited, &path).unwrap();
+    let config_path = to.join("adapter_config.json");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let targets = config["target_modules"].as_array_mut().unwrap();
+    targets.push("fc1".into());
+    targets.push("linear_1".into());
+    config["rank_pattern"] = serde_json::json!({ r"attention\.v_proj": 8 });
+    config["alpha_pattern"] = serde_json::json!({ r"attention\.q_proj": 4 });
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    to
+}
+
+#[test]
+fn two_image_side_adapters_in_one_batch_equal_each_merged_alone() {
+    let base = "tiny-internvl-hf";
+    let uneven = uneven_vision_copy();
+    let dirs = [adapter_dir("hf-rslora"), uneven.clone()];
+    let specs = [
+        reward(DEFAULT_REWARD, None),
+        reward("rslora", Some(dirs[0].clone())),
+        reward("uneven", Some(dirs[1].clone())),
+    ];
+    let model = load(base, &specs).expect("loads");
+    let per_reward: Vec<Vec<PreparedItem>> =
+        (0..3).map(|r| prepared_for(&model, base, r)).collect();
+    let n = per_reward[0].len();
+    // Every item under every reward, interleaved, in one batch.
+    let mixed: Vec<&PreparedItem> = (0..n)
+        .flat_map(|k| (0..3).map(move |r| (k, r)))
+        .map(|(k, r)| &per_reward[r][k])
+        .collect();
+    let before = model.feature_cache_stats();
+    let scores = model.score_prepared(&mixed).expect("batch");
+    let misses = model.feature_cache_stats().misses - before.misses;
+    // The distinct images of the batch: what the base alone encodes.
+    let plain = load(base, &specs[..1]).unwrap();
+    let base_items = prepared_for(&plain, base, 0);
+    plain
+        .score_prepared(&base_items.iter().collect::<Vec<_>>())
+        .unwrap();
+    let distinct = plain.feature_cache_stats().misses;
+    assert!(distinct > 0);
+    assert_eq!(misses, 3 * distinct, "each image once per image side");
+    let ckpt = fixtures().checkpoint(base).unwrap();
+    for (r, dir) in dirs.iter().enumerate().map(|(i, d)| (i + 1, d)) {
+        let merged = RewardModel::load(
+            &ckpt,
+            LoadOptions {
+                adapter: Some(dir.clone()),
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap();
+        let alone = prepared_for(&merged, base, 0);
+        let refs: Vec<&PreparedItem> = alone.iter().collect();
+        let want = merged.score_prepared(&refs).unwrap();
+        for k in 0..n {
+            let got = scores[3 * k + r];
+            let d = (got.logit_yes - want[k].logit_yes)
+                .abs()
+                .max((got.logit_no - want[k].logit_no).abs());
+            assert!(
+                f64::from(d) <= LOGIT_TOL,
+                "reward {r}, item {k}: {d:.2e} from merged"
+            );
+        }
+    }
+    // The two adapters differ on every item.
+    for k in 0..n {
+        let (a, b) = (scores[3 * k + 1], scores[3 * k + 2]);
+        assert!(
+            (a.logit_yes - b.logit_yes).abs() > 1e-2,
+            "item {k}: uneven = rslora"
+        );
+    }
+    let _ = std::fs::remove_dir_all(uneven);
+}
+
 #[test]
 fn one_adapter_for_every_reward_is_merged() {
     let specs = [

@@ -35,6 +35,9 @@ pub fn linear_rows(layer: &Linear, dy: &Tensor, rows: &AdapterRows) -> Result<Te
     if matches!(rows, AdapterRows::Base) {
         return Ok(dx);
     }
+    if matches!(rows, AdapterRows::Groups(_)) && dy.rank() != 2 {
+        candle_core::bail!("per-row adapters need a 2-D gradient, got {:?}", dy.dims());
+    }
     let (out_dim, in_dim) = layer.weight().dims2()?;
     let flat = dy.reshape((dy.elem_count() / out_dim.max(1), out_dim))?;
     let shape = dx.shape().clone();

@@ -215,6 +215,9 @@ impl Linear {
         if self.lora.is_empty() || matches!(rows, AdapterRows::Base) {
             return Ok(y);
         }
+        if matches!(rows, AdapterRows::Groups(_)) && x.rank() != 2 {
+            candle_core::bail!("per-row adapters need 2-D input, got {:?}", x.dims());
+        }
         let in_dim = self.weight.dim(1)?;
         let flat = x.reshape((x.elem_count() / in_dim.max(1), in_dim))?;
         let shape = y.shape().clone();

@@ -115,7 +115,8 @@ pub fn attach_by_source(
 /// by rows at load (the HF-layout ViT's q/k/v), the update of `slot` that `parts` gives for
 /// any of them: `A` the adapted pieces' `lora_A` stacked `(Σr, in)`, `B` block-diagonal
 /// `(Σrows, Σr)` with each piece's scale folded in, zero rows where a piece is not adapted.
-/// Returns the names used.
+/// Returns the names used. The zeros cost memory and thin-matmul work (3x `B`'s for q/k/v
+/// adapted alike); it keeps the fused layer one matmul for the base and one update.
 pub fn attach_stacked(
     linear: &mut Linear,
     slot: usize,
@@ -156,7 +157,9 @@ pub fn attach_stacked(
                 if col > 0 {
                     cols.push(zeros(col)?);
                 }
-                cols.push((to(b_i)? * *scale)?);
+                // Scaled in f32, rounded once into the weight's dtype.
+                let scaled = (b_i.to_dtype(candle_core::DType::F32)? * *scale)?;
+                cols.push(to(&scaled)?);
                 if rank > col + r {
                     cols.push(zeros(rank - col - r)?);
                 }

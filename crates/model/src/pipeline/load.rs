@@ -6,7 +6,8 @@
 //! adapter becomes a slot applied per row ([`crate::nn::lora`]) on the one copy of the base
 //! weights. A slot may change the linear layers of the decoder, the vision tower and the
 //! projector; an adapter that replaces whole tensors (`modules_to_save`, trained biases) or
-//! changes anything else is refused there (it can be served merged).
+//! changes another tensor the model reads (e.g. `lm_head`) is refused there (it can be served
+//! merged). LoRA on layers the model never reads is reported, as merging reports it.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;

@@ -10,9 +10,11 @@
 //! base tensor of the same name.
 //!
 //! Loading is strict: an unsupported adapter kind or option, a tensor that names no tensor of
-//! the checkpoint, a module that no target selects, a target that selects no module, a shape
-//! or rank that does not fit, and a tensor the model never reads each fail the load with a
-//! message naming it. An adapter never loads as a silent no-op.
+//! the checkpoint, a module that no target selects, a target that selects no module, and a
+//! shape or rank that does not fit each fail the load with a message naming it. A tensor of a
+//! layer the model never runs (vision layers after `select_layer`) is listed in the summary's
+//! `unread` and logged: it has no effect, as the checkpoint's own weights there have none. An
+//! adapter never loads as a silent no-op.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
