@@ -35,7 +35,7 @@ pub fn linear_rows(layer: &Linear, dy: &Tensor, rows: &AdapterRows) -> Result<Te
     if matches!(rows, AdapterRows::Base) {
         return Ok(dx);
     }
-    if matches!(rows, AdapterRows::Groups(_)) && dy.rank() != 2 {
+    if matches!(rows, AdapterRows::Groups(_) | AdapterRows::Runs(_)) && dy.rank() != 2 {
         candle_core::bail!("per-row adapters need a 2-D gradient, got {:?}", dy.dims());
     }
     let (out_dim, in_dim) = layer.weight().dims2()?;

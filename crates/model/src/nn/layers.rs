@@ -215,7 +215,7 @@ impl Linear {
         if self.lora.is_empty() || matches!(rows, AdapterRows::Base) {
             return Ok(y);
         }
-        if matches!(rows, AdapterRows::Groups(_)) && x.rank() != 2 {
+        if matches!(rows, AdapterRows::Groups(_) | AdapterRows::Runs(_)) && x.rank() != 2 {
             candle_core::bail!("per-row adapters need 2-D input, got {:?}", x.dims());
         }
         let in_dim = self.weight.dim(1)?;

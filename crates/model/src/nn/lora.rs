@@ -183,6 +183,10 @@ pub enum AdapterRows {
     All(usize),
     /// Rows `.1` (u32 indices) use slot `.0`; other rows the base.
     Groups(Vec<(usize, Tensor)>),
+    /// Rows `start..start + len` use slot `slot`, as `(slot, start, len)` in row order; other
+    /// rows the base. What [`Self::of_runs`] gives when each slot's rows are contiguous: read
+    /// as views, no gather or scatter.
+    Runs(Vec<(usize, usize, usize)>),
 }
 
 impl AdapterRows {
@@ -201,9 +205,20 @@ impl AdapterRows {
             start += len as u32;
         }
         let total = start as usize;
+        let contiguous = per_slot
+            .iter()
+            .all(|(_, rows)| rows.windows(2).all(|w| w[1] == w[0] + 1));
         Ok(match per_slot.as_slice() {
             [] => AdapterRows::Base,
             [(s, rows)] if rows.len() == total => AdapterRows::All(*s),
+            _ if contiguous => {
+                let mut runs: Vec<(usize, usize, usize)> = per_slot
+                    .iter()
+                    .map(|(s, rows)| (*s, rows[0] as usize, rows.len()))
+                    .collect();
+                runs.sort_by_key(|r| r.1);
+                AdapterRows::Runs(runs)
+            }
             _ => AdapterRows::Groups(
                 per_slot
                     .into_iter()
@@ -255,6 +270,79 @@ impl AdapterRows {
                 }
                 Ok(y)
             }
+            AdapterRows::Runs(runs) => {
+                // One concatenation of views: base rows as they are, adapted rows updated.
+                let n = y.dim(0)?;
+                let mut pieces = Vec::with_capacity(2 * runs.len() + 1);
+                let mut at = 0;
+                for &(s, start, len) in runs {
+                    let Some(u) = update(s) else { continue };
+                    if start > at {
+                        pieces.push(y.narrow(0, at, start - at)?);
+                    }
+                    let d = apply(u, &x.narrow(0, start, len)?)?;
+                    pieces.push((y.narrow(0, start, len)? + d)?);
+                    at = start + len;
+                }
+                if pieces.is_empty() {
+                    return Ok(y);
+                }
+                if at < n {
+                    pieces.push(y.narrow(0, at, n - at)?);
+                }
+                Tensor::cat(&pieces, 0)
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+
+    fn seeded(rows: usize, cols: usize, seed: f64) -> Tensor {
+        let t = Tensor::arange(0u32, (rows * cols) as u32, &Device::Cpu).unwrap();
+        let t = t.to_dtype(DType::F32).unwrap().affine(0.7, seed).unwrap();
+        t.sin().unwrap().reshape((rows, cols)).unwrap()
+    }
+
+    #[test]
+    fn contiguous_runs_are_views_and_equal_the_gathered_groups() {
+        let like = seeded(3, 4, 0.0);
+        let updates = [
+            LoraUpdate::new(&seeded(2, 4, 1.0), &seeded(3, 2, 2.0), 0.5, &like).unwrap(),
+            LoraUpdate::new(&seeded(2, 4, 3.0), &seeded(3, 2, 4.0), 2.0, &like).unwrap(),
+        ];
+        let (x, y) = (seeded(8, 4, 5.0), seeded(8, 3, 6.0));
+        let update = |s: usize| updates.get(s);
+        let dev = Device::Cpu;
+        // Rows 0..5 slot 0, 5 the base, 6..8 slot 1.
+        let rows =
+            AdapterRows::of_runs(&[2, 3, 1, 2], &[Some(0), Some(0), None, Some(1)], &dev).unwrap();
+        assert!(matches!(&rows, AdapterRows::Runs(r) if r == &[(0, 0, 5), (1, 6, 2)]));
+        let gathered = AdapterRows::Groups(vec![
+            (0, Tensor::new(&[0u32, 1, 2, 3, 4], &dev).unwrap()),
+            (1, Tensor::new(&[6u32, 7], &dev).unwrap()),
+        ]);
+        for backward in [false, true] {
+            let (x, y) = if backward {
+                (seeded(8, 3, 7.0), seeded(8, 4, 8.0))
+            } else {
+                (x.clone(), y.clone())
+            };
+            let a = rows.add(&x, y.clone(), update, backward).unwrap();
+            let b = gathered.add(&x, y.clone(), update, backward).unwrap();
+            let diff = (a - &b).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "backward {backward}");
+            let base_row = |t: &Tensor| t.narrow(0, 5, 1).unwrap().flatten_all().unwrap();
+            assert_eq!(
+                base_row(&b).to_vec1::<f32>().unwrap(),
+                base_row(&y).to_vec1::<f32>().unwrap()
+            );
+        }
+        // Interleaved slots are gathered.
+        let mixed = AdapterRows::of_rows(&[Some(0), Some(1), Some(0)], &dev).unwrap();
+        assert!(matches!(mixed, AdapterRows::Groups(_)));
     }
 }

@@ -379,7 +379,12 @@ impl RewardModel {
         } else {
             usize::MAX
         };
-        let plan = prefix::plan(&signatures, min_shared);
+        // Laid out by adapter slot, so each slot's rows are one contiguous run.
+        let keys: Vec<u64> = slots
+            .iter()
+            .map(|s| s.map_or(0, |s| s as u64 + 1))
+            .collect();
+        let plan = prefix::plan_grouped(&signatures, &keys, min_shared);
         let unshared: usize = signatures.iter().map(Vec::len).sum();
         self.prefix_tokens_saved
             .fetch_add((unshared - plan.packed_len()) as u64, Ordering::Relaxed);

@@ -26,10 +26,19 @@ impl PrefixPlan {
     }
 }
 
-/// Groups items by shared prefixes of at least `min_shared` tokens and lays the batch out.
-/// `signatures[i][t]` is the identity of item i's token t (see the module docs). Every item
-/// keeps at least its last token in its own segment. `min_shared == usize::MAX` disables reuse.
+/// Groups items by shared prefixes of at least `min_shared` tokens and lays the batch out in
+/// item order. `signatures[i][t]` is the identity of item i's token t (see the module docs).
+/// Every item keeps at least its last token in its own segment. `min_shared == usize::MAX`
+/// disables reuse.
 pub fn plan(signatures: &[Vec<u64>], min_shared: usize) -> PrefixPlan {
+    plan_grouped(signatures, &vec![0; signatures.len()], min_shared)
+}
+
+/// [`plan`], with the items laid out by `keys` (stable: item order within a key) and each
+/// shared prefix right before its first member, so that the rows of one key are contiguous
+/// when its items share prefixes only among themselves (keys = adapter slots, whose tokens
+/// never match another slot's). `last_tokens` stays in item order.
+pub fn plan_grouped(signatures: &[Vec<u64>], keys: &[u64], min_shared: usize) -> PrefixPlan {
     // Greedy grouping against each group's first member; a group's prefix is the shortest
     // common prefix of its members.
     let mut groups: Vec<(usize, usize, Vec<usize>)> = Vec::new(); // (leader, prefix len, members)
@@ -53,28 +62,42 @@ pub fn plan(signatures: &[Vec<u64>], min_shared: usize) -> PrefixPlan {
             groups.push((i, usize::MAX, vec![i]));
         }
     }
-    let mut tokens = Vec::new();
-    let mut segments = Vec::new();
-    // Which prefix segment (and its length) each item continues from.
-    let mut item_prefix: Vec<Option<(usize, usize)>> = vec![None; signatures.len()];
-    for (leader, prefix, members) in &groups {
-        if members.len() < 2 {
-            continue;
-        }
-        segments.push(Segment {
-            len: *prefix,
-            position_offset: 0,
-            context: None,
-        });
-        tokens.extend((0..*prefix).map(|t| (*leader, t)));
-        for &m in members {
-            item_prefix[m] = Some((segments.len() - 1, *prefix));
+    // Which shared group (and its prefix length) each item continues from.
+    let mut item_group: Vec<Option<usize>> = vec![None; signatures.len()];
+    for (g, (_, _, members)) in groups.iter().enumerate() {
+        if members.len() >= 2 {
+            for &m in members {
+                item_group[m] = Some(g);
+            }
         }
     }
-    let mut last_tokens = Vec::with_capacity(signatures.len());
-    for (i, sig) in signatures.iter().enumerate() {
-        let (context, start) = match item_prefix[i] {
-            Some((seg, len)) => (Some(seg), len),
+    let mut order: Vec<usize> = (0..signatures.len()).collect();
+    order.sort_by_key(|&i| keys.get(i).copied().unwrap_or(0));
+    let mut tokens = Vec::new();
+    let mut segments = Vec::new();
+    // The segment of each group's prefix, once laid out.
+    let mut prefix_segment: Vec<Option<usize>> = vec![None; groups.len()];
+    let mut last_tokens = vec![0; signatures.len()];
+    for i in order {
+        let sig = &signatures[i];
+        let (context, start) = match item_group[i] {
+            Some(g) => {
+                let (leader, prefix, _) = &groups[g];
+                let seg = match prefix_segment[g] {
+                    Some(seg) => seg,
+                    None => {
+                        segments.push(Segment {
+                            len: *prefix,
+                            position_offset: 0,
+                            context: None,
+                        });
+                        tokens.extend((0..*prefix).map(|t| (*leader, t)));
+                        prefix_segment[g] = Some(segments.len() - 1);
+                        segments.len() - 1
+                    }
+                };
+                (Some(seg), *prefix)
+            }
             None => (None, 0),
         };
         segments.push(Segment {
@@ -83,7 +106,7 @@ pub fn plan(signatures: &[Vec<u64>], min_shared: usize) -> PrefixPlan {
             context,
         });
         tokens.extend((start..sig.len()).map(|t| (i, t)));
-        last_tokens.push(tokens.len() - 1);
+        last_tokens[i] = tokens.len() - 1;
     }
     PrefixPlan {
         tokens,
@@ -146,6 +169,35 @@ mod tests {
         assert_eq!(p.packed_len(), 4 + 2 + 1 + 3 + 3);
         assert_eq!(p.tokens[4], (0, 4));
         assert_eq!(p.last_tokens, vec![5, 6, 9, 12]);
+    }
+
+    #[test]
+    fn items_are_laid_out_by_key_with_each_prefix_before_its_first_member() {
+        // Keys 1, 0, 1, 0; items 0 and 2 share a prefix, 1 and 3 another.
+        let sigs = [
+            vec![5, 6, 7, 1],
+            vec![8, 9, 9, 2],
+            vec![5, 6, 7, 3],
+            vec![8, 9, 9, 4],
+        ];
+        let p = plan_grouped(&sigs, &[1, 0, 1, 0], 2);
+        let item_of = |seg: usize| {
+            let start: usize = p.segments[..seg].iter().map(|s| s.len).sum();
+            p.tokens[start].0
+        };
+        // Key 0 first: [prefix of 1 and 3], 1, 3, then key 1: [prefix of 0 and 2], 0, 2.
+        let laid: Vec<usize> = (0..p.segments.len()).map(item_of).collect();
+        assert_eq!(laid, vec![1, 1, 3, 0, 0, 2]);
+        assert_eq!(p.segments[0].context, None);
+        assert_eq!(p.segments[1].context, Some(0));
+        assert_eq!(p.segments[2].context, Some(0));
+        assert_eq!(p.segments[4].context, Some(3));
+        assert_eq!(p.segments[5].context, Some(3));
+        // last_tokens stays in item order, each at its item's final token.
+        for (i, &row) in p.last_tokens.iter().enumerate() {
+            assert_eq!(p.tokens[row], (i, 3), "item {i}");
+        }
+        assert_eq!(p.packed_len(), 3 + 1 + 1 + 3 + 1 + 1);
     }
 
     #[test]
