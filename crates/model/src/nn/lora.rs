@@ -5,6 +5,8 @@
 //! rows use which slot ([`AdapterRows`]); the base matmul runs over all rows at once, each
 //! adapter's two thin matmuls over its own rows only (gathered, then added back in place).
 
+use std::collections::BTreeSet;
+
 use candle_core::{Device, Result, Tensor};
 
 use super::layers::Linear;
@@ -109,6 +111,19 @@ pub fn attach_by_source(
     let update = LoraUpdate::new(&a, &b, scale, linear.weight())?;
     linear.attach(slot, update);
     Ok(Some(source.tensor))
+}
+
+/// [`attach_by_source`] for each of `linears`; returns the names used.
+pub fn attach_each<'l>(
+    linears: impl IntoIterator<Item = &'l mut Linear>,
+    slot: usize,
+    parts: &LoraLookup<'_>,
+) -> Result<BTreeSet<String>> {
+    let mut used = BTreeSet::new();
+    for linear in linears {
+        used.extend(attach_by_source(linear, slot, parts)?);
+    }
+    Ok(used)
 }
 
 /// Attaches to `linear`, whose weight is the checkpoint tensors `pieces` (name, rows) stacked

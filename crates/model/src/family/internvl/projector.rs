@@ -12,7 +12,7 @@ use super::config::CheckpointLayout;
 use crate::nn::grad;
 use crate::nn::layers::NormKind;
 use crate::nn::layers::{Linear, Norm};
-use crate::nn::lora::{attach_by_source, AdapterRows, LoraLookup};
+use crate::nn::lora::{attach_each, AdapterRows, LoraLookup};
 
 /// PyTorch's `nn.LayerNorm` default epsilon, which both reference implementations use here.
 const PROJECTOR_NORM_EPS: f64 = 1e-5;
@@ -60,11 +60,7 @@ impl Projector {
         slot: usize,
         parts: &LoraLookup<'_>,
     ) -> Result<BTreeSet<String>> {
-        let mut used = BTreeSet::new();
-        for linear in [&mut self.linear_1, &mut self.linear_2] {
-            used.extend(attach_by_source(linear, slot, parts)?);
-        }
-        Ok(used)
+        attach_each([&mut self.linear_1, &mut self.linear_2], slot, parts)
     }
 
     /// Vision features (tiles, grid*grid, C) -> language embeddings (tiles, tokens_per_tile, H),

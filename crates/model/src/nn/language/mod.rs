@@ -24,7 +24,7 @@ use candle_nn::VarBuilder;
 
 use crate::nn::layers::{Linear, Norm};
 pub use crate::nn::lora::LoraLookup;
-use crate::nn::lora::{attach_by_source, AdapterRows};
+use crate::nn::lora::{attach_each, AdapterRows};
 use attention::{packed_attention, Masks};
 pub use backward::GradTape;
 use config::{RopeScaling, TextArch, TextConfig};
@@ -251,7 +251,7 @@ impl LanguageModel {
         let mut used = BTreeSet::new();
         for layer in &mut self.layers {
             let attn = &mut layer.attn;
-            for linear in [
+            let linears = [
                 &mut attn.q,
                 &mut attn.k,
                 &mut attn.v,
@@ -259,9 +259,8 @@ impl LanguageModel {
                 &mut layer.gate,
                 &mut layer.up,
                 &mut layer.down,
-            ] {
-                used.extend(attach_by_source(linear, slot, parts)?);
-            }
+            ];
+            used.extend(attach_each(linears, slot, parts)?);
         }
         Ok(used)
     }

@@ -21,7 +21,7 @@ use super::config::{CheckpointLayout, VisionConfig};
 use crate::nn::fused_attention;
 use crate::nn::layers::NormKind;
 use crate::nn::layers::{Linear, Norm};
-use crate::nn::lora::{attach_by_source, attach_stacked, AdapterRows, LoraLookup};
+use crate::nn::lora::{attach_by_source, attach_each, attach_stacked, AdapterRows, LoraLookup};
 
 /// Per-layout names of the pieces that differ between the two checkpoint conventions.
 struct Names {
@@ -302,9 +302,7 @@ impl VisionTower {
         let mut used = BTreeSet::new();
         for block in &mut self.blocks {
             used.extend(block.attn.attach_adapter(slot, parts)?);
-            for linear in [&mut block.fc1, &mut block.fc2] {
-                used.extend(attach_by_source(linear, slot, parts)?);
-            }
+            used.extend(attach_each([&mut block.fc1, &mut block.fc2], slot, parts)?);
         }
         Ok(used)
     }
