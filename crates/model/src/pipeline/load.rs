@@ -65,10 +65,10 @@ impl RewardModel {
             None => (vb, None),
             Some(dir) => {
                 let adapter = Adapter::read(dir, &resolve)?;
-                let summary = adapter.summary.clone();
-                let (weights, all_read) = adapter.merge_into(vb);
+                let merged = (adapter.summary.clone(), adapter.changed_tensors());
+                let weights = adapter.merge_into(vb);
                 let vb = VarBuilder::from_backend(Box::new(weights), dtype, options.device.clone());
-                (vb, Some((summary, all_read)))
+                (vb, Some(merged))
             }
         };
         let named = |e: candle_core::Error| {
@@ -82,8 +82,8 @@ impl RewardModel {
         if let Some(check) = family_check {
             check()?;
         }
-        let adapter = merged.map(|(mut summary, all_read)| {
-            summary.unread = all_read.unread();
+        let adapter = merged.map(|(mut summary, changed)| {
+            summary.unread = reads.unread(changed.iter().map(String::as_str));
             warn_unread(&summary);
             summary
         });
@@ -197,12 +197,16 @@ fn attach_unmerged(
     used.extend(image_side);
     // What is left either changes a layer the model skips (no effect, reported as merging
     // reports it) or one it reads but cannot apply a slot to (refused).
-    let (outside, unread): (Vec<&str>, Vec<&str>) = parts
+    let left: Vec<&str> = parts
         .keys()
         .filter(|k| !used.contains(*k))
         .map(String::as_str)
-        .partition(|k| target.reads.contains(k));
-    summary.unread = unread.iter().map(|k| k.to_string()).collect();
+        .collect();
+    summary.unread = target.reads.unread(left.iter().copied());
+    let outside: Vec<&str> = left
+        .into_iter()
+        .filter(|k| target.reads.contains(k))
+        .collect();
     warn_unread(&summary);
     if !outside.is_empty() {
         return Err(failed(format!(

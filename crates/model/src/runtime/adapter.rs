@@ -16,9 +16,8 @@
 //! `unread` and logged: it has no effect, as the checkpoint's own weights there have none. An
 //! adapter never loads as a silent no-op.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
@@ -252,21 +251,19 @@ impl Adapter {
         })
     }
 
-    /// A weight source that reads `base` with this adapter merged in, and the check to run
-    /// once the model has loaded from it.
-    pub fn merge_into(self, base: VarBuilder<'static>) -> (MergedWeights, AllRead) {
-        let read = Arc::new(Mutex::new(BTreeSet::new()));
-        let check = AllRead {
-            names: self.deltas.keys().cloned().collect(),
-            read: read.clone(),
-        };
-        let weights = MergedWeights {
+    /// The checkpoint tensors the adapter changes (what a model loaded from
+    /// [`Self::merge_into`] should read: [`crate::runtime::reads::ReadLog::unread`]).
+    pub fn changed_tensors(&self) -> Vec<String> {
+        self.deltas.keys().cloned().collect()
+    }
+
+    /// A weight source that reads `base` with this adapter merged in.
+    pub fn merge_into(self, base: VarBuilder<'static>) -> MergedWeights {
+        MergedWeights {
             base,
             source: self.source,
             deltas: self.deltas,
-            read,
-        };
-        (weights, check)
+        }
     }
 }
 
@@ -304,29 +301,6 @@ impl Adapter {
                     "adapter {source}: it replaces {name} whole (modules_to_save or a trained bias), which only a merged adapter can do: serve it as the model's only adapter"
                 ))),
             })
-            .collect()
-    }
-}
-
-/// Whether the model read every tensor an adapter changes.
-pub struct AllRead {
-    names: Vec<String>,
-    read: Arc<Mutex<BTreeSet<String>>>,
-}
-
-impl AllRead {
-    /// The checkpoint tensors the adapter changes that the model never read: layers the model
-    /// skips (e.g. vision layers after `select_layer`), where the adapter has no effect, as
-    /// the checkpoint's own weights have none.
-    pub fn unread(&self) -> Vec<String> {
-        let read = match self.read.lock() {
-            Ok(read) => read,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        self.names
-            .iter()
-            .filter(|k| !read.contains(*k))
-            .cloned()
             .collect()
     }
 }
@@ -471,7 +445,6 @@ pub struct MergedWeights {
     base: VarBuilder<'static>,
     source: String,
     deltas: BTreeMap<String, Delta>,
-    read: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl MergedWeights {
@@ -479,9 +452,6 @@ impl MergedWeights {
         let Some(delta) = self.deltas.get(name) else {
             return Ok(base);
         };
-        if let Ok(mut read) = self.read.lock() {
-            read.insert(name.to_string());
-        }
         let device = base.device().clone();
         let dims = base.dims().to_vec();
         match delta {

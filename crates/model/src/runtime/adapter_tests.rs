@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::*;
+use crate::runtime::reads::{ReadLog, RecordingWeights};
 
 fn config(json: &str) -> PeftConfig {
     serde_json::from_str(json).expect("config parses")
@@ -178,9 +179,15 @@ fn merged_weights_add_the_scaled_product_and_replace_whole_tensors() {
     )
     .expect("loads");
     assert_eq!(adapter.summary.replaced, vec![format!("{UP}.bias")]);
-    let (weights, all_read) = adapter.merge_into(vb);
-    let merged = VarBuilder::from_backend(Box::new(weights), DType::F32, dev.clone());
-    assert_eq!(all_read.unread().len(), 2, "nothing read yet");
+    let changed = adapter.changed_tensors();
+    let unread = |log: &ReadLog| log.unread(changed.iter().map(String::as_str));
+    let weights = adapter.merge_into(vb);
+    let (merged, log) = RecordingWeights::wrap(VarBuilder::from_backend(
+        Box::new(weights),
+        DType::F32,
+        dev.clone(),
+    ));
+    assert_eq!(unread(&log).len(), 2, "nothing read yet");
     let q = merged.get((4, 3), BASE[0]).unwrap();
     let expected = (w + (tensors[1].1.matmul(&tensors[0].1).unwrap() * 3.0).unwrap()).unwrap();
     let diff = (q - expected)
@@ -193,7 +200,7 @@ fn merged_weights_add_the_scaled_product_and_replace_whole_tensors() {
         .unwrap();
     assert!(diff < 1e-6, "{diff}");
     assert_eq!(
-        all_read.unread(),
+        unread(&log),
         vec![BASE[2].to_string()],
         "the bias is unread"
     );
@@ -202,7 +209,7 @@ fn merged_weights_add_the_scaled_product_and_replace_whole_tensors() {
         b.to_vec1::<f32>().unwrap(),
         new_bias.to_vec1::<f32>().unwrap()
     );
-    assert!(all_read.unread().is_empty(), "all read");
+    assert!(unread(&log).is_empty(), "all read");
     // A base of another shape than the adapter's pair fails when read.
     let vb = VarBuilder::from_tensors(
         [(
@@ -219,7 +226,7 @@ fn merged_weights_add_the_scaled_product_and_replace_whole_tensors() {
         pair(Q, 2, 4, 3).into_iter().collect(),
     )
     .unwrap();
-    let merged = VarBuilder::from_backend(Box::new(adapter.merge_into(vb).0), DType::F32, dev);
+    let merged = VarBuilder::from_backend(Box::new(adapter.merge_into(vb)), DType::F32, dev);
     let err = merged.get((4, 7), BASE[0]).expect_err("shapes differ");
     assert!(err.to_string().contains("do not fit"), "{err}");
 }

@@ -22,6 +22,16 @@ impl ReadLog {
         }
     }
 
+    /// Those of `names` the model never read: tensors of layers it skips (e.g. vision layers
+    /// after `select_layer`), where an adapter has no effect.
+    pub fn unread<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        names
+            .into_iter()
+            .filter(|n| !self.contains(n))
+            .map(str::to_string)
+            .collect()
+    }
+
     fn record(&self, name: &str) {
         match self.0.lock() {
             Ok(mut read) => read.insert(name.to_string()),
