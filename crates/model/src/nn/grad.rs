@@ -32,18 +32,7 @@ pub fn linear(layer: &Linear, dy: &Tensor) -> Result<Tensor> {
 /// adapter ([`Linear::forward_rows`]): `dx = dy · W + s · (dy B) A` on an adapted row.
 pub fn linear_rows(layer: &Linear, dy: &Tensor, rows: &AdapterRows) -> Result<Tensor> {
     let dx = linear(layer, dy)?;
-    if matches!(rows, AdapterRows::Base) {
-        return Ok(dx);
-    }
-    if matches!(rows, AdapterRows::Groups(_) | AdapterRows::Runs(_)) && dy.rank() != 2 {
-        candle_core::bail!("per-row adapters need a 2-D gradient, got {:?}", dy.dims());
-    }
-    let (out_dim, in_dim) = layer.weight().dims2()?;
-    let flat = dy.reshape((dy.elem_count() / out_dim.max(1), out_dim))?;
-    let shape = dx.shape().clone();
-    let dx = dx.reshape((flat.dim(0)?, in_dim))?;
-    rows.add(&flat, dx, |s| layer.update(s), true)?
-        .reshape(shape)
+    rows.add(dy, dx, |s| layer.update(s), true)
 }
 
 /// The backward of [`Norm`] over the last dimension (LayerNorm with a bias, RMSNorm without),

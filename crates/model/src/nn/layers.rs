@@ -212,18 +212,10 @@ impl Linear {
     /// dimensions with [`AdapterRows::Base`] or [`AdapterRows::All`]).
     pub fn forward_rows(&self, x: &Tensor, rows: &AdapterRows) -> Result<Tensor> {
         let y = self.forward(x)?;
-        if self.lora.is_empty() || matches!(rows, AdapterRows::Base) {
+        if self.lora.is_empty() {
             return Ok(y);
         }
-        if matches!(rows, AdapterRows::Groups(_) | AdapterRows::Runs(_)) && x.rank() != 2 {
-            candle_core::bail!("per-row adapters need 2-D input, got {:?}", x.dims());
-        }
-        let in_dim = self.weight.dim(1)?;
-        let flat = x.reshape((x.elem_count() / in_dim.max(1), in_dim))?;
-        let shape = y.shape().clone();
-        let y = y.reshape((flat.dim(0)?, self.weight.dim(0)?))?;
-        rows.add(&flat, y, |s| self.update(s), false)?
-            .reshape(shape)
+        rows.add(x, y, |s| self.update(s), false)
     }
 }
 

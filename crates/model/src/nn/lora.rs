@@ -253,8 +253,9 @@ impl AdapterRows {
         Self::of_runs(&vec![1; slots.len()], slots, device)
     }
 
-    /// `y + Σ_slot delta_slot(x[rows_slot])` placed at those rows, for 2-D `x` `(n, in)` and
-    /// `y` `(n, out)`; `update(slot)` is the layer's update of a slot, if it has one.
+    /// `y + Σ_slot delta_slot(x[rows_slot])` placed at those rows, for `x` `(n, in)` and `y`
+    /// `(n, out)` (any leading dimensions, flattened, with [`Self::Base`] or [`Self::All`]);
+    /// `update(slot)` is the layer's update of a slot, if it has one.
     pub fn add<'a>(
         &self,
         x: &Tensor,
@@ -262,6 +263,19 @@ impl AdapterRows {
         update: impl Fn(usize) -> Option<&'a LoraUpdate>,
         backward: bool,
     ) -> Result<Tensor> {
+        if matches!(self, AdapterRows::Base) {
+            return Ok(y);
+        }
+        if x.rank() != 2 {
+            if !matches!(self, AdapterRows::All(_)) {
+                candle_core::bail!("per-row adapters need 2-D rows, got {:?}", x.dims());
+            }
+            let flat = |t: &Tensor| t.flatten_to(t.rank() - 2);
+            let shape = y.shape().clone();
+            return self
+                .add(&flat(x)?, flat(&y)?, update, backward)?
+                .reshape(shape);
+        }
         let apply = |u: &LoraUpdate, x: &Tensor| {
             if backward {
                 u.delta_backward(x)
