@@ -188,10 +188,10 @@ impl RewardModel {
                 Error::InvalidInput("the item has no float image to differentiate".into())
             })?;
         let len = item.input_ids.len();
-        let image_slot = self.image_slot_of(item)?;
         if !self.shares_prefixes_at(len) {
             return Ok(ConstantPrefix::default());
         }
+        let image_slot = self.image_slot_of(item)?;
         let per_tile = self.config.tokens_per_tile();
         let rows_before: usize = item.tiles[..first_float]
             .iter()

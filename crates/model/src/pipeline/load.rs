@@ -53,11 +53,7 @@ impl RewardModel {
             Some(_) => None,
             None => shared_adapter(specs),
         };
-        let merged_dir = match (&options.adapter, &shared) {
-            (Some(dir), _) => Some(dir.clone()),
-            (None, Some(dir)) => Some(dir.clone()),
-            (None, None) => None,
-        };
+        let merged_dir = options.adapter.clone().or_else(|| shared.clone());
         let base = vb.clone();
         let resolve =
             |name: &str| config.adapter_tensor_name(name, &|n: &str| base.contains_tensor(n));

@@ -189,11 +189,7 @@ impl RewardModel {
 
     /// The user message of `item` under reward `reward`'s instructions.
     fn user_content_for(&self, item: &ScoreItem, reward: usize) -> Result<String> {
-        let spec = &self
-            .rewards
-            .get(reward)
-            .ok_or_else(|| Error::InvalidInput(format!("no reward #{reward}")))?
-            .spec;
+        let spec = &self.reward_at(reward)?.spec;
         self.prompt.user_content_with(item, &spec.instructions)
     }
 
@@ -300,11 +296,16 @@ impl RewardModel {
         self.rewards.iter().position(|r| r.spec.name == name)
     }
 
+    /// Reward `index` (into [`Self::rewards`]).
+    fn reward_at(&self, index: usize) -> Result<&Reward> {
+        self.rewards
+            .get(index)
+            .ok_or_else(|| Error::InvalidInput(format!("no reward #{index}")))
+    }
+
     /// The reward an item was prepared for.
     pub(crate) fn reward_of(&self, item: &PreparedItem) -> Result<&Reward> {
-        self.rewards
-            .get(item.reward)
-            .ok_or_else(|| Error::InvalidInput(format!("no reward #{}", item.reward)))
+        self.reward_at(item.reward)
     }
 
     /// The adapter slot an item runs with.
